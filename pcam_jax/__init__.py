@@ -1,0 +1,3 @@
+"""pcam_jax: rotation-equivariant CNNs for metastasis detection on PatchCamelyon."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,1 @@
+"""PatchCamelyon data: sources, the grain input pipeline and the `pcam-data` tools."""
