@@ -60,7 +60,8 @@ class _TransientError(Exception):
 
 def read_checksums(path: str | Path) -> dict[str, str]:
     """Parses an md5sum-style file: ``<md5>  <name>`` per line; ``#`` comments and blank
-    lines are ignored. Returns {name: lowercase md5}. Raises DataError naming the file
+    lines are ignored; names are reduced to their base name (``*`` binary-mode markers
+    are allowed). Returns {name: lowercase md5}. Raises DataError naming the file
     and line on bad content, and when the file cannot be read."""
     path = Path(path)
     try:
