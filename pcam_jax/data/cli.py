@@ -46,11 +46,13 @@ def _define_download(fv: flags.FlagValues) -> None:
         "PCam README's table (for mirrors that re-packed the files).",
         flag_values=fv,
     )
-    flags.DEFINE_integer("retries", 5, "Attempts per file; each resumes the partial file.", flag_values=fv)
+    flags.DEFINE_integer(
+        "retries", 5, "Attempts per file; each resumes the partial file.", flag_values=fv
+    )
     flags.DEFINE_float("timeout", 60.0, "Socket timeout in seconds.", flag_values=fv)
     flags.DEFINE_bool("keep_gz", False, "Keep the .h5.gz files after gunzip.", flag_values=fv)
     flags.DEFINE_bool("progress", True, "Show a progress bar.", flag_values=fv)
-    fv.mark_flag_as_required("out")
+    flags.mark_flag_as_required("out", flag_values=fv)
 
 
 def _main_download(fv: flags.FlagValues) -> int:
@@ -79,7 +81,7 @@ def _define_verify(fv: flags.FlagValues) -> None:
         "Optional md5sum-style file; every file it names that is present is checked.",
         flag_values=fv,
     )
-    fv.mark_flag_as_required("root")
+    flags.mark_flag_as_required("root", flag_values=fv)
 
 
 def _main_verify(fv: flags.FlagValues) -> int:
@@ -97,10 +99,14 @@ def _main_verify(fv: flags.FlagValues) -> int:
 
 def _define_stats(fv: flags.FlagValues) -> None:
     flags.DEFINE_string("root", None, "Directory holding the PCam HDF5 files.", flag_values=fv)
-    flags.DEFINE_string("out", None, "Directory for the PNG figures and stats.json.", flag_values=fv)
-    flags.DEFINE_integer("samples", 8, "Tumour and normal samples per row of the grid.", flag_values=fv)
+    flags.DEFINE_string(
+        "out", None, "Directory for the PNG figures and stats.json.", flag_values=fv
+    )
+    flags.DEFINE_integer(
+        "samples", 8, "Tumour and normal samples per row of the grid.", flag_values=fv
+    )
     flags.DEFINE_integer("seed", 0, "Seed for picking the sample patches.", flag_values=fv)
-    fv.mark_flag_as_required("root")
+    flags.mark_flag_as_required("root", flag_values=fv)
 
 
 def _main_stats(fv: flags.FlagValues) -> int:
@@ -119,14 +125,18 @@ def _define_convert(fv: flags.FlagValues) -> None:
     flags.DEFINE_enum("source", None, ["folder", "kaggle"], "Layout of --root.", flag_values=fv)
     flags.DEFINE_string("root", None, "Directory in the folder or Kaggle layout.", flag_values=fv)
     flags.DEFINE_string("out", None, "Directory for the PCam HDF5 files.", flag_values=fv)
-    flags.DEFINE_list("splits", [], "Splits to convert (default: every split present).", flag_values=fv)
+    flags.DEFINE_list(
+        "splits", [], "Splits to convert (default: every split present).", flag_values=fv
+    )
     flags.DEFINE_bool("gzip", False, "gzip-compress the HDF5 chunks.", flag_values=fv)
     flags.DEFINE_float(
         "kaggle_valid_fraction", 0.1, "Kaggle layout: share of train ids held out.", flag_values=fv
     )
-    flags.DEFINE_integer("kaggle_split_seed", 0, "Kaggle layout: seed of the hold-out.", flag_values=fv)
+    flags.DEFINE_integer(
+        "kaggle_split_seed", 0, "Kaggle layout: seed of the hold-out.", flag_values=fv
+    )
     for name in ("source", "root", "out"):
-        fv.mark_flag_as_required(name)
+        flags.mark_flag_as_required(name, flag_values=fv)
 
 
 def _main_convert(fv: flags.FlagValues) -> int:
@@ -151,10 +161,13 @@ def _define_synth(fv: flags.FlagValues) -> None:
     flags.DEFINE_string("out", None, "Directory for the synthetic PCam files.", flag_values=fv)
     for split in SPLITS:
         flags.DEFINE_integer(
-            f"n_{split}", synth.DEFAULT_SIZES[split], f"Patches in the {split} split.", flag_values=fv
+            f"n_{split}",
+            synth.DEFAULT_SIZES[split],
+            f"Patches in the {split} split.",
+            flag_values=fv,
         )
     flags.DEFINE_integer("seed", 0, "Seed; the same seed writes the same files.", flag_values=fv)
-    fv.mark_flag_as_required("out")
+    flags.mark_flag_as_required("out", flag_values=fv)
 
 
 def _main_synth(fv: flags.FlagValues) -> int:

@@ -23,14 +23,13 @@ Deterministic by seed.
 from __future__ import annotations
 
 import csv
-import os
-import tempfile
 from pathlib import Path
 
 import h5py
 import numpy as np
 from scipy import ndimage
 
+from pcam_jax.data.fileio import atomic_path
 from pcam_jax.data.pcam_format import META_COLUMNS, PATCH_SHAPE, SPLITS, X_KEY, Y_KEY, split_paths
 
 DEFAULT_SIZES: dict[str, int] = {"train": 2048, "valid": 512, "test": 512}
@@ -40,7 +39,7 @@ X_CHUNKS: tuple[int, int, int, int] = (1, *PATCH_SHAPE)
 _STAINS = np.array([[0.65, 0.70, 0.29], [0.07, 0.99, 0.11]], dtype=np.float32)
 _STAINS /= np.linalg.norm(_STAINS, axis=1, keepdims=True)
 _GRID = np.stack(np.meshgrid(np.arange(96), np.arange(96), indexing="ij"), -1).astype(np.float32)
-_SLIDES_PER_SPLIT: dict[str, tuple[int, int]] = {"train": (20, 16), "valid": (6, 5), "test": (8, 0)}
+_SLIDES_PER_SPLIT: dict[str, tuple[int, int]] = {"train": (20, 16), "valid": (6, 5), "test": (5, 4)}
 
 
 def _smooth_noise(rng: np.random.Generator, cells: int) -> np.ndarray:
@@ -131,12 +130,15 @@ def make_split(split: str, n: int, seed: int) -> tuple[np.ndarray, np.ndarray, l
         centre = bool(labels[i])
         edge = (not centre) and rng.random() < 0.25
         images[i] = render_patch(rng, centre, edge)
-        if split == "test":
-            wsi = f"camelyon16_test_{rng.integers(1, n_normal_wsi + 1):03d}"
-        elif centre or edge or (n_tumour_wsi and rng.random() < 0.4):
-            wsi = f"camelyon16_train_tumor_{rng.integers(1, n_tumour_wsi + 1):03d}"
+        on_tumour_slide = centre or edge or rng.random() < 0.4
+        if on_tumour_slide:
+            number = int(rng.integers(1, n_tumour_wsi + 1))
         else:
-            wsi = f"camelyon16_train_normal_{rng.integers(1, n_normal_wsi + 1):03d}"
+            number = int(rng.integers(1, n_normal_wsi + 1))
+        if split == "test":  # CAMELYON16 test slides are not named by kind
+            wsi = f"camelyon16_test_{number + (0 if on_tumour_slide else n_tumour_wsi):03d}"
+        else:
+            wsi = f"camelyon16_train_{'tumor' if on_tumour_slide else 'normal'}_{number:03d}"
         meta.append(
             {
                 "coord_y": int(rng.integers(0, 2000)) * 96,
@@ -154,43 +156,21 @@ def write_pcam_arrays(
 ) -> list[Path]:
     """Writes one split in the PCam format, each file via a temporary name and a rename."""
     x_path, y_path, meta_path = split_paths(out_dir, split)
-    with _atomic(x_path) as tmp:
+    with atomic_path(x_path) as tmp:
         with h5py.File(tmp, "w") as f:
             f.create_dataset(X_KEY, data=images, chunks=X_CHUNKS if len(images) else None)
-    with _atomic(y_path) as tmp:
+    with atomic_path(y_path) as tmp:
         with h5py.File(tmp, "w") as f:
             f.create_dataset(Y_KEY, data=labels.reshape(-1, 1, 1, 1).astype(np.uint8))
     written = [x_path, y_path]
     if meta is not None:
-        with _atomic(meta_path) as tmp:
+        with atomic_path(meta_path) as tmp:
             with open(tmp, "w", newline="") as f:
                 w = csv.DictWriter(f, fieldnames=META_COLUMNS)
                 w.writeheader()
                 w.writerows(meta)
         written.append(meta_path)
     return written
-
-
-class _atomic:
-    """Context manager: yields a temporary path beside `path`, renamed to it on success."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = Path(path)
-
-    def __enter__(self) -> Path:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd, name = tempfile.mkstemp(
-            prefix=f".{self.path.name}.", suffix=".tmp", dir=self.path.parent
-        )
-        os.close(fd)
-        self.tmp = Path(name)
-        return self.tmp
-
-    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
-        if exc_type is None:
-            os.replace(self.tmp, self.path)
-        else:
-            self.tmp.unlink(missing_ok=True)
 
 
 def write_synthetic_pcam(
