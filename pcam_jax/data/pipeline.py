@@ -1,8 +1,8 @@
 """The grain input pipeline: shuffling, augmentation, batching, normalisation.
 
     source -> IndexSampler (seeded shuffle per epoch, shard per JAX process)
-           -> RandomAugment (training only; per-record rng from grain, so the
-              result does not depend on the number of workers)
+           -> RandomAugment (training only; per-record rng from grain, so each
+              record's augmentation does not depend on the number of workers)
            -> Batch (drop remainder for training)
     device -> normalize (per-channel (x - mean) / std, the first op of the
               jit-compiled step)
@@ -12,7 +12,9 @@ pixels stay uint8 until they reach the accelerator, which moves 4x fewer bytes
 through the workers' shared memory and to the device than float32 would (on a
 2-core host, casting and normalising on the host cost more than reading).
 The loader's iterator is checkpointable: ``it.get_state()`` / ``it.set_state()``
-resume on exactly the next batch (with the same worker count).
+resume on exactly the next batch. grain deals records to workers round-robin,
+so the composition of batches depends on the worker count: resume with the
+same `worker_count`.
 """
 
 from __future__ import annotations
