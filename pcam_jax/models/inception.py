@@ -175,6 +175,8 @@ class InceptionAux(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
         x = nn.avg_pool(x, (5, 5), (3, 3), padding="VALID")
+        if min(x.shape[1:3]) < 5:
+            raise ValueError(f"aux head needs a 17x17 Mixed_6e map (299x299 input), got {x.shape}")
         x = BasicConv2d(128, 1, frozen=self.frozen, name="conv0")(x, train)
         x = BasicConv2d(768, 5, frozen=self.frozen, name="conv1")(x, train)
         x = jnp.mean(x, axis=(1, 2))
