@@ -1,0 +1,173 @@
+"""The fields every training config has, with their defaults.
+
+Each file in configs/ calls `base_config()` and sets what differs. Every field
+can be overridden on the command line as `--config.a.b=value`; a field that
+is not here (or not added by the config file) is an error.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+from pcam_jax.data.pipeline import AugmentConfig
+
+# Fields that do not change the trained parameters: a restarted run may change them.
+RUN_NEUTRAL_FIELDS: frozenset[str] = frozenset(
+    {
+        "data.root",
+        "data.read_threads",
+        "data.read_buffer",
+        "data.worker_buffer_size",
+        "data.eval_split",
+        "eval_batch_size",
+        "log_every_steps",
+        "eval_every_steps",
+        "checkpoint_every_steps",
+        "keep_checkpoints",
+        "profile_steps",
+        "num_train_steps",
+    }
+)
+
+
+def base_config() -> ml_collections.ConfigDict:
+    """Defaults shared by every config (a p4m CNN on the PCam HDF5 files)."""
+    c = ml_collections.ConfigDict()
+    # model.name is a pcam_jax.models.create name; every other model.* field is
+    # passed to create() as an override.
+    c.model = ml_collections.ConfigDict({"name": "p4mcnn"})
+
+    c.data = ml_collections.ConfigDict()
+    c.data.source = "pcam_hdf5"  # pcam_hdf5 | folder | kaggle
+    c.data.root = "data/pcam"
+    c.data.train_split = "train"
+    c.data.eval_split = "valid"  # split of the periodic validation
+    c.data.normalization = "dataset"  # dataset (training-split statistics) | imagenet
+    c.data.worker_count = 2
+    c.data.worker_buffer_size = 2
+    c.data.read_threads = 2
+    c.data.read_buffer = 64
+    c.data.kaggle_valid_fraction = 0.1
+    c.data.kaggle_split_seed = 0
+
+    c.augment = ml_collections.ConfigDict(AugmentConfig().__dict__)
+    c.augment.d4 = True
+
+    c.batch_size = 64  # global, split over all devices
+    c.eval_batch_size = 256
+    c.num_train_steps = 1000
+    c.seed = 0
+    c.compute_dtype = "float32"  # float32 | bfloat16
+    c.log_every_steps = 50
+    c.eval_every_steps = 500
+    c.checkpoint_every_steps = 500
+    c.keep_checkpoints = 3  # the last K are kept, and the best by validation AUC
+    c.init_from = ""  # inception_v3: torchvision ImageNet state_dict (.pth) to start from
+    c.aux_loss_weight = 0.0  # inception_v3: weight of the auxiliary head's loss
+    c.profile_steps = 0  # > 0: capture a profiler trace of that many steps
+
+    c.optimizer = ml_collections.ConfigDict()
+    c.optimizer.name = "adam"  # adam | adamw | sgd | rmsprop
+    c.optimizer.learning_rate = 1e-3  # peak learning rate of the schedule
+    c.optimizer.b1 = 0.9  # adam/adamw
+    c.optimizer.b2 = 0.999
+    c.optimizer.eps = 1e-8  # adam/adamw/rmsprop
+    c.optimizer.momentum = 0.9  # sgd/rmsprop
+    c.optimizer.nesterov = False  # sgd
+    c.optimizer.decay = 0.9  # rmsprop squared-gradient decay
+    c.optimizer.weight_decay = 0.0  # decoupled for adamw, L2 added to the gradient otherwise
+    c.optimizer.grad_clip_norm = 0.0  # > 0: clip the global gradient norm
+
+    c.schedule = ml_collections.ConfigDict()
+    c.schedule.name = "constant"  # constant | step | cosine | one_cycle | cyclic
+    c.schedule.warmup_steps = 0  # cosine: linear warm-up from 0
+    c.schedule.decay_factor = 0.16  # step: multiply by this ...
+    c.schedule.decay_every_steps = 1000  # ... every this many steps
+    c.schedule.final_fraction = 0.0  # cosine: final lr as a fraction of the peak
+    c.schedule.min_fraction = 0.1  # cyclic/one_cycle: lowest lr as a fraction of the peak
+    c.schedule.cycle_steps = 2000  # cyclic: steps of one triangle (up and down)
+    return c
+
+
+PCAM_TRAIN_PATCHES = 262_144
+
+
+def epochs_to_steps(epochs: float, batch_size: int) -> int:
+    """Optimizer steps of `epochs` passes over the full PCam training split."""
+    return int(round(epochs * PCAM_TRAIN_PATCHES / batch_size))
+
+
+def cnn_config(model_name: str) -> ml_collections.ConfigDict:
+    """The study's 6-layer CNN (cnn | p4cnn | p4mcnn): Adam 1e-3, batch 64, D4 augmentation."""
+    c = base_config()
+    c.model.name = model_name
+    c.num_train_steps = epochs_to_steps(24, c.batch_size)
+    c.eval_every_steps = c.checkpoint_every_steps = epochs_to_steps(1, c.batch_size)
+    c.schedule.name = "cosine"
+    c.schedule.warmup_steps = 1000
+    return c
+
+
+def allcnn_config(model_name: str) -> ml_collections.ConfigDict:
+    """All-CNN-C (allcnn | p4allcnn | p4mallcnn): RMSprop with a triangular cyclic rate."""
+    c = base_config()
+    c.model.name = model_name
+    c.num_train_steps = epochs_to_steps(24, c.batch_size)
+    c.eval_every_steps = c.checkpoint_every_steps = epochs_to_steps(1, c.batch_size)
+    c.optimizer.name = "rmsprop"
+    c.optimizer.learning_rate = 1e-3  # the top of the cycle
+    c.optimizer.momentum = 0.0
+    c.schedule.name = "cyclic"
+    c.schedule.min_fraction = 0.1
+    c.schedule.cycle_steps = epochs_to_steps(4, c.batch_size)
+    return c
+
+
+def densenet_config(model_name: str) -> ml_collections.ConfigDict:
+    """Veeling et al.'s PCam DenseNet: Adam 1e-3, batch 64, ~100 epochs, flips + rot90."""
+    c = base_config()
+    c.model.name = model_name
+    c.num_train_steps = epochs_to_steps(100, c.batch_size)
+    c.eval_every_steps = c.checkpoint_every_steps = epochs_to_steps(1, c.batch_size)
+    c.optimizer.name = "adam"
+    c.optimizer.learning_rate = 1e-3
+    c.schedule.name = "constant"
+    return c
+
+
+def inception_config(run: int) -> ml_collections.ConfigDict:
+    """The study's Inception v3 transfer runs: ImageNet backbone frozen, new main and aux heads.
+
+    run 1: RMSprop lr 0.1, momentum 0.9, eps 1.0, step decay x0.16 every 4 epochs, no
+    augmentation. run 2: SGD with Nesterov momentum and augmentation.
+    Set --config.init_from=PATH/inception_v3_google-*.pth (torchvision's ImageNet weights).
+    """
+    c = base_config()
+    c.model.name = "inception_v3"
+    c.model.freeze_backbone = True
+    c.aux_loss_weight = 0.4
+    c.data.normalization = "imagenet"
+    c.eval_batch_size = 64
+    c.num_train_steps = epochs_to_steps(24, c.batch_size)
+    c.eval_every_steps = c.checkpoint_every_steps = epochs_to_steps(1, c.batch_size)
+    if run == 1:
+        c.augment.d4 = False
+        c.optimizer.name = "rmsprop"
+        c.optimizer.learning_rate = 0.1
+        c.optimizer.momentum = 0.9
+        c.optimizer.eps = 1.0
+        c.schedule.name = "step"
+        c.schedule.decay_factor = 0.16
+        c.schedule.decay_every_steps = epochs_to_steps(4, c.batch_size)
+    elif run == 2:
+        c.augment.d4 = True
+        c.augment.brightness = c.augment.contrast = c.augment.saturation = 0.1
+        c.optimizer.name = "sgd"
+        c.optimizer.learning_rate = 0.01
+        c.optimizer.momentum = 0.9
+        c.optimizer.nesterov = True
+        c.schedule.name = "cosine"
+        c.schedule.warmup_steps = 500
+    else:
+        raise ValueError(f"inception run {run}: expected 1 or 2")
+    return c

@@ -1,0 +1,47 @@
+"""`pcam-train`: train a config in a workdir, resuming from its latest checkpoint.
+
+pcam-train --config=configs/quickstart.py --workdir=runs/quickstart [--config.a.b=value ...]
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from pcam_jax.data.pcam_format import DataError
+
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", None, "Training config file (configs/*.py).", lock_config=True
+)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and outputs.")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def main(argv: Sequence[str]) -> None:
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    from pcam_jax import train
+
+    train.quiet_library_logs()
+    logging.info("config:\n%s", _CONFIG.value)
+    try:
+        metrics = train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+    except (train.TrainingError, DataError) as e:
+        logging.error("%s", e)
+        sys.exit(f"pcam-train: error: {e}")
+    print(
+        f"pcam-train: done; validation AUC {metrics.get('auc', float('nan')):.4f}, "
+        f"accuracy {metrics.get('accuracy', float('nan')):.4f} ({_WORKDIR.value})"
+    )
+
+
+def run() -> None:
+    """Console-script entry point."""
+    app.run(main)
+
+
+if __name__ == "__main__":
+    run()

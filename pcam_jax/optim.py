@@ -1,0 +1,100 @@
+"""Optax optimizers and learning-rate schedules from the `optimizer.*` and `schedule.*` fields.
+
+Schedules are functions of the optimizer step, so the learning rate changes
+every batch (the study stepped its scheduler per epoch by mistake).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import optax
+
+
+def make_schedule(cfg: Any, num_train_steps: int, peak: float) -> optax.Schedule:
+    """The learning-rate schedule named by `cfg.name`, peaking at `peak`."""
+    name = cfg.name
+    if name == "constant":
+        return optax.constant_schedule(peak)
+    if name == "step":
+        return optax.exponential_decay(
+            peak,
+            transition_steps=cfg.decay_every_steps,
+            decay_rate=cfg.decay_factor,
+            staircase=True,
+        )
+    if name == "cosine":
+        return optax.warmup_cosine_decay_schedule(
+            init_value=0.0,
+            peak_value=peak,
+            warmup_steps=cfg.warmup_steps,
+            decay_steps=max(num_train_steps, cfg.warmup_steps + 1),
+            end_value=peak * cfg.final_fraction,
+        )
+    if name == "one_cycle":
+        return optax.cosine_onecycle_schedule(
+            transition_steps=num_train_steps,
+            peak_value=peak,
+            div_factor=1.0 / cfg.min_fraction,
+        )
+    if name == "cyclic":
+        return triangular_schedule(peak * cfg.min_fraction, peak, cfg.cycle_steps)
+    raise ValueError(
+        f"unknown schedule.name {name!r}: expected constant, step, cosine, one_cycle or cyclic"
+    )
+
+
+def triangular_schedule(low: float, high: float, cycle_steps: int) -> optax.Schedule:
+    """Smith's triangular cyclic learning rate: low -> high -> low every `cycle_steps`."""
+    import jax.numpy as jnp
+
+    if cycle_steps < 2:
+        raise ValueError(f"schedule.cycle_steps={cycle_steps}: must be at least 2")
+    half = cycle_steps / 2
+
+    def schedule(step: Any) -> Any:
+        phase = jnp.mod(step, cycle_steps) / half  # 0 .. 2
+        return low + (high - low) * (1.0 - jnp.abs(phase - 1.0))
+
+    return schedule
+
+
+def make_optimizer(
+    cfg: Any, schedule: optax.Schedule, trainable_mask: Any = None
+) -> optax.GradientTransformation:
+    """The optimizer named by `cfg.name` with weight decay and gradient clipping.
+
+    trainable_mask: optional pytree of bools (True = trained); False leaves get
+    zero updates (a frozen backbone).
+    """
+    name = cfg.name
+    parts: list[optax.GradientTransformation] = []
+    if cfg.grad_clip_norm > 0:
+        parts.append(optax.clip_by_global_norm(cfg.grad_clip_norm))
+    if cfg.weight_decay > 0 and name != "adamw":
+        parts.append(optax.add_decayed_weights(cfg.weight_decay))
+    if name == "adam":
+        parts.append(optax.adam(schedule, b1=cfg.b1, b2=cfg.b2, eps=cfg.eps))
+    elif name == "adamw":
+        parts.append(
+            optax.adamw(schedule, b1=cfg.b1, b2=cfg.b2, eps=cfg.eps, weight_decay=cfg.weight_decay)
+        )
+    elif name == "sgd":
+        parts.append(optax.sgd(schedule, momentum=cfg.momentum or None, nesterov=cfg.nesterov))
+    elif name == "rmsprop":
+        parts.append(
+            optax.rmsprop(schedule, decay=cfg.decay, eps=cfg.eps, momentum=cfg.momentum or None)
+        )
+    else:
+        raise ValueError(f"unknown optimizer.name {name!r}: expected adam, adamw, sgd or rmsprop")
+    tx = optax.chain(*parts)
+    if trainable_mask is not None:
+        labels = _labels(trainable_mask)
+        tx = optax.multi_transform({"train": tx, "freeze": optax.set_to_zero()}, labels)
+    return tx
+
+
+def _labels(mask: Any) -> Any:
+    import jax
+
+    return jax.tree_util.tree_map(lambda m: "train" if m else "freeze", mask)

@@ -1,0 +1,658 @@
+"""Training: `train_and_evaluate(config, workdir)`.
+
+The train step is a per-device SPMD function (pmap semantics) written with
+`jax.shard_map` over a 1-D mesh of every device, axis ``data``: the batch is
+split across devices, parameters and optimizer state are replicated, the
+gradient and the BatchNorm statistics are averaged over ``data``, and the whole
+step is jit-compiled. It is a pure function of (state, batch, rng).
+
+Checkpoints (Orbax) hold the model variables, the optimizer state and step,
+the grain iterator state and a JSON record (normalisation statistics, seed,
+validation metrics); the run resumes from the latest one in WORKDIR. Metrics
+go through CLU metric writers (TensorBoard event files and the console).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import time
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import flax.linen as nn
+import grain
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+import orbax.checkpoint as ocp
+from absl import logging
+from clu import metric_writers, metrics, periodic_actions
+from flax import struct
+from flax.training import train_state
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from pcam_jax import models
+from pcam_jax.config_base import RUN_NEUTRAL_FIELDS
+from pcam_jax.data import pipeline, sources
+from pcam_jax.metrics import binary_metrics
+from pcam_jax.optim import make_optimizer, make_schedule
+
+AXIS = "data"
+
+
+def quiet_library_logs() -> None:
+    """Drops Orbax's INFO lines (tens per checkpoint) from the absl log; warnings stay."""
+    import logging as std_logging
+
+    class _DropOrbaxInfo(std_logging.Filter):
+        def filter(self, record: std_logging.LogRecord) -> bool:
+            return record.levelno >= std_logging.WARNING or "/orbax/" not in record.pathname
+
+    handler = logging.get_absl_handler()
+    if not any(isinstance(f, _DropOrbaxInfo) for f in handler.filters):
+        handler.addFilter(_DropOrbaxInfo())
+
+
+class TrainingError(Exception):
+    """A training run cannot start or go on; the message says why and what to do."""
+
+
+class TrainState(train_state.TrainState):
+    """Flax TrainState plus the BatchNorm statistics."""
+
+    batch_stats: Any = None
+
+
+# Averages of the per-step training loss and accuracy (a CLU metrics collection).
+TrainMetrics = metrics.Collection.create(
+    loss=metrics.Average.from_output("loss"), accuracy=metrics.Average.from_output("accuracy")
+)
+
+
+@struct.dataclass
+class Preprocess:
+    """Device-side input transform: normalise, resize (Inception), cast."""
+
+    mean: tuple[float, ...] = struct.field(pytree_node=False)
+    std: tuple[float, ...] = struct.field(pytree_node=False)
+    size: int = struct.field(pytree_node=False, default=96)
+    dtype: Any = struct.field(pytree_node=False, default=jnp.float32)
+
+    def __call__(self, images: jax.Array) -> jax.Array:
+        x = pipeline.normalize(images, self.mean, self.std)
+        if self.size != x.shape[1]:
+            x = jax.image.resize(x, (x.shape[0], self.size, self.size, x.shape[3]), "bilinear")
+        return x.astype(self.dtype)
+
+
+# --- config --------------------------------------------------------------------------------
+
+
+def flatten_config(config: ml_collections.ConfigDict) -> dict[str, Any]:
+    """{'a.b': value} for every leaf field."""
+    out: dict[str, Any] = {}
+
+    def walk(node: Any, prefix: str) -> None:
+        for key, value in node.items():
+            name = f"{prefix}{key}"
+            if isinstance(value, ml_collections.ConfigDict | dict):
+                walk(value, name + ".")
+            else:
+                out[name] = list(value) if isinstance(value, tuple) else value
+
+    walk(config, "")
+    return out
+
+
+def check_or_store_config(config: ml_collections.ConfigDict, workdir: Path) -> None:
+    """Stores the config in WORKDIR/config.json, or refuses one that changes the stored run."""
+    path = workdir / "config.json"
+    current = flatten_config(config)
+    if path.is_file():
+        stored = json.loads(path.read_text())
+        changed = [
+            f"  {k}: {stored.get(k, '<absent>')!r} (stored) -> {current.get(k, '<absent>')!r}"
+            for k in sorted(set(stored) | set(current))
+            if k not in RUN_NEUTRAL_FIELDS and stored.get(k) != current.get(k)
+        ]
+        if changed:
+            raise TrainingError(
+                f"{workdir} holds a run with a different config; these fields change the run:\n"
+                + "\n".join(changed)
+                + "\nResume with the stored values, or start a new --workdir."
+            )
+    if jax.process_index() == 0:
+        workdir.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(current, indent=2, sort_keys=True))
+
+
+def config_from_json(path: Path) -> ml_collections.ConfigDict:
+    """Rebuilds a ConfigDict from WORKDIR/config.json."""
+    if not path.is_file():
+        raise TrainingError(f"{path}: not found; is {path.parent} a pcam-train --workdir?")
+    nested: dict[str, Any] = {}
+    for key, value in json.loads(path.read_text()).items():
+        node = nested
+        *parents, leaf = key.split(".")
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = value
+    return ml_collections.ConfigDict(nested)
+
+
+def create_model(config: ml_collections.ConfigDict) -> nn.Module:
+    """The model named by config.model.name with the other model.* fields as overrides."""
+    overrides = {k: v for k, v in config.model.items() if k != "name"}
+    try:
+        model = models.create(config.model.name, **overrides)
+    except (ValueError, TypeError) as e:
+        raise TrainingError(f"config.model: {e}") from e
+    if "axis_name" in {f.name for f in dataclasses.fields(model)} and "axis_name" not in overrides:
+        model = model.clone(axis_name=AXIS)  # BatchNorm statistics over the whole global batch
+    return model
+
+
+def initial_variables(
+    config: ml_collections.ConfigDict, model: nn.Module, key: jax.Array
+) -> dict[str, Any]:
+    """model.init, then the pretrained weights of config.init_from when set."""
+    size = models.input_size(config.model.name)
+    variables = jax.jit(partial(model.init, train=False))(key, jnp.zeros((2, size, size, 3)))
+    if config.init_from:
+        if config.model.name != "inception_v3":
+            raise TrainingError(
+                f"config.init_from is set but model {config.model.name!r} has no pretrained "
+                "weights loader (only inception_v3 reads torchvision state dicts)"
+            )
+        from pcam_jax.models import torch_convert
+
+        path = Path(config.init_from)
+        if not path.is_file():
+            raise TrainingError(
+                f"config.init_from={str(path)!r}: file not found; download torchvision's "
+                "inception_v3_google-*.pth elsewhere and copy it here"
+            )
+        variables = torch_convert.load_pretrained(variables, path)
+    return dict(variables)
+
+
+def trainable_mask(model: nn.Module, params: Any) -> Any:
+    """None (train everything), or the heads-only mask of a frozen Inception backbone."""
+    if getattr(model, "freeze_backbone", False):
+        from pcam_jax.models.inception import trainable_mask as heads_only
+
+        return heads_only(params)
+    return None
+
+
+def make_preprocess(config: ml_collections.ConfigDict, norm: pipeline.NormStats) -> Preprocess:
+    """The device-side input transform of `config` with normalisation statistics `norm`."""
+    dtypes = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+    if config.compute_dtype not in dtypes:
+        raise TrainingError(
+            f"config.compute_dtype={config.compute_dtype!r}: expected float32 or bfloat16"
+        )
+    size = models.input_size(config.model.name)
+    return Preprocess(tuple(norm.mean), tuple(norm.std), size, dtypes[config.compute_dtype])
+
+
+# --- data ----------------------------------------------------------------------------------
+
+
+def make_source(config: ml_collections.ConfigDict, split: str) -> sources.PatchSource:
+    """The `split` of the configured data source."""
+    return sources.make_source(
+        config.data.source,
+        config.data.root,
+        split,
+        kaggle_valid_fraction=config.data.kaggle_valid_fraction,
+        kaggle_split_seed=config.data.kaggle_split_seed,
+    )
+
+
+def norm_stats(config: ml_collections.ConfigDict, train_source: Any) -> pipeline.NormStats:
+    """Training-split statistics, or ImageNet's (config.data.normalization)."""
+    if config.data.normalization == "imagenet":
+        return pipeline.IMAGENET_STATS
+    if config.data.normalization != "dataset":
+        raise TrainingError(
+            f"config.data.normalization={config.data.normalization!r}: expected dataset or imagenet"
+        )
+    return pipeline.dataset_norm_stats(train_source)
+
+
+def make_mesh() -> jax.sharding.Mesh:
+    """A 1-D mesh over every device of every process, axis 'data'."""
+    return jax.make_mesh((jax.device_count(),), (AXIS,))
+
+
+def to_global(mesh: jax.sharding.Mesh, local: np.ndarray) -> jax.Array:
+    """This process's part of a batch -> a global array split over the data axis."""
+    return jax.make_array_from_process_local_data(NamedSharding(mesh, P(AXIS)), local)
+
+
+# --- steps ---------------------------------------------------------------------------------
+
+
+def _split_outputs(out: Any) -> tuple[jax.Array, jax.Array | None]:
+    if isinstance(out, tuple):
+        return out[0], out[1]
+    return out, None
+
+
+def cast_floats(tree: Any, dtype: Any) -> Any:
+    """Casts floating leaves to the compute dtype (a no-op for float32); masters stay float32."""
+    if dtype == jnp.float32:
+        return tree
+    return jax.tree_util.tree_map(
+        lambda x: x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x, tree
+    )
+
+
+def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
+    """Mean softmax cross-entropy of integer labels."""
+    return optax.softmax_cross_entropy_with_integer_labels(
+        logits.astype(jnp.float32), labels
+    ).mean()
+
+
+def train_step(
+    state: TrainState,
+    batch: dict[str, jax.Array],
+    rng: jax.Array,
+    *,
+    preprocess: Preprocess,
+    aux_loss_weight: float,
+    schedule: optax.Schedule,
+) -> tuple[TrainState, dict[str, jax.Array]]:
+    """One SGD step on this device's share of the batch; call inside shard_map over 'data'.
+
+    rng is the run's base key: the step's dropout key is derived from it, the
+    step number and the device index, so the step is a pure function.
+    """
+    rng = jax.random.fold_in(jax.random.fold_in(rng, state.step), jax.lax.axis_index(AXIS))
+    images = preprocess(batch["image"])
+    labels = batch["label"]
+    kwargs = {"return_aux": True} if aux_loss_weight > 0 else {}
+
+    def loss_fn(params: Any) -> tuple[jax.Array, tuple[jax.Array, Any]]:
+        variables = {
+            "params": cast_floats(params, preprocess.dtype),
+            "batch_stats": state.batch_stats,
+        }
+        out, mutated = state.apply_fn(
+            variables, images, train=True, mutable=["batch_stats"], rngs={"dropout": rng}, **kwargs
+        )
+        logits, aux = _split_outputs(out)
+        loss = cross_entropy(logits, labels)
+        if aux is not None:
+            loss = loss + aux_loss_weight * cross_entropy(aux, labels)
+        return loss, (logits, mutated.get("batch_stats", state.batch_stats))
+
+    (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    grads = jax.lax.pmean(grads, AXIS)
+    batch_stats = jax.lax.pmean(batch_stats, AXIS)
+    accuracy = jnp.mean(jnp.argmax(logits, -1) == labels)
+    new_state = state.apply_gradients(grads=grads, batch_stats=batch_stats)
+    step_metrics = {
+        "loss": jax.lax.pmean(loss, AXIS),
+        "accuracy": jax.lax.pmean(accuracy, AXIS),
+        "learning_rate": schedule(state.step),
+    }
+    return new_state, step_metrics
+
+
+def predict_step(
+    variables: dict[str, Any],
+    images: jax.Array,
+    *,
+    apply_fn: Any,
+    preprocess: Preprocess,
+    tta: bool,
+) -> jax.Array:
+    """p(tumour) (B,) of this device's images; with tta, averaged over the 8 D4 transforms."""
+    x = preprocess(images)
+    variables = {**variables, "params": cast_floats(variables["params"], preprocess.dtype)}
+    views = [x]
+    if tta:
+        views = [
+            jnp.flip(jnp.rot90(x, k, axes=(1, 2)), axis=2) if flip else jnp.rot90(x, k, axes=(1, 2))
+            for k in range(4)
+            for flip in (False, True)
+        ]
+    probs = [
+        jax.nn.softmax(_split_outputs(apply_fn(variables, v, train=False))[0], -1) for v in views
+    ]
+    return jnp.mean(jnp.stack(probs), axis=0)[:, 1].astype(jnp.float32)
+
+
+def make_predict_fn(
+    model: nn.Module, preprocess: Preprocess, mesh: jax.sharding.Mesh, tta: bool = False
+) -> Any:
+    """jit(shard_map(predict_step)): (variables, global images) -> global p(tumour)."""
+    fn = partial(predict_step, apply_fn=model.apply, preprocess=preprocess, tta=tta)
+    return jax.jit(jax.shard_map(fn, mesh=mesh, in_specs=(P(), P(AXIS)), out_specs=P(AXIS)))
+
+
+def predict(
+    predict_fn: Any,
+    variables: dict[str, Any],
+    loader: grain.DataLoader,
+    mesh: jax.sharding.Mesh,
+) -> dict[str, np.ndarray]:
+    """Runs `predict_fn` over an eval loader; returns index, label, p_tumour for every patch.
+
+    The last, smaller batch is padded to a multiple of the local device count
+    and the padding dropped. Multi-process: every process returns the whole
+    split (predictions are gathered from all processes).
+    """
+    local_devices = jax.local_device_count()
+    out: dict[str, list[np.ndarray]] = {"index": [], "label": [], "p_tumour": []}
+    for batch in loader:
+        n = batch["label"].shape[0]
+        pad = (-n) % local_devices
+        images = batch["image"]
+        if pad:
+            images = np.concatenate([images, np.repeat(images[-1:], pad, axis=0)])
+        p = predict_fn(variables, to_global(mesh, images))
+        p = np.asarray(jax.experimental.multihost_utils.process_allgather(p, tiled=True))
+        if jax.process_count() == 1:
+            p = p[:n]
+            out["index"].append(np.asarray(batch["index"]))
+            out["label"].append(np.asarray(batch["label"]))
+            out["p_tumour"].append(p)
+        else:  # pragma: no cover - exercised by the multi-host launcher
+            raise TrainingError("multi-process evaluation is not supported yet")
+    return {k: np.concatenate(v) if v else np.zeros(0) for k, v in out.items()}
+
+
+# --- checkpoints ---------------------------------------------------------------------------
+
+
+def checkpoint_manager(workdir: Path, keep: int) -> ocp.CheckpointManager:
+    """Keeps the last `keep` checkpoints and the best by validation AUC."""
+    policy = ocp.checkpoint_managers.AnyPreservationPolicy(
+        [
+            ocp.checkpoint_managers.LatestN(n=keep),
+            ocp.checkpoint_managers.BestN(
+                get_metric_fn=lambda m: m["val_auc"], n=1, keep_checkpoints_without_metrics=False
+            ),
+        ]
+    )
+    options = ocp.CheckpointManagerOptions(
+        best_fn=lambda m: m["val_auc"],
+        best_mode="max",
+        preservation_policy=policy,
+        enable_async_checkpointing=False,
+        create=True,
+    )
+    return ocp.CheckpointManager(
+        (workdir / "checkpoints").absolute(),
+        options=options,
+        item_handlers={
+            "model": ocp.StandardCheckpointHandler(),
+            "opt": ocp.StandardCheckpointHandler(),
+            "data": grain.checkpoint.CheckpointHandler(),
+            "record": ocp.JsonCheckpointHandler(),
+        },
+    )
+
+
+def resolve_checkpoint(mngr: ocp.CheckpointManager, which: str) -> int:
+    """'best' | 'last' | a step number -> a saved step."""
+    steps = list(mngr.all_steps())
+    if not steps:
+        raise TrainingError(f"{mngr.directory}: no checkpoints; train first with pcam-train")
+    if which == "last":
+        return max(steps)
+    if which == "best":
+        best = mngr.best_step()
+        return best if best is not None else max(steps)
+    if not which.isdigit() or int(which) not in steps:
+        raise TrainingError(
+            f"--checkpoint={which!r}: expected best, last or one of the saved steps {sorted(steps)}"
+        )
+    return int(which)
+
+
+def restore_model(
+    mngr: ocp.CheckpointManager, step: int, abstract_model: Any
+) -> tuple[Any, dict[str, Any]]:
+    """The model variables and the JSON record of checkpoint `step` (no optimizer state)."""
+    restored = mngr.restore(
+        step,
+        args=ocp.args.Composite(
+            model=ocp.args.StandardRestore(abstract_model), record=ocp.args.JsonRestore()
+        ),
+    )
+    return restored["model"], restored["record"]
+
+
+# --- the loop ------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class _Pending:
+    """Per-step metrics still on the device, fetched at log and checkpoint steps."""
+
+    steps: list[int] = dataclasses.field(default_factory=list)
+    values: list[dict[str, jax.Array]] = dataclasses.field(default_factory=list)
+
+    def fetch(self) -> list[tuple[int, dict[str, float]]]:
+        got = jax.device_get(self.values)
+        out = list(zip(self.steps, got, strict=True))
+        self.steps, self.values = [], []
+        return out
+
+
+def _check_finite(fetched: list[tuple[int, dict[str, float]]], last_good: int | None) -> None:
+    for step, values in fetched:
+        if not math.isfinite(float(values["loss"])):
+            where = (
+                f"the last good checkpoint (step {last_good}) is untouched"
+                if last_good is not None
+                else "no checkpoint was written"
+            )
+            raise TrainingError(
+                f"training diverged: loss is {float(values['loss'])} at step {step}; stopped "
+                f"without saving, {where}. Lower optimizer.learning_rate or set "
+                "optimizer.grad_clip_norm."
+            )
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, Any]:
+    """Trains `config` in `workdir` (resuming from its latest checkpoint) and evaluates it.
+
+    Returns the last validation metrics.
+    """
+    workdir = Path(workdir)
+    check_or_store_config(config, workdir)
+    if config.batch_size % jax.device_count():
+        raise TrainingError(
+            f"config.batch_size={config.batch_size} must be a multiple of the "
+            f"{jax.device_count()} devices"
+        )
+    writer = metric_writers.create_default_writer(
+        workdir, just_logging=jax.process_index() > 0, asynchronous=False
+    )
+    mesh = make_mesh()
+    train_src = make_source(config, config.data.train_split)
+    eval_src = make_source(config, config.data.eval_split)
+    norm = norm_stats(config, train_src)
+    augment = pipeline.AugmentConfig.from_mapping(config.augment.to_dict())
+    loader = pipeline.make_loader(
+        train_src,
+        batch_size=config.batch_size // jax.process_count(),
+        train=True,
+        seed=config.seed,
+        augment=augment,
+        worker_count=config.data.worker_count,
+        worker_buffer_size=config.data.worker_buffer_size,
+        read_threads=config.data.read_threads,
+        read_buffer=config.data.read_buffer,
+        shard_options=pipeline.process_shard_options(),
+    )
+    train_iter = iter(loader)
+
+    model = create_model(config)
+    preprocess = make_preprocess(config, norm)
+    schedule = make_schedule(
+        config.schedule, config.num_train_steps, config.optimizer.learning_rate
+    )
+    key = jax.random.key(config.seed)
+    variables = initial_variables(config, model, key)
+    tx = make_optimizer(config.optimizer, schedule, trainable_mask(model, variables["params"]))
+    state = TrainState.create(
+        apply_fn=model.apply,
+        params=variables["params"],
+        batch_stats=variables.get("batch_stats", {}),
+        tx=tx,
+    )
+    n_params = sum(int(np.prod(p.shape)) for p in jax.tree_util.tree_leaves(state.params))
+    mngr = checkpoint_manager(workdir, config.keep_checkpoints)
+    last_good = mngr.latest_step()
+    if last_good is not None:
+        restored = mngr.restore(
+            last_good,
+            args=ocp.args.Composite(
+                model=ocp.args.StandardRestore(
+                    {"params": state.params, "batch_stats": state.batch_stats}
+                ),
+                opt=ocp.args.StandardRestore({"opt_state": state.opt_state, "step": state.step}),
+                data=grain.checkpoint.CheckpointRestore(train_iter),
+                record=ocp.args.JsonRestore(),
+            ),
+        )
+        state = state.replace(
+            params=restored["model"]["params"],
+            batch_stats=restored["model"]["batch_stats"],
+            opt_state=restored["opt"]["opt_state"],
+            step=restored["opt"]["step"],
+        )
+        if restored["record"]["norm"] != norm.to_json():
+            raise TrainingError(
+                f"the training data under {config.data.root} changed since checkpoint "
+                f"{last_good} (normalisation statistics differ); start a new --workdir"
+            )
+        logging.info("resumed from checkpoint %d in %s", last_good, mngr.directory)
+    replicated = NamedSharding(mesh, P())
+    state = jax.device_put(state, replicated)
+    key = jax.device_put(key, replicated)
+    step_fn = jax.jit(
+        jax.shard_map(
+            partial(
+                train_step,
+                preprocess=preprocess,
+                aux_loss_weight=config.aux_loss_weight,
+                schedule=schedule,
+            ),
+            mesh=mesh,
+            in_specs=(P(), P(AXIS), P()),
+            out_specs=(P(), P()),
+        ),
+        donate_argnums=(0,),
+    )
+    predict_fn = make_predict_fn(model, preprocess, mesh)
+
+    start = int(jax.device_get(state.step))
+    if start == 0 and jax.process_index() == 0:
+        writer.write_hparams({k: v for k, v in flatten_config(config).items()})
+        logging.info(
+            "model %s: %d parameters; train %d / %s %d patches; %d devices",
+            config.model.name,
+            n_params,
+            len(train_src),
+            config.data.eval_split,
+            len(eval_src),
+            jax.device_count(),
+        )
+    hooks: list[Any] = [
+        periodic_actions.ReportProgress(
+            num_train_steps=config.num_train_steps,
+            writer=writer,
+            every_steps=config.log_every_steps,
+        )
+    ]
+    if config.profile_steps > 0 and jax.process_index() == 0:
+        hooks.append(
+            periodic_actions.Profile(logdir=str(workdir), num_profile_steps=config.profile_steps)
+        )
+    pending = _Pending()
+    train_metrics: Any = None
+    val: dict[str, Any] = {}
+    t_last = time.perf_counter()
+    for step in range(start + 1, config.num_train_steps + 1):
+        with jax.profiler.StepTraceAnnotation("train", step_num=step):
+            batch = next(train_iter)
+            global_batch = {
+                "image": to_global(mesh, batch["image"]),
+                "label": to_global(mesh, batch["label"]),
+            }
+            state, step_metrics = step_fn(state, global_batch, key)
+        pending.steps.append(step)
+        pending.values.append(step_metrics)
+        for hook in hooks:
+            hook(step)
+        is_last = step == config.num_train_steps
+        if step % config.log_every_steps == 0 or is_last:
+            fetched = pending.fetch()
+            _check_finite(fetched, last_good)
+            for _, values in fetched:
+                update = TrainMetrics.single_from_model_output(
+                    loss=np.asarray(values["loss"]), accuracy=np.asarray(values["accuracy"])
+                )
+                train_metrics = update if train_metrics is None else train_metrics.merge(update)
+            if train_metrics is not None:
+                scalars = {f"train_{k}": v for k, v in train_metrics.compute().items()}
+                scalars["learning_rate"] = float(fetched[-1][1]["learning_rate"])
+                elapsed = time.perf_counter() - t_last
+                scalars["images_per_second"] = len(fetched) * config.batch_size / elapsed
+                writer.write_scalars(step, scalars)
+            train_metrics, t_last = None, time.perf_counter()
+        evaluated = False
+        if step % config.eval_every_steps == 0 or is_last:
+            eval_loader = pipeline.make_loader(
+                eval_src,
+                batch_size=config.eval_batch_size,
+                train=False,
+                read_threads=config.data.read_threads,
+                shard_options=pipeline.process_shard_options(drop_remainder=False),
+            )
+            variables = {"params": state.params, "batch_stats": state.batch_stats}
+            pred = predict(predict_fn, variables, eval_loader, mesh)
+            val = binary_metrics(pred["label"], pred["p_tumour"], n_bootstrap=0)
+            writer.write_scalars(step, {f"val_{k}": val[k] for k in ("auc", "accuracy", "nll")})
+            evaluated = True
+        if step % config.checkpoint_every_steps == 0 or is_last:
+            _check_finite(pending.fetch(), last_good)
+            record = {
+                "step": step,
+                "norm": norm.to_json(),
+                "seed": config.seed,
+                "model": config.model.to_dict(),
+                "val": {k: val[k] for k in ("auc", "accuracy", "nll", "n")} if evaluated else None,
+            }
+            mngr.save(
+                step,
+                args=ocp.args.Composite(
+                    model=ocp.args.StandardSave(
+                        {"params": state.params, "batch_stats": state.batch_stats}
+                    ),
+                    opt=ocp.args.StandardSave({"opt_state": state.opt_state, "step": state.step}),
+                    data=grain.checkpoint.CheckpointSave(train_iter),
+                    record=ocp.args.JsonSave(record),
+                ),
+                metrics={"val_auc": val["auc"]} if evaluated else None,
+                force=True,
+            )
+            mngr.wait_until_finished()
+            last_good = step
+    writer.flush()
+    mngr.close()
+    return val
