@@ -371,16 +371,23 @@ def invariant_pool(
     return jnp.max(y, axis=(1, 2)) if spatial_reduce == "max" else jnp.mean(y, axis=(1, 2))
 
 
-def group_moments(x: jax.Array, group: str) -> tuple[jax.Array, jax.Array]:
+def group_moments(
+    x: jax.Array, group: str, axis_name: str | None = None
+) -> tuple[jax.Array, jax.Array]:
     """Batch-norm statistics shared across the |G| copies: mean and variance (C,), float32.
 
-    Reduced over N, H, W and the group axis, hence invariant under L_h.
+    Reduced over N, H, W and the group axis (and over devices with ``axis_name``), hence
+    invariant under L_h.
     """
     y = split_group(x.astype(jnp.float32), group)
     axes = (0, 1, 2, 4)
     mean = jnp.mean(y, axis=axes)
-    var = jnp.mean(jnp.square(y - mean[:, None]), axis=axes)
-    return mean, var
+    if axis_name is None:
+        var = jnp.mean(jnp.square(y - mean[:, None]), axis=axes)
+        return mean, var
+    mean_sq = jnp.mean(jnp.square(y), axis=axes)
+    mean, mean_sq = lax.pmean((mean, mean_sq), axis_name)
+    return mean, jnp.maximum(mean_sq - jnp.square(mean), 0.0)
 
 
 def group_normalize(

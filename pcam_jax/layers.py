@@ -113,6 +113,7 @@ class GroupBatchNorm(nn.Module):
     epsilon: float = 1e-5
     use_scale: bool = True
     use_bias: bool = True
+    axis_name: str | None = None  # average batch statistics over this device axis
 
     @nn.compact
     def __call__(self, x: jax.Array, use_running_average: bool) -> jax.Array:
@@ -124,7 +125,7 @@ class GroupBatchNorm(nn.Module):
         if use_running_average:
             mean, var = ra_mean.value, ra_var.value
         else:
-            mean, var = groups.group_moments(x, self.group)
+            mean, var = groups.group_moments(x, self.group, self.axis_name)
             if not self.is_initializing():
                 m = self.momentum
                 ra_mean.value = m * ra_mean.value + (1 - m) * mean

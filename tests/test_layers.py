@@ -155,3 +155,20 @@ def test_group_dropout_same_rng_is_equivariant(group):
     # negative control: element-wise dropout with the same rng is not equivariant
     el = lambda v: nn.Dropout(0.5).apply({}, v, deterministic=False, rngs={"dropout": rng})  # noqa: E731
     assert max_equiv_err(el, x, group) > 0.1
+
+
+def test_group_batch_norm_axis_name_averages_over_devices():
+    """With axis_name, statistics over all shards equal those of the whole batch."""
+    x = rnd((4, 6, 6, 2 * 8)) * 2.0 + 1.0
+    bn = L.GroupBatchNorm("p4m", axis_name="dev")
+    v = L.GroupBatchNorm("p4m").init(jax.random.key(0), x, use_running_average=False)
+    whole, upd = L.GroupBatchNorm("p4m").apply(
+        v, x, use_running_average=False, mutable=["batch_stats"]
+    )
+
+    def shard(xs):
+        return bn.apply(v, xs, use_running_average=False, mutable=["batch_stats"])
+
+    sharded, upd_s = jax.vmap(shard, axis_name="dev")(x.reshape(2, 2, 6, 6, 16))
+    np.testing.assert_allclose(sharded.reshape(x.shape), whole, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(upd_s["batch_stats"]["var"][0], upd["batch_stats"]["var"], 1e-5)

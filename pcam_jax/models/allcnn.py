@@ -36,6 +36,7 @@ class GroupAllCNN(nn.Module):
     width_multiplier: float = 1.0
     down_kernel: int = 4
     num_classes: int = 2
+    axis_name: str | None = None  # cross-device batch norm (shard_map / pmap axis)
     dropout_rate: float = 0.5
     batch_norm: bool = True
 
@@ -67,7 +68,9 @@ class GroupAllCNN(nn.Module):
             )
             x = conv(x)
             if self.batch_norm:
-                x = GroupBatchNorm(g, name=f"bn{i}")(x, use_running_average=not train)
+                x = GroupBatchNorm(g, axis_name=self.axis_name, name=f"bn{i}")(
+                    x, use_running_average=not train
+                )
             x = nn.relu(x)
             if s == 2:
                 x = GroupDropout(self.dropout_rate, g)(x, deterministic=not train)

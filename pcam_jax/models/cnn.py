@@ -29,6 +29,7 @@ class GroupCNN(nn.Module):
     width_multiplier: float = 1.0
     dense_features: int = 256
     num_classes: int = 2
+    axis_name: str | None = None  # cross-device batch norm (shard_map / pmap axis)
     dropout_rate: float = 0.25
     dense_dropout_rate: float = 0.5
     batch_norm: bool = True
@@ -45,7 +46,9 @@ class GroupCNN(nn.Module):
                 x = conv_layer(width, 3, g, first, name=name, use_bias=not self.batch_norm)(x)
                 first = False
                 if self.batch_norm:
-                    x = GroupBatchNorm(g, name=f"bn{stage}_{i}")(x, use_running_average=not train)
+                    x = GroupBatchNorm(g, axis_name=self.axis_name, name=f"bn{stage}_{i}")(
+                        x, use_running_average=not train
+                    )
                 x = nn.relu(x)
             x = spatial_pool(x, "max", 2, 2, "VALID")
             x = GroupDropout(self.dropout_rate, g)(x, deterministic=not train)

@@ -35,6 +35,7 @@ class GroupDenseNet(nn.Module):
     stem_features: int | None = None
     compression: float = 0.5
     num_classes: int = 2
+    axis_name: str | None = None  # cross-device batch norm (shard_map / pmap axis)
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
@@ -43,7 +44,11 @@ class GroupDenseNet(nn.Module):
         n = groups.group_order(g)
 
         def bn_relu(y: jax.Array, name: str) -> jax.Array:
-            return nn.relu(GroupBatchNorm(g, name=name)(y, use_running_average=not train))
+            return nn.relu(
+                GroupBatchNorm(g, axis_name=self.axis_name, name=name)(
+                    y, use_running_average=not train
+                )
+            )
 
         x = conv_layer(self.stem_features or 2 * k, 3, g, True, name="stem", use_bias=False)(x)
         for b in range(self.num_blocks):

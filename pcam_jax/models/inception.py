@@ -39,6 +39,7 @@ class BasicConv2d(nn.Module):
     strides: int = 1
     padding: int | tuple[int, int] = 0
     frozen: bool = False
+    axis_name: str | None = None
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
@@ -52,7 +53,13 @@ class BasicConv2d(nn.Module):
             name="conv",
         )(x)
         use_ra = self.frozen or not train
-        x = nn.BatchNorm(use_running_average=use_ra, momentum=0.9, epsilon=1e-3, name="bn")(x)
+        x = nn.BatchNorm(
+            use_running_average=use_ra,
+            momentum=0.9,
+            epsilon=1e-3,
+            axis_name=None if use_ra else self.axis_name,
+            name="bn",
+        )(x)
         return nn.relu(x)
 
 
@@ -68,10 +75,15 @@ def _max3s2(x: jax.Array) -> jax.Array:
 class InceptionA(nn.Module):
     pool_features: int
     frozen: bool = False
+    axis_name: str | None = None
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
-        c = lambda f, k, p=0, name=None: BasicConv2d(f, k, padding=p, frozen=self.frozen, name=name)  # noqa: E731
+        def c(f: int, k: Any, p: Any = 0, name: str | None = None) -> BasicConv2d:
+            return BasicConv2d(
+                f, k, padding=p, frozen=self.frozen, axis_name=self.axis_name, name=name
+            )
+
         b1 = c(64, 1, name="branch1x1")(x, train)
         b5 = c(48, 1, name="branch5x5_1")(x, train)
         b5 = c(64, 5, 2, name="branch5x5_2")(b5, train)
@@ -84,27 +96,37 @@ class InceptionA(nn.Module):
 
 class InceptionB(nn.Module):
     frozen: bool = False
+    axis_name: str | None = None
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
         fz = self.frozen
-        b3 = BasicConv2d(384, 3, strides=2, frozen=fz, name="branch3x3")(x, train)
-        bd = BasicConv2d(64, 1, frozen=fz, name="branch3x3dbl_1")(x, train)
-        bd = BasicConv2d(96, 3, padding=1, frozen=fz, name="branch3x3dbl_2")(bd, train)
-        bd = BasicConv2d(96, 3, strides=2, frozen=fz, name="branch3x3dbl_3")(bd, train)
+        b3 = BasicConv2d(384, 3, strides=2, frozen=fz, axis_name=self.axis_name, name="branch3x3")(
+            x, train
+        )
+        bd = BasicConv2d(64, 1, frozen=fz, axis_name=self.axis_name, name="branch3x3dbl_1")(
+            x, train
+        )
+        bd = BasicConv2d(
+            96, 3, padding=1, frozen=fz, axis_name=self.axis_name, name="branch3x3dbl_2"
+        )(bd, train)
+        bd = BasicConv2d(
+            96, 3, strides=2, frozen=fz, axis_name=self.axis_name, name="branch3x3dbl_3"
+        )(bd, train)
         return jnp.concatenate([b3, bd, _max3s2(x)], axis=-1)
 
 
 class InceptionC(nn.Module):
     channels_7x7: int
     frozen: bool = False
+    axis_name: str | None = None
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
         c7, fz = self.channels_7x7, self.frozen
 
         def c(f: int, k: Any, p: Any, name: str) -> BasicConv2d:
-            return BasicConv2d(f, k, padding=p, frozen=fz, name=name)
+            return BasicConv2d(f, k, padding=p, frozen=fz, axis_name=self.axis_name, name=name)
 
         b1 = c(192, 1, 0, "branch1x1")(x, train)
         b7 = c(c7, 1, 0, "branch7x7_1")(x, train)
@@ -121,28 +143,40 @@ class InceptionC(nn.Module):
 
 class InceptionD(nn.Module):
     frozen: bool = False
+    axis_name: str | None = None
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
         fz = self.frozen
-        b3 = BasicConv2d(192, 1, frozen=fz, name="branch3x3_1")(x, train)
-        b3 = BasicConv2d(320, 3, strides=2, frozen=fz, name="branch3x3_2")(b3, train)
-        b7 = BasicConv2d(192, 1, frozen=fz, name="branch7x7x3_1")(x, train)
-        b7 = BasicConv2d(192, (1, 7), padding=(0, 3), frozen=fz, name="branch7x7x3_2")(b7, train)
-        b7 = BasicConv2d(192, (7, 1), padding=(3, 0), frozen=fz, name="branch7x7x3_3")(b7, train)
-        b7 = BasicConv2d(192, 3, strides=2, frozen=fz, name="branch7x7x3_4")(b7, train)
+        b3 = BasicConv2d(192, 1, frozen=fz, axis_name=self.axis_name, name="branch3x3_1")(x, train)
+        b3 = BasicConv2d(
+            320, 3, strides=2, frozen=fz, axis_name=self.axis_name, name="branch3x3_2"
+        )(b3, train)
+        b7 = BasicConv2d(192, 1, frozen=fz, axis_name=self.axis_name, name="branch7x7x3_1")(
+            x, train
+        )
+        b7 = BasicConv2d(
+            192, (1, 7), padding=(0, 3), frozen=fz, axis_name=self.axis_name, name="branch7x7x3_2"
+        )(b7, train)
+        b7 = BasicConv2d(
+            192, (7, 1), padding=(3, 0), frozen=fz, axis_name=self.axis_name, name="branch7x7x3_3"
+        )(b7, train)
+        b7 = BasicConv2d(
+            192, 3, strides=2, frozen=fz, axis_name=self.axis_name, name="branch7x7x3_4"
+        )(b7, train)
         return jnp.concatenate([b3, b7, _max3s2(x)], axis=-1)
 
 
 class InceptionE(nn.Module):
     frozen: bool = False
+    axis_name: str | None = None
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
         fz = self.frozen
 
         def c(f: int, k: Any, p: Any, name: str) -> BasicConv2d:
-            return BasicConv2d(f, k, padding=p, frozen=fz, name=name)
+            return BasicConv2d(f, k, padding=p, frozen=fz, axis_name=self.axis_name, name=name)
 
         b1 = c(320, 1, 0, "branch1x1")(x, train)
         b3 = c(384, 1, 0, "branch3x3_1")(x, train)
@@ -171,14 +205,19 @@ class InceptionAux(nn.Module):
 
     num_classes: int
     frozen: bool = False
+    axis_name: str | None = None
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
         x = nn.avg_pool(x, (5, 5), (3, 3), padding="VALID")
         if min(x.shape[1:3]) < 5:
             raise ValueError(f"aux head needs a 17x17 Mixed_6e map (299x299 input), got {x.shape}")
-        x = BasicConv2d(128, 1, frozen=self.frozen, name="conv0")(x, train)
-        x = BasicConv2d(768, 5, frozen=self.frozen, name="conv1")(x, train)
+        x = BasicConv2d(128, 1, frozen=self.frozen, axis_name=self.axis_name, name="conv0")(
+            x, train
+        )
+        x = BasicConv2d(768, 5, frozen=self.frozen, axis_name=self.axis_name, name="conv1")(
+            x, train
+        )
         x = jnp.mean(x, axis=(1, 2))
         if self.frozen:
             x = jax.lax.stop_gradient(x)
@@ -197,6 +236,7 @@ class InceptionV3(nn.Module):
     transform_input: bool = False
     freeze_backbone: bool = False
     dropout_rate: float = 0.5
+    axis_name: str | None = None  # cross-device batch norm (shard_map / pmap axis)
 
     @nn.compact
     def __call__(
@@ -207,27 +247,33 @@ class InceptionV3(nn.Module):
             scale = jnp.array([0.229, 0.224, 0.225]) / 0.5
             shift = (jnp.array([0.485, 0.456, 0.406]) - 0.5) / 0.5
             x = x * scale + shift
-        x = BasicConv2d(32, 3, strides=2, frozen=fz, name="Conv2d_1a_3x3")(x, train)
-        x = BasicConv2d(32, 3, frozen=fz, name="Conv2d_2a_3x3")(x, train)
-        x = BasicConv2d(64, 3, padding=1, frozen=fz, name="Conv2d_2b_3x3")(x, train)
+        x = BasicConv2d(
+            32, 3, strides=2, frozen=fz, axis_name=self.axis_name, name="Conv2d_1a_3x3"
+        )(x, train)
+        x = BasicConv2d(32, 3, frozen=fz, axis_name=self.axis_name, name="Conv2d_2a_3x3")(x, train)
+        x = BasicConv2d(
+            64, 3, padding=1, frozen=fz, axis_name=self.axis_name, name="Conv2d_2b_3x3"
+        )(x, train)
         x = _max3s2(x)
-        x = BasicConv2d(80, 1, frozen=fz, name="Conv2d_3b_1x1")(x, train)
-        x = BasicConv2d(192, 3, frozen=fz, name="Conv2d_4a_3x3")(x, train)
+        x = BasicConv2d(80, 1, frozen=fz, axis_name=self.axis_name, name="Conv2d_3b_1x1")(x, train)
+        x = BasicConv2d(192, 3, frozen=fz, axis_name=self.axis_name, name="Conv2d_4a_3x3")(x, train)
         x = _max3s2(x)
-        x = InceptionA(32, fz, name="Mixed_5b")(x, train)
-        x = InceptionA(64, fz, name="Mixed_5c")(x, train)
-        x = InceptionA(64, fz, name="Mixed_5d")(x, train)
-        x = InceptionB(fz, name="Mixed_6a")(x, train)
-        x = InceptionC(128, fz, name="Mixed_6b")(x, train)
-        x = InceptionC(160, fz, name="Mixed_6c")(x, train)
-        x = InceptionC(160, fz, name="Mixed_6d")(x, train)
-        x = InceptionC(192, fz, name="Mixed_6e")(x, train)
+        x = InceptionA(32, fz, axis_name=self.axis_name, name="Mixed_5b")(x, train)
+        x = InceptionA(64, fz, axis_name=self.axis_name, name="Mixed_5c")(x, train)
+        x = InceptionA(64, fz, axis_name=self.axis_name, name="Mixed_5d")(x, train)
+        x = InceptionB(fz, axis_name=self.axis_name, name="Mixed_6a")(x, train)
+        x = InceptionC(128, fz, axis_name=self.axis_name, name="Mixed_6b")(x, train)
+        x = InceptionC(160, fz, axis_name=self.axis_name, name="Mixed_6c")(x, train)
+        x = InceptionC(160, fz, axis_name=self.axis_name, name="Mixed_6d")(x, train)
+        x = InceptionC(192, fz, axis_name=self.axis_name, name="Mixed_6e")(x, train)
         aux = None
         if self.aux_logits and (return_aux or self.is_initializing()):
-            aux = InceptionAux(self.num_classes, fz, name="AuxLogits")(x, train)
-        x = InceptionD(fz, name="Mixed_7a")(x, train)
-        x = InceptionE(fz, name="Mixed_7b")(x, train)
-        x = InceptionE(fz, name="Mixed_7c")(x, train)
+            aux = InceptionAux(self.num_classes, fz, axis_name=self.axis_name, name="AuxLogits")(
+                x, train
+            )
+        x = InceptionD(fz, axis_name=self.axis_name, name="Mixed_7a")(x, train)
+        x = InceptionE(fz, axis_name=self.axis_name, name="Mixed_7b")(x, train)
+        x = InceptionE(fz, axis_name=self.axis_name, name="Mixed_7c")(x, train)
         x = jnp.mean(x, axis=(1, 2))
         if fz:
             x = jax.lax.stop_gradient(x)
