@@ -101,6 +101,10 @@ def cnn_config(model_name: str) -> ml_collections.ConfigDict:
     """The study's 6-layer CNN (cnn | p4cnn | p4mcnn): Adam 1e-3, batch 64, D4 augmentation."""
     c = base_config()
     c.model.name = model_name
+    c.model.width_multiplier = 1.0
+    c.model.dense_features = 256
+    c.model.dropout_rate = 0.25
+    c.model.dense_dropout_rate = 0.5
     c.num_train_steps = epochs_to_steps(24, c.batch_size)
     c.eval_every_steps = c.checkpoint_every_steps = epochs_to_steps(1, c.batch_size)
     c.schedule.name = "cosine"
@@ -112,6 +116,8 @@ def allcnn_config(model_name: str) -> ml_collections.ConfigDict:
     """All-CNN-C (allcnn | p4allcnn | p4mallcnn): RMSprop with a triangular cyclic rate."""
     c = base_config()
     c.model.name = model_name
+    c.model.width_multiplier = 1.0
+    c.model.dropout_rate = 0.5
     c.num_train_steps = epochs_to_steps(24, c.batch_size)
     c.eval_every_steps = c.checkpoint_every_steps = epochs_to_steps(1, c.batch_size)
     c.optimizer.name = "rmsprop"
@@ -125,8 +131,14 @@ def allcnn_config(model_name: str) -> ml_collections.ConfigDict:
 
 def densenet_config(model_name: str) -> ml_collections.ConfigDict:
     """Veeling et al.'s PCam DenseNet: Adam 1e-3, batch 64, ~100 epochs, flips + rot90."""
+    from pcam_jax.models.densenet import DEFAULT_GROWTH
+
     c = base_config()
     c.model.name = model_name
+    c.model.growth_rate = DEFAULT_GROWTH[model_name.removesuffix("densenet") or "z2"]
+    c.model.depth = 4
+    c.model.num_blocks = 5
+    c.model.compression = 0.5
     c.num_train_steps = epochs_to_steps(100, c.batch_size)
     c.eval_every_steps = c.checkpoint_every_steps = epochs_to_steps(1, c.batch_size)
     c.optimizer.name = "adam"

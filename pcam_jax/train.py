@@ -300,10 +300,12 @@ def train_step(
     batch_stats = jax.lax.pmean(batch_stats, AXIS)
     accuracy = jnp.mean(jnp.argmax(logits, -1) == labels)
     new_state = state.apply_gradients(grads=grads, batch_stats=batch_stats)
+    finite = [jnp.all(jnp.isfinite(p)) for p in jax.tree_util.tree_leaves(new_state.params)]
     step_metrics = {
         "loss": jax.lax.pmean(loss, AXIS),
         "accuracy": jax.lax.pmean(accuracy, AXIS),
         "learning_rate": schedule(state.step),
+        "params_finite": jnp.all(jnp.stack(finite)),
     }
     return new_state, step_metrics
 
@@ -451,17 +453,20 @@ class _Pending:
         return out
 
 
-def _check_finite(fetched: list[tuple[int, dict[str, float]]], last_good: int | None) -> None:
+def _check_finite(fetched: list[tuple[int, dict[str, Any]]], last_good: int | None) -> None:
+    """Raises at the first step whose loss or updated parameters are not finite."""
     for step, values in fetched:
-        if not math.isfinite(float(values["loss"])):
+        loss = float(values["loss"])
+        if not (math.isfinite(loss) and bool(values["params_finite"])):
             where = (
                 f"the last good checkpoint (step {last_good}) is untouched"
                 if last_good is not None
                 else "no checkpoint was written"
             )
             raise TrainingError(
-                f"training diverged: loss is {float(values['loss'])} at step {step}; stopped "
-                f"without saving, {where}. Lower optimizer.learning_rate or set "
+                f"training diverged at step {step}: loss {loss}, parameters "
+                f"{'finite' if values['params_finite'] else 'not finite'} after the update; "
+                f"stopped without saving, {where}. Lower optimizer.learning_rate or set "
                 "optimizer.grad_clip_norm."
             )
 
@@ -535,7 +540,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
             opt_state=restored["opt"]["opt_state"],
             step=restored["opt"]["step"],
         )
-        if restored["record"]["norm"] != norm.to_json():
+        saved = pipeline.NormStats.from_json(restored["record"]["norm"])
+        if not (
+            np.allclose(saved.mean, norm.mean, rtol=1e-6)
+            and np.allclose(saved.std, norm.std, rtol=1e-6)
+            and saved.n == norm.n
+        ):
             raise TrainingError(
                 f"the training data under {config.data.root} changed since checkpoint "
                 f"{last_good} (normalisation statistics differ); start a new --workdir"

@@ -131,7 +131,16 @@ def test_iterator_state_resumes_on_exactly_the_next_batch(synthetic_root, worker
         next(it)
     state = it.get_state()
     expected = [next(it) for _ in range(4)]
-    resumed = iter(loader())
+    resumed = iter(
+        pipeline.make_loader(
+            _train_src(synthetic_root),  # a new source object, as in a restarted process
+            batch_size=32,
+            train=True,
+            seed=3,
+            augment=AugmentConfig(d4=True, brightness=0.2, hed_sigma=0.05),
+            worker_count=workers,
+        )
+    )
     resumed.set_state(state)
     got = [next(resumed) for _ in range(4)]
     for e, g in zip(expected, got, strict=True):

@@ -82,6 +82,11 @@ class PatchSource:
         """What this source reads, for logs and run records."""
         return {"source": self.name, "split": self.split, "n": len(self)}
 
+    def __repr__(self) -> str:
+        # grain checks repr(source) when restoring an iterator state: it names the data,
+        # not its location, so a run can resume after the data moved (data.root changed).
+        return f"{type(self).__name__}(split={self.split!r}, n={len(self)})"
+
 
 def _stat_line(path: Path) -> str:
     st = path.stat()

@@ -1,0 +1,441 @@
+"""Training and evaluation binaries: configs, end-to-end runs, resume, devices, NaN, CLI errors."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from absl import flags
+from ml_collections import config_flags
+from sklearn.metrics import roc_auc_score
+
+from pcam_jax import models, train
+from pcam_jax.evaluate import apply_overrides, evaluate
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIGS = sorted((REPO / "configs").glob("*.py"))
+
+
+def load_config(path: Path, *overrides: str):
+    """Parses a config file and overrides exactly as pcam-train does."""
+    argv = ["prog", f"--config={path}", *overrides]
+    fv = flags.FlagValues()
+    config_flags.DEFINE_config_file(
+        "config", None, "", flag_values=fv, lock_config=True, sys_argv=argv
+    )
+    fv(argv)
+    return fv.config
+
+
+def tiny_config(data_root: Path, model: str = "cnn", **model_overrides):
+    """A seconds-long run: a narrow model, batch 16, a few steps."""
+    c = load_config(REPO / "configs" / "quickstart.py")
+    with c.unlocked():
+        c.model = {"name": model, **model_overrides}
+    c.data.root = str(data_root)
+    c.data.worker_count = 0
+    c.batch_size = 16
+    c.eval_batch_size = 32
+    c.num_train_steps = 6
+    c.log_every_steps = 2
+    c.eval_every_steps = 3
+    c.checkpoint_every_steps = 3
+    c.schedule.warmup_steps = 2
+    return c
+
+
+TINY_CNN = {"width_multiplier": 0.125, "dense_features": 16}
+TINY_P4M = {"width_multiplier": 0.125, "dense_features": 16}
+
+
+# --- configs ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=[p.stem for p in CONFIGS])
+def test_every_config_loads_and_names_a_model(path):
+    c = load_config(path)
+    assert c.model.name in models.names()
+    for field in (
+        "batch_size",
+        "num_train_steps",
+        "log_every_steps",
+        "eval_every_steps",
+        "checkpoint_every_steps",
+    ):
+        assert isinstance(c[field], int) and c[field] > 0
+    assert isinstance(c.seed, int)
+    assert c.data.source in ("pcam_hdf5", "folder", "kaggle")
+    train.create_model(c)  # the model overrides are accepted
+
+
+def test_config_overrides_and_unknown_fields():
+    c = load_config(
+        REPO / "configs" / "p4mdensenet.py",
+        "--config.optimizer.learning_rate=0.01",
+        "--config.model.growth_rate=4",
+        "--config.augment.hue=0.05",
+    )
+    assert c.optimizer.learning_rate == 0.01 and c.model.growth_rate == 4
+    assert c.augment.hue == 0.05 and c.batch_size == 64
+    with pytest.raises(Exception, match="Did you mean .learning_rate. instead of .learnin_rate"):
+        load_config(REPO / "configs" / "quickstart.py", "--config.optimizer.learnin_rate=1")
+
+
+def test_study_hyperparameters():
+    d = load_config(REPO / "configs" / "p4mdensenet.py")
+    assert (d.optimizer.name, d.optimizer.learning_rate, d.batch_size) == ("adam", 1e-3, 64)
+    assert d.num_train_steps == 100 * 262_144 // 64 and d.augment.d4
+    i1 = load_config(REPO / "configs" / "inception_v3_run1.py")
+    assert (
+        i1.optimizer.name,
+        i1.optimizer.learning_rate,
+        i1.optimizer.momentum,
+        i1.optimizer.eps,
+    ) == ("rmsprop", 0.1, 0.9, 1.0)
+    assert (i1.schedule.name, i1.schedule.decay_factor) == ("step", 0.16)
+    assert i1.schedule.decay_every_steps == 4 * 262_144 // 64 and not i1.augment.d4
+    i2 = load_config(REPO / "configs" / "inception_v3_run2.py")
+    assert i2.optimizer.nesterov and i2.optimizer.name == "sgd" and i2.augment.d4
+    a = load_config(REPO / "configs" / "allcnn.py")
+    assert (a.optimizer.name, a.schedule.name) == ("rmsprop", "cyclic")
+
+
+def test_apply_overrides_types_and_errors():
+    c = load_config(REPO / "configs" / "quickstart.py")
+    with c.unlocked():
+        apply_overrides(
+            c,
+            [
+                "--config.data.root=/x",
+                "--config.batch_size=8",
+                "--config.augment.d4=false",
+                "--config.optimizer.eps=0.5",
+            ],
+        )
+    assert (c.data.root, c.batch_size, c.augment.d4, c.optimizer.eps) == ("/x", 8, False, 0.5)
+    with pytest.raises(train.TrainingError, match="unknown config field 'data.rot'"):
+        apply_overrides(c, ["--config.data.rot=/x"])
+    with pytest.raises(train.TrainingError, match="'eight' is not a valid int"):
+        apply_overrides(c, ["--config.batch_size=eight"])
+
+
+# --- end to end ------------------------------------------------------------------------------
+
+
+def test_train_then_eval_end_to_end(synthetic_root, tmp_path):
+    workdir = tmp_path / "run"
+    val = train.train_and_evaluate(tiny_config(synthetic_root, **TINY_CNN), workdir)
+    assert 0.0 <= val["auc"] <= 1.0 and val["n"] == 64
+    assert sorted(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit()) == [
+        3,
+        6,
+    ]
+    assert list(workdir.glob("events.out.tfevents.*"))  # TensorBoard event file
+    assert json.loads((workdir / "config.json").read_text())["model.name"] == "cnn"
+
+    config = train.config_from_json(workdir / "config.json")
+    result = evaluate(config, workdir, checkpoint="last", split="test", n_bootstrap=200)
+    out = workdir / "eval"
+    summary = json.loads((out / "test.json").read_text())
+    with open(out / "test_predictions.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == summary["n"] == 64 and summary["checkpoint_step"] == 6
+    labels = np.array([int(r["label"]) for r in rows])
+    p = np.array([float(r["p_tumour"]) for r in rows])
+    assert summary["auc"] == roc_auc_score(labels, p) == result["auc"]
+    assert summary["accuracy"] == pytest.approx(np.mean((p >= 0.5) == labels))
+    lo, hi = summary["auc_ci95"]
+    assert lo <= summary["auc"] <= hi
+    assert {"wsi", "coord_x", "tumor_patch"} <= set(rows[0])  # meta columns joined
+    assert "auc_max" in summary["slides"] and (out / "test_slides.csv").is_file()
+    for png in ("test_roc.png", "test_confusion.png"):
+        assert (out / png).read_bytes()[:4] == b"\x89PNG"
+
+
+def test_the_quickstart_model_learns(synthetic_root, tmp_path):
+    c = tiny_config(synthetic_root, "p4mcnn", **TINY_P4M)
+    c.num_train_steps = 40
+    c.eval_every_steps = c.checkpoint_every_steps = 40
+    c.optimizer.learning_rate = 3e-3
+    val = train.train_and_evaluate(c, tmp_path / "run")
+    assert val["auc"] > 0.75, val  # chance is 0.5; the study's G-CNN stayed at 0.5
+
+
+def test_eval_on_a_root_holding_only_the_test_split(synthetic_root, tmp_path):
+    import shutil
+
+    workdir = tmp_path / "run"
+    c = tiny_config(synthetic_root, **TINY_CNN)
+    c.num_train_steps = c.eval_every_steps = c.checkpoint_every_steps = 2
+    train.train_and_evaluate(c, workdir)
+    only_test = tmp_path / "only_test"
+    only_test.mkdir()
+    for name in ("x.h5", "y.h5", "meta.csv"):
+        shutil.copy(synthetic_root / f"camelyonpatch_level_2_split_test_{name}", only_test)
+    config = train.config_from_json(workdir / "config.json")
+    config.data.root = str(only_test)
+    result = evaluate(config, workdir, split="test", n_bootstrap=0)
+    assert result["n"] == 64
+    with pytest.raises(Exception, match=r"valid_x\.h5: file not found.*pcam-data"):
+        evaluate(config, workdir, split="valid", n_bootstrap=0)
+
+
+def test_tta_on_a_p4m_model_changes_nothing_but_float_error(synthetic_root, tmp_path):
+    workdir = tmp_path / "run"
+    c = tiny_config(synthetic_root, "p4mcnn", **TINY_P4M)
+    c.num_train_steps = c.eval_every_steps = c.checkpoint_every_steps = 4
+    train.train_and_evaluate(c, workdir)
+    config = train.config_from_json(workdir / "config.json")
+    plain = evaluate(config, workdir, split="valid", n_bootstrap=0)
+    tta = evaluate(config, workdir, split="valid", tta=True, n_bootstrap=0)
+
+    def probs(name):
+        with open(workdir / "eval" / f"{name}_predictions.csv", newline="") as f:
+            return np.array([float(r["p_tumour"]) for r in csv.DictReader(f)])
+
+    np.testing.assert_allclose(probs("valid_tta"), probs("valid"), atol=1e-5)
+    assert abs(tta["auc"] - plain["auc"]) < 1e-4 and tta["accuracy"] == plain["accuracy"]
+    # negative control: the plain CNN is not invariant, so TTA moves its predictions
+    workdir2 = tmp_path / "run_cnn"
+    c2 = tiny_config(synthetic_root, **TINY_CNN)
+    c2.num_train_steps = c2.eval_every_steps = c2.checkpoint_every_steps = 4
+    train.train_and_evaluate(c2, workdir2)
+    config2 = train.config_from_json(workdir2 / "config.json")
+    evaluate(config2, workdir2, split="valid", n_bootstrap=0)
+    evaluate(config2, workdir2, split="valid", tta=True, n_bootstrap=0)
+    with open(workdir2 / "eval" / "valid_predictions.csv", newline="") as f:
+        a = np.array([float(r["p_tumour"]) for r in csv.DictReader(f)])
+    with open(workdir2 / "eval" / "valid_tta_predictions.csv", newline="") as f:
+        b = np.array([float(r["p_tumour"]) for r in csv.DictReader(f)])
+    assert np.abs(a - b).max() > 1e-4
+
+
+def test_changed_config_is_refused_and_neutral_fields_are_not(synthetic_root, tmp_path):
+    workdir = tmp_path / "run"
+    c = tiny_config(synthetic_root, **TINY_CNN)
+    c.num_train_steps = c.eval_every_steps = c.checkpoint_every_steps = 2
+    train.train_and_evaluate(c, workdir)
+    changed = tiny_config(synthetic_root, **TINY_CNN)
+    changed.num_train_steps = changed.eval_every_steps = changed.checkpoint_every_steps = 2
+    changed.optimizer.learning_rate = 0.5
+    with pytest.raises(
+        train.TrainingError, match=r"optimizer\.learning_rate: 0\.002 \(stored\) -> 0\.5"
+    ):
+        train.train_and_evaluate(changed, workdir)
+    longer = tiny_config(synthetic_root, **TINY_CNN)
+    longer.num_train_steps = 4
+    longer.eval_every_steps = longer.checkpoint_every_steps = 2
+    longer.log_every_steps = 1
+    train.train_and_evaluate(longer, workdir)  # resumes at step 2, runs to 4
+    steps = sorted(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit())
+    assert steps == [2, 4]
+
+
+def test_nan_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(synthetic_root, tmp_path):
+    workdir = tmp_path / "run"
+    c = tiny_config(synthetic_root, **TINY_CNN)
+    c.optimizer.name = "sgd"
+    c.optimizer.learning_rate = 1e-3
+    c.schedule.name = "step"  # lr 1e-3 for steps 1-2, then inf (float32): step 3 diverges
+    c.schedule.decay_factor = 1e60
+    c.schedule.decay_every_steps = 2
+    c.num_train_steps = 6
+    c.log_every_steps = 5
+    c.checkpoint_every_steps = 1
+    c.eval_every_steps = 100
+    with pytest.raises(train.TrainingError, match=r"diverged at step 3: loss .*not finite") as e:
+        train.train_and_evaluate(c, workdir)
+    assert "last good checkpoint (step 2) is untouched" in str(e.value)
+    saved = sorted(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit())
+    assert saved == [1, 2]
+    config = train.config_from_json(workdir / "config.json")
+    result = evaluate(config, workdir, checkpoint="2", split="valid", n_bootstrap=0)
+    assert np.isfinite(result["nll"]) and np.isfinite(result["auc"])
+
+
+# --- processes: SIGKILL resume, 1 vs 2 devices, CLI errors -----------------------------------
+
+
+def _train_cmd(config_path: Path, workdir: Path, root: Path, *extra: str) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "pcam_jax.main",
+        f"--config={config_path}",
+        f"--workdir={workdir}",
+        f"--config.data.root={root}",
+        *extra,
+    ]
+
+
+def _env(devices: int = 1) -> dict[str, str]:
+    env = dict(os.environ)
+    env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
+    env["PYTHONPATH"] = str(REPO)
+    return env
+
+
+def _final_params(workdir: Path) -> dict[str, np.ndarray]:
+    import jax
+
+    config = train.config_from_json(workdir / "config.json")
+    mngr = train.checkpoint_manager(workdir, 3)
+    step = max(mngr.all_steps())
+    model = train.create_model(config)
+    abstract = jax.eval_shape(
+        lambda: model.init(jax.random.key(0), np.zeros((2, 96, 96, 3), np.float32))
+    )
+    variables, _ = train.restore_model(
+        mngr, step, {"params": abstract["params"], "batch_stats": abstract["batch_stats"]}
+    )
+    flat = jax.tree_util.tree_flatten_with_path(variables)[0]
+    return {jax.tree_util.keystr(k): np.asarray(v) for k, v in flat}
+
+
+@pytest.fixture(scope="module")
+def resume_config(tmp_path_factory):
+    """A small CNN run written as a config file, for the subprocess tests."""
+    path = tmp_path_factory.mktemp("cfg") / "resume.py"
+    path.write_text(
+        "from pcam_jax.config_base import base_config\n\n"
+        "def get_config():\n"
+        "    c = base_config()\n"
+        "    c.model.name = 'cnn'\n"
+        "    c.model.width_multiplier = 0.125\n"
+        "    c.model.dense_features = 16\n"
+        "    c.model.dropout_rate = 0.0\n"
+        "    c.model.dense_dropout_rate = 0.0\n"
+        "    c.data.worker_count = 2\n"
+        "    c.augment.brightness = 0.1\n"
+        "    c.batch_size = 16\n"
+        "    c.eval_batch_size = 64\n"
+        "    c.num_train_steps = 14\n"
+        "    c.log_every_steps = 1\n"
+        "    c.eval_every_steps = 7\n"
+        "    c.checkpoint_every_steps = 2\n"
+        "    return c\n"
+    )
+    return path
+
+
+def test_resume_after_sigkill_ends_bitwise_identical(synthetic_root, resume_config, tmp_path):
+    straight, killed = tmp_path / "straight", tmp_path / "killed"
+    subprocess.run(
+        _train_cmd(resume_config, straight, synthetic_root),
+        env=_env(),
+        check=True,
+        capture_output=True,
+        timeout=600,
+    )
+    proc = subprocess.Popen(
+        _train_cmd(resume_config, killed, synthetic_root),
+        env=_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.time() + 600
+    while not (killed / "checkpoints" / "6").is_dir():  # killed after the step-6 checkpoint
+        assert proc.poll() is None and time.time() < deadline, "run ended before the kill"
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    steps = sorted(int(p.name) for p in (killed / "checkpoints").iterdir() if p.name.isdigit())
+    assert steps and max(steps) < 14  # it really was interrupted
+    subprocess.run(
+        _train_cmd(resume_config, killed, synthetic_root),
+        env=_env(),
+        check=True,
+        capture_output=True,
+        timeout=600,
+    )
+    a, b = _final_params(straight), _final_params(killed)
+    assert a.keys() == b.keys()
+    for k in a:
+        np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+
+
+def test_one_and_two_devices_give_the_same_parameters(synthetic_root, resume_config, tmp_path):
+    runs = {}
+    for devices in (1, 2):
+        workdir = tmp_path / f"dev{devices}"
+        subprocess.run(
+            _train_cmd(
+                resume_config,
+                workdir,
+                synthetic_root,
+                "--config.num_train_steps=6",
+                "--config.data.worker_count=0",
+            ),
+            env=_env(devices),
+            check=True,
+            capture_output=True,
+            timeout=600,
+        )
+        runs[devices] = _final_params(workdir)
+    moved = 0.0
+    for k, v in runs[1].items():
+        np.testing.assert_allclose(runs[2][k], v, rtol=2e-4, atol=2e-5, err_msg=k)
+        moved = max(moved, float(np.abs(v).max()))
+    assert moved > 0
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--config.model.name=resnet"], "unknown model 'resnet'"),
+        (["--config.optimizer.nme=adam"], "nme"),
+        (["--config.data.source=lmdb"], "unknown data.source 'lmdb'"),
+    ],
+)
+def test_pcam_train_bad_input(synthetic_root, tmp_path, args, message):
+    cmd = _train_cmd(REPO / "configs" / "quickstart.py", tmp_path / "w", synthetic_root, *args)
+    proc = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=300)
+    assert proc.returncode != 0 and message in proc.stderr
+
+
+def test_pcam_train_requires_workdir():
+    proc = subprocess.run(
+        [sys.executable, "-m", "pcam_jax.main", f"--config={REPO / 'configs' / 'quickstart.py'}"],
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode != 0 and "--workdir" in proc.stderr
+
+
+def test_pcam_eval_bad_input(synthetic_root, tmp_path):
+    def run(*args):
+        return subprocess.run(
+            [sys.executable, "-m", "pcam_jax.evaluate", *args],
+            env=_env(),
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+
+    proc = run()
+    assert proc.returncode != 0 and "--workdir is required" in proc.stderr
+    proc = run(f"--workdir={tmp_path / 'missing'}")
+    assert proc.returncode != 0 and "directory not found" in proc.stderr
+    workdir = tmp_path / "run"
+    c = tiny_config(synthetic_root, **TINY_CNN)
+    c.num_train_steps = c.eval_every_steps = c.checkpoint_every_steps = 2
+    train.train_and_evaluate(c, workdir)
+    proc = run(f"--workdir={workdir}", "--checkpoint=99")
+    assert proc.returncode != 0 and "one of the saved steps [2]" in proc.stderr
+    proc = run(f"--workdir={workdir}", "--config.data.rooot=/x")
+    assert proc.returncode != 0 and "unknown config field 'data.rooot'" in proc.stderr
+    proc = run(f"--workdir={workdir}", f"--config.data.root={tmp_path}")
+    assert proc.returncode != 0 and "test_x.h5: file not found" in proc.stderr
+    proc = run(f"--workdir={workdir}", "--split=valid")
+    assert proc.returncode == 0, proc.stderr
+    assert "pcam-eval: valid n=64 AUC" in proc.stdout
