@@ -426,7 +426,15 @@ def resolve_checkpoint(mngr: ocp.CheckpointManager, which: str) -> int:
 def restore_model(
     mngr: ocp.CheckpointManager, step: int, abstract_model: Any
 ) -> tuple[Any, dict[str, Any]]:
-    """The model variables and the JSON record of checkpoint `step` (no optimizer state)."""
+    """The model variables and the JSON record of checkpoint `step` (no optimizer state).
+
+    The variables are restored replicated over this process's mesh, whatever
+    the devices that saved them.
+    """
+    replicated = NamedSharding(make_mesh(), P())
+    abstract_model = jax.tree_util.tree_map(
+        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated), abstract_model
+    )
     restored = mngr.restore(
         step,
         args=ocp.args.Composite(
