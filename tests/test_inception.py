@@ -130,7 +130,7 @@ def test_load_pretrained_new_heads_and_frozen_backbone():
         )
         return jnp.sum(lo**2) + jnp.sum(aux**2), upd
 
-    grads, upd = jax.grad(loss, has_aux=True)(loaded["params"])
+    grads, upd = jax.jit(jax.grad(loss, has_aux=True))(loaded["params"])
     flat = traverse_util.flatten_dict(grads)
     mask = traverse_util.flatten_dict(trainable_mask(grads))
     assert any(mask.values()) and not all(mask.values())

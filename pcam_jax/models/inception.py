@@ -17,6 +17,7 @@ inputs to the [-1, 1] scaling the Google weights were trained with.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import partial
 from typing import Any
 
 import flax.linen as nn
@@ -79,10 +80,10 @@ class InceptionA(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
-        def c(f: int, k: Any, p: Any = 0, name: str | None = None) -> BasicConv2d:
-            return BasicConv2d(
-                f, k, padding=p, frozen=self.frozen, axis_name=self.axis_name, name=name
-            )
+        conv = partial(BasicConv2d, frozen=self.frozen, axis_name=self.axis_name)
+
+        def c(f: int, k: Any, p: Any = 0, name: str | None = None) -> nn.Module:
+            return conv(f, k, padding=p, name=name)
 
         b1 = c(64, 1, name="branch1x1")(x, train)
         b5 = c(48, 1, name="branch5x5_1")(x, train)
@@ -100,19 +101,11 @@ class InceptionB(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
-        fz = self.frozen
-        b3 = BasicConv2d(384, 3, strides=2, frozen=fz, axis_name=self.axis_name, name="branch3x3")(
-            x, train
-        )
-        bd = BasicConv2d(64, 1, frozen=fz, axis_name=self.axis_name, name="branch3x3dbl_1")(
-            x, train
-        )
-        bd = BasicConv2d(
-            96, 3, padding=1, frozen=fz, axis_name=self.axis_name, name="branch3x3dbl_2"
-        )(bd, train)
-        bd = BasicConv2d(
-            96, 3, strides=2, frozen=fz, axis_name=self.axis_name, name="branch3x3dbl_3"
-        )(bd, train)
+        conv = partial(BasicConv2d, frozen=self.frozen, axis_name=self.axis_name)
+        b3 = conv(384, 3, strides=2, name="branch3x3")(x, train)
+        bd = conv(64, 1, name="branch3x3dbl_1")(x, train)
+        bd = conv(96, 3, padding=1, name="branch3x3dbl_2")(bd, train)
+        bd = conv(96, 3, strides=2, name="branch3x3dbl_3")(bd, train)
         return jnp.concatenate([b3, bd, _max3s2(x)], axis=-1)
 
 
@@ -123,10 +116,11 @@ class InceptionC(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
-        c7, fz = self.channels_7x7, self.frozen
+        conv = partial(BasicConv2d, frozen=self.frozen, axis_name=self.axis_name)
+        c7 = self.channels_7x7
 
-        def c(f: int, k: Any, p: Any, name: str) -> BasicConv2d:
-            return BasicConv2d(f, k, padding=p, frozen=fz, axis_name=self.axis_name, name=name)
+        def c(f: int, k: Any, p: Any, name: str) -> nn.Module:
+            return conv(f, k, padding=p, name=name)
 
         b1 = c(192, 1, 0, "branch1x1")(x, train)
         b7 = c(c7, 1, 0, "branch7x7_1")(x, train)
@@ -147,23 +141,13 @@ class InceptionD(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
-        fz = self.frozen
-        b3 = BasicConv2d(192, 1, frozen=fz, axis_name=self.axis_name, name="branch3x3_1")(x, train)
-        b3 = BasicConv2d(
-            320, 3, strides=2, frozen=fz, axis_name=self.axis_name, name="branch3x3_2"
-        )(b3, train)
-        b7 = BasicConv2d(192, 1, frozen=fz, axis_name=self.axis_name, name="branch7x7x3_1")(
-            x, train
-        )
-        b7 = BasicConv2d(
-            192, (1, 7), padding=(0, 3), frozen=fz, axis_name=self.axis_name, name="branch7x7x3_2"
-        )(b7, train)
-        b7 = BasicConv2d(
-            192, (7, 1), padding=(3, 0), frozen=fz, axis_name=self.axis_name, name="branch7x7x3_3"
-        )(b7, train)
-        b7 = BasicConv2d(
-            192, 3, strides=2, frozen=fz, axis_name=self.axis_name, name="branch7x7x3_4"
-        )(b7, train)
+        conv = partial(BasicConv2d, frozen=self.frozen, axis_name=self.axis_name)
+        b3 = conv(192, 1, name="branch3x3_1")(x, train)
+        b3 = conv(320, 3, strides=2, name="branch3x3_2")(b3, train)
+        b7 = conv(192, 1, name="branch7x7x3_1")(x, train)
+        b7 = conv(192, (1, 7), padding=(0, 3), name="branch7x7x3_2")(b7, train)
+        b7 = conv(192, (7, 1), padding=(3, 0), name="branch7x7x3_3")(b7, train)
+        b7 = conv(192, 3, strides=2, name="branch7x7x3_4")(b7, train)
         return jnp.concatenate([b3, b7, _max3s2(x)], axis=-1)
 
 
@@ -173,10 +157,10 @@ class InceptionE(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
-        fz = self.frozen
+        conv = partial(BasicConv2d, frozen=self.frozen, axis_name=self.axis_name)
 
-        def c(f: int, k: Any, p: Any, name: str) -> BasicConv2d:
-            return BasicConv2d(f, k, padding=p, frozen=fz, axis_name=self.axis_name, name=name)
+        def c(f: int, k: Any, p: Any, name: str) -> nn.Module:
+            return conv(f, k, padding=p, name=name)
 
         b1 = c(320, 1, 0, "branch1x1")(x, train)
         b3 = c(384, 1, 0, "branch3x3_1")(x, train)
@@ -209,15 +193,12 @@ class InceptionAux(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+        conv = partial(BasicConv2d, frozen=self.frozen, axis_name=self.axis_name)
         x = nn.avg_pool(x, (5, 5), (3, 3), padding="VALID")
         if min(x.shape[1:3]) < 5:
             raise ValueError(f"aux head needs a 17x17 Mixed_6e map (299x299 input), got {x.shape}")
-        x = BasicConv2d(128, 1, frozen=self.frozen, axis_name=self.axis_name, name="conv0")(
-            x, train
-        )
-        x = BasicConv2d(768, 5, frozen=self.frozen, axis_name=self.axis_name, name="conv1")(
-            x, train
-        )
+        x = conv(128, 1, name="conv0")(x, train)
+        x = conv(768, 5, name="conv1")(x, train)
         x = jnp.mean(x, axis=(1, 2))
         if self.frozen:
             x = jax.lax.stop_gradient(x)
