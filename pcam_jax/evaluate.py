@@ -1,9 +1,7 @@
-"""`pcam-eval`: evaluate a trained workdir on a split; AUC with a bootstrap interval.
+"""Evaluation of a trained workdir on a split; AUC with a bootstrap interval.
 
-    pcam-eval --workdir=DIR [--checkpoint=best|last|STEP] [--split=test] [--tta]
-              [--config.data.root=...]
-
-Loads the model variables (not the optimizer) and the normalisation statistics
+`evaluate()` is what `pcam-eval` (pcam_jax/eval_main.py) runs. It loads the
+model variables (not the optimizer) and the normalisation statistics
 saved at training time, so the data root may hold only the evaluated split.
 Writes into DIR/eval/ (``<split>`` becomes ``<split>_tta`` with --tta):
 
@@ -17,7 +15,6 @@ from __future__ import annotations
 
 import csv
 import json
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -25,12 +22,11 @@ from typing import Any
 import jax
 import ml_collections
 import numpy as np
-from absl import app, flags, logging
 
 from pcam_jax import train
 from pcam_jax.data import pipeline
 from pcam_jax.data.fileio import atomic_path
-from pcam_jax.data.pcam_format import META_COLUMNS, DataError
+from pcam_jax.data.pcam_format import META_COLUMNS
 from pcam_jax.metrics import binary_metrics, slide_metrics
 
 
@@ -199,56 +195,3 @@ def _plot_confusion(path: Path, result: dict[str, Any]) -> None:
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=110)
     plt.close(fig)
-
-
-_WORKDIR = flags.DEFINE_string("workdir", None, "A pcam-train workdir.")
-_CHECKPOINT = flags.DEFINE_string("checkpoint", "best", "best, last, or a saved step.")
-_SPLIT = flags.DEFINE_enum("split", "test", ["train", "valid", "test"], "Split to evaluate.")
-_TTA = flags.DEFINE_bool("tta", False, "Average predictions over the 8 D4 transforms.")
-_BOOTSTRAP = flags.DEFINE_integer("bootstrap", 1000, "Bootstrap resamples of the AUC interval.")
-
-
-def main(argv: Sequence[str]) -> None:
-    overrides = [a for a in argv[1:] if a.startswith("--config.")]
-    rest = [a for a in argv[1:] if not a.startswith("--config.")]
-    if rest:
-        raise app.UsageError(f"unexpected arguments: {' '.join(rest)}")
-    if not _WORKDIR.value:
-        sys.exit("pcam-eval: error: --workdir is required (a pcam-train workdir)")
-    workdir = Path(_WORKDIR.value)
-    train.quiet_library_logs()
-    try:
-        if not workdir.is_dir():
-            raise train.TrainingError(f"--workdir={workdir}: directory not found")
-        config = train.config_from_json(workdir / "config.json")
-        apply_overrides(config, overrides)
-        result = evaluate(
-            config,
-            workdir,
-            checkpoint=_CHECKPOINT.value,
-            split=_SPLIT.value,
-            tta=_TTA.value,
-            n_bootstrap=_BOOTSTRAP.value,
-        )
-    except (train.TrainingError, DataError) as e:
-        logging.error("%s", e)
-        sys.exit(f"pcam-eval: error: {e}")
-    ci = result.get("auc_ci95", [float("nan")] * 2)
-    print(
-        f"pcam-eval: {result['split']}{' (tta)' if result['tta'] else ''} n={result['n']} "
-        f"AUC {result['auc']:.4f} (95% CI {ci[0]:.4f}-{ci[1]:.4f}) accuracy "
-        f"{result['accuracy']:.4f} nll {result['nll']:.4f} "
-        f"[checkpoint {result['checkpoint_step']}] -> {workdir / 'eval'}"
-    )
-
-
-def run() -> None:
-    """Console-script entry point: `--config.*` overrides are kept out of absl's parser."""
-    argv = sys.argv
-    passthrough = [a for a in argv[1:] if a.startswith("--config.")]
-    absl_argv = [argv[0], *[a for a in argv[1:] if not a.startswith("--config.")]]
-    app.run(lambda remaining: main([remaining[0], *remaining[1:], *passthrough]), argv=absl_argv)
-
-
-if __name__ == "__main__":
-    run()
