@@ -205,3 +205,30 @@ def quickstart_config() -> ml_collections.ConfigDict:
     c.schedule.name = "cosine"
     c.schedule.warmup_steps = 5
     return c
+
+
+def cpu_subset_config() -> ml_collections.ConfigDict:
+    """A CPU-sized p4m CNN on the real 23,000-patch PCam subset (folder source), ~30 min."""
+    c = base_config()
+    c.model.name = "p4mcnn"
+    c.model.width_multiplier = 0.5
+    c.model.convs_per_stage = 1
+    c.model.dense_features = 64
+    c.model.dropout_rate = 0.0
+    c.model.dense_dropout_rate = 0.3
+    c.data.source = "folder"
+    c.data.root = "../shared/data/pcam-subset"
+    c.data.worker_count = 1
+    c.augment.d4 = True
+    c.augment.brightness = c.augment.contrast = c.augment.saturation = 0.1
+    c.augment.hed_sigma = 0.03
+    c.batch_size = 32
+    c.eval_batch_size = 250
+    c.num_train_steps = 2000
+    c.log_every_steps = 50
+    c.eval_every_steps = 500
+    c.checkpoint_every_steps = 500
+    c.optimizer.learning_rate = 2e-3
+    c.schedule.name = "cosine"
+    c.schedule.warmup_steps = 100
+    return c

@@ -443,3 +443,35 @@ def test_pcam_eval_bad_input(synthetic_root, tmp_path):
     proc = run(f"--workdir={workdir}", "--split=valid")
     assert proc.returncode == 0, proc.stderr
     assert "pcam-eval: valid n=64 AUC" in proc.stdout
+
+
+def test_checkpoints_keep_the_last_k_and_the_best_by_validation_auc(tmp_path):
+    import orbax.checkpoint as ocp
+
+    mngr = train.checkpoint_manager(tmp_path, keep=2)
+    aucs = {1: 0.61, 2: 0.93, 3: 0.70, 4: None, 5: 0.80, 6: 0.75}
+    for step, auc in aucs.items():
+        mngr.save(
+            step,
+            args=ocp.args.Composite(record=ocp.args.JsonSave({"step": step})),
+            metrics=None if auc is None else {"val_auc": auc},
+            force=True,
+        )
+        mngr.wait_until_finished()
+    assert sorted(mngr.all_steps()) == [2, 5, 6]  # best (0.93) and the last two
+    assert train.resolve_checkpoint(mngr, "best") == 2
+    assert train.resolve_checkpoint(mngr, "last") == 6
+    assert train.resolve_checkpoint(mngr, "5") == 5
+    with pytest.raises(train.TrainingError, match=r"one of the saved steps \[2, 5, 6\]"):
+        train.resolve_checkpoint(mngr, "3")
+    mngr.close()
+
+
+def test_bfloat16_compute_trains(synthetic_root, tmp_path):
+    c = tiny_config(synthetic_root, "p4mcnn", **TINY_P4M)
+    c.compute_dtype = "bfloat16"
+    c.num_train_steps = c.eval_every_steps = c.checkpoint_every_steps = 3
+    val = train.train_and_evaluate(c, tmp_path / "run")
+    assert np.isfinite(val["nll"])
+    params = _final_params(tmp_path / "run")
+    assert all(v.dtype == np.float32 for v in params.values())  # float32 master weights
