@@ -16,6 +16,7 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from absl import app, flags
 
@@ -26,7 +27,7 @@ _WORKDIR = flags.DEFINE_string("workdir", "runs/quickstart", "Directory for data
 _SEED = flags.DEFINE_integer("seed", 0, "Seed of the synthetic dataset and of training.")
 
 
-def run_quickstart(workdir: str | Path, seed: int = 0) -> dict:
+def run_quickstart(workdir: str | Path, seed: int = 0) -> dict[str, Any]:
     """Runs the main job in `workdir`; returns the test metrics (raises on failure)."""
     from pcam_jax import config_base, evaluate, train
 
@@ -44,8 +45,9 @@ def run_quickstart(workdir: str | Path, seed: int = 0) -> dict:
     if not report.ok:
         print(report.format())
         raise DataError(f"{data}: verification failed (report above)")
-    print(f"[3/5] pcam-data stats\n{stats.format_table(stats.compute_stats(data))}")
-    stats.write_figures(data, stats.compute_stats(data), workdir / "stats", seed=seed)
+    data_stats = stats.compute_stats(data)
+    print(f"[3/5] pcam-data stats\n{stats.format_table(data_stats)}")
+    stats.write_figures(data, data_stats, workdir / "stats", seed=seed)
     config = config_base.quickstart_config()
     config.data.root = str(data)
     config.seed = seed

@@ -40,6 +40,7 @@ from jax.sharding import PartitionSpec as P
 from pcam_jax import models
 from pcam_jax.config_base import RUN_NEUTRAL_FIELDS
 from pcam_jax.data import pipeline, sources
+from pcam_jax.data.fileio import atomic_path
 from pcam_jax.metrics import binary_metrics
 from pcam_jax.optim import make_optimizer, make_schedule
 
@@ -110,26 +111,36 @@ def flatten_config(config: ml_collections.ConfigDict) -> dict[str, Any]:
     return out
 
 
-def check_or_store_config(config: ml_collections.ConfigDict, workdir: Path) -> None:
-    """Stores the config in WORKDIR/config.json, or refuses one that changes the stored run."""
+def check_config(config: ml_collections.ConfigDict, workdir: Path) -> None:
+    """Refuses a config that changes the run already checkpointed in WORKDIR.
+
+    Fields in RUN_NEUTRAL_FIELDS may change. A stored config without any
+    checkpoint (a run that failed before its first save) does not bind.
+    """
     path = workdir / "config.json"
+    if not path.is_file() or not any((workdir / "checkpoints").glob("[0-9]*")):
+        return
+    stored = json.loads(path.read_text())
     current = flatten_config(config)
-    if path.is_file():
-        stored = json.loads(path.read_text())
-        changed = [
-            f"  {k}: {stored.get(k, '<absent>')!r} (stored) -> {current.get(k, '<absent>')!r}"
-            for k in sorted(set(stored) | set(current))
-            if k not in RUN_NEUTRAL_FIELDS and stored.get(k) != current.get(k)
-        ]
-        if changed:
-            raise TrainingError(
-                f"{workdir} holds a run with a different config; these fields change the run:\n"
-                + "\n".join(changed)
-                + "\nResume with the stored values, or start a new --workdir."
-            )
+    changed = [
+        f"  {k}: {stored.get(k, '<absent>')!r} (stored) -> {current.get(k, '<absent>')!r}"
+        for k in sorted(set(stored) | set(current))
+        if k not in RUN_NEUTRAL_FIELDS and stored.get(k) != current.get(k)
+    ]
+    if changed:
+        raise TrainingError(
+            f"{workdir} holds a run with a different config; these fields change the run:\n"
+            + "\n".join(changed)
+            + "\nResume with the stored values, or start a new --workdir."
+        )
+
+
+def store_config(config: ml_collections.ConfigDict, workdir: Path) -> None:
+    """Writes WORKDIR/config.json (process 0 only)."""
     if jax.process_index() == 0:
         workdir.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(current, indent=2, sort_keys=True))
+        with atomic_path(workdir / "config.json") as tmp:
+            tmp.write_text(json.dumps(flatten_config(config), indent=2, sort_keys=True))
 
 
 def config_from_json(path: Path) -> ml_collections.ConfigDict:
@@ -485,7 +496,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
     Returns the last validation metrics.
     """
     workdir = Path(workdir)
-    check_or_store_config(config, workdir)
+    check_config(config, workdir)
     if config.batch_size % jax.device_count():
         raise TrainingError(
             f"config.batch_size={config.batch_size} must be a multiple of the "
@@ -528,6 +539,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
         tx=tx,
     )
     n_params = sum(int(np.prod(p.shape)) for p in jax.tree_util.tree_leaves(state.params))
+    store_config(config, workdir)  # data, model and optimizer were set up without error
     mngr = checkpoint_manager(workdir, config.keep_checkpoints)
     last_good = mngr.latest_step()
     if last_good is not None:

@@ -19,7 +19,6 @@ from __future__ import annotations
 import csv
 import hashlib
 import os
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -403,11 +402,3 @@ def available_splits(source: str, root: str | Path) -> list[str]:
     if source == "kaggle":
         return ["train", "valid"]
     raise DataError(f"unknown data.source {source!r}: expected one of {', '.join(SOURCES)}")
-
-
-def sources_fingerprint(sources: Sequence[PatchSource]) -> str:
-    """sha256 over the fingerprints of several sources."""
-    h = hashlib.sha256()
-    for s in sources:
-        h.update(f"{s.name}/{s.split}/{s.fingerprint()}\n".encode())
-    return h.hexdigest()
