@@ -208,7 +208,11 @@ def quickstart_config() -> ml_collections.ConfigDict:
 
 
 def cpu_subset_config() -> ml_collections.ConfigDict:
-    """A CPU-sized p4m CNN on the real 23,000-patch PCam subset (folder source), ~30 min."""
+    """A CPU-sized p4m CNN on the real 23,000-patch PCam subset (folder source), ~30 min.
+
+    Sized from a measured 1.39 s per step of 32 (23 images/s) and ~14 s per
+    validation pass over the subset's 3,000 valid patches on the 2-core dev machine.
+    """
     c = base_config()
     c.model.name = "p4mcnn"
     c.model.width_multiplier = 0.5
@@ -224,11 +228,11 @@ def cpu_subset_config() -> ml_collections.ConfigDict:
     c.augment.hed_sigma = 0.03
     c.batch_size = 32
     c.eval_batch_size = 250
-    c.num_train_steps = 2000
+    c.num_train_steps = 1200
     c.log_every_steps = 50
-    c.eval_every_steps = 500
-    c.checkpoint_every_steps = 500
+    c.eval_every_steps = 300
+    c.checkpoint_every_steps = 300
     c.optimizer.learning_rate = 2e-3
     c.schedule.name = "cosine"
-    c.schedule.warmup_steps = 100
+    c.schedule.warmup_steps = 60
     return c
