@@ -417,6 +417,14 @@ def checkpoint_manager(workdir: Path, keep: int) -> ocp.CheckpointManager:
     )
 
 
+def _checkpoint_items(state: TrainState) -> dict[str, Any]:
+    """The pytree items of a checkpoint: "model" (all eval needs) and "opt" (to resume)."""
+    return {
+        "model": {"params": state.params, "batch_stats": state.batch_stats},
+        "opt": {"opt_state": state.opt_state, "step": state.step},
+    }
+
+
 def resolve_checkpoint(mngr: ocp.CheckpointManager, which: str) -> int:
     """'best' | 'last' | a step number -> a saved step."""
     steps = list(mngr.all_steps())
@@ -546,10 +554,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
         restored = mngr.restore(
             last_good,
             args=ocp.args.Composite(
-                model=ocp.args.StandardRestore(
-                    {"params": state.params, "batch_stats": state.batch_stats}
-                ),
-                opt=ocp.args.StandardRestore({"opt_state": state.opt_state, "step": state.step}),
+                **{k: ocp.args.StandardRestore(v) for k, v in _checkpoint_items(state).items()},
                 data=grain.checkpoint.CheckpointRestore(train_iter),
                 record=ocp.args.JsonRestore(),
             ),
@@ -671,10 +676,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
             mngr.save(
                 step,
                 args=ocp.args.Composite(
-                    model=ocp.args.StandardSave(
-                        {"params": state.params, "batch_stats": state.batch_stats}
-                    ),
-                    opt=ocp.args.StandardSave({"opt_state": state.opt_state, "step": state.step}),
+                    **{k: ocp.args.StandardSave(v) for k, v in _checkpoint_items(state).items()},
                     data=grain.checkpoint.CheckpointSave(train_iter),
                     record=ocp.args.JsonSave(record),
                 ),
