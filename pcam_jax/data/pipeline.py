@@ -1,6 +1,9 @@
 """The grain input pipeline: shuffling, augmentation, batching, normalisation.
 
-    source -> IndexSampler (seeded shuffle per epoch, shard per JAX process)
+    source -> IndexSampler (seeded shuffle per epoch over all records)
+           -> GlobalBatchSampler (training with several processes or workers:
+              deals global batch k, positions [kB, (k+1)B) of the shuffle, so
+              that process p gets its slice [kB + pb, kB + (p+1)b))
            -> RandomAugment (training only; per-record rng from grain, so each
               record's augmentation does not depend on the number of workers)
            -> Batch (drop remainder for training)
@@ -12,9 +15,10 @@ pixels stay uint8 until they reach the accelerator, which moves 4x fewer bytes
 through the workers' shared memory and to the device than float32 would (on a
 2-core host, casting and normalising on the host cost more than reading).
 The loader's iterator is checkpointable: ``it.get_state()`` / ``it.set_state()``
-resume on exactly the next batch. grain deals records to workers round-robin,
-so the composition of batches depends on the worker count: resume with the
-same `worker_count`.
+resume on exactly the next batch. The global batches (the concatenation of every
+process's batch k, in process order) are the same whatever the number of JAX
+processes and grain workers, so a run can resume on another layout:
+`train_iterator_state` rebuilds the iterator state for it from the step.
 """
 
 from __future__ import annotations
@@ -261,6 +265,62 @@ def dataset_norm_stats(source: PatchSource) -> NormStats:
     return stats
 
 
+class GlobalBatchSampler:
+    """Makes the global batches independent of the number of processes and workers.
+
+    Global batch k is positions [k*B, (k+1)*B) of `inner` (B = b * process_count);
+    process p's batch k is positions k*B + p*b + [0, b), in order, whichever of
+    its grain workers builds it. grain's DataLoader reads sampler index
+    g = l*P + p for local record l of process p; with W workers (W = 1 for none)
+    worker r reads l = r + W*(q*b + t) for record t of its q-th batch, and the
+    loader emits the workers' batches round-robin (local batch k = q*W + r).
+    This inverts that layout. Each record keeps the rng of its position in
+    `inner`, so augmentation does not depend on the layout either.
+    """
+
+    def __init__(
+        self, inner: grain.samplers.IndexSampler, batch: int, processes: int, workers: int
+    ) -> None:
+        self._inner = inner
+        self._batch, self._processes, self._workers = batch, processes, max(workers, 1)
+
+    def __len__(self) -> int:
+        return len(self._inner)
+
+    def __repr__(self) -> str:
+        return (
+            f"GlobalBatchSampler({self._inner!r}, batch={self._batch}, "
+            f"processes={self._processes}, workers={self._workers})"
+        )
+
+    def __getitem__(self, index: int) -> grain.RecordMetadata:
+        b, n_proc, n_work = self._batch, self._processes, self._workers
+        local, process = divmod(index, n_proc)
+        rest, worker = divmod(local, n_work)
+        worker_batch, t = divmod(rest, b)
+        k = worker_batch * n_work + worker
+        meta = self._inner[k * b * n_proc + process * b + t]
+        return grain.RecordMetadata(index=index, record_key=meta.record_key, rng=meta.rng)
+
+
+class _RangeSampler:
+    """Records [start, stop) in order, once: one process's contiguous share of an eval split."""
+
+    def __init__(self, start: int, stop: int) -> None:
+        self._start, self._stop = start, stop
+
+    def __len__(self) -> int:
+        return self._stop - self._start
+
+    def __repr__(self) -> str:
+        return f"_RangeSampler(start={self._start}, stop={self._stop})"
+
+    def __getitem__(self, index: int) -> grain.RecordMetadata:
+        if not 0 <= index < self._stop - self._start:
+            raise IndexError(index)
+        return grain.RecordMetadata(index=index, record_key=self._start + index)
+
+
 def make_loader(
     source: PatchSource,
     *,
@@ -280,7 +340,10 @@ def make_loader(
     train=True: shuffled anew each epoch from `seed`, augmented, full batches
     only, endless unless `num_epochs`. train=False: in order, one pass, the last
     batch may be smaller, no augmentation. `shard_options` splits the records
-    between JAX processes (see `process_shard_options`). Each process (the main
+    between JAX processes (see `process_shard_options`): for training each
+    process gets its `batch_size` slice of every global batch (see
+    `GlobalBatchSampler`); for evaluation a contiguous share of the split,
+    none dropped. Each process (the main
     one, or each of `worker_count` workers) reads with `read_threads` threads
     `read_buffer` records ahead; grain's default (16 threads, 500 records)
     spends more time polling its buffer than reading on a 2-core host.
@@ -296,13 +359,20 @@ def make_loader(
         # grain reads its absl flags (--grain_*); outside an absl app they keep their defaults.
         flags.FLAGS.mark_as_parsed()
     shard = shard_options or grain.sharding.NoSharding()
-    sampler = grain.samplers.IndexSampler(
-        num_records=len(source),
-        shard_options=shard,
-        shuffle=train,
-        num_epochs=num_epochs if train else 1,
-        seed=seed,
-    )
+    sampler: Any
+    loader_shard: grain.sharding.ShardOptions = shard
+    if train:
+        sampler = grain.samplers.IndexSampler(
+            num_records=len(source), shuffle=True, num_epochs=num_epochs, seed=seed
+        )
+        if shard.shard_count > 1 or worker_count > 1:
+            sampler = GlobalBatchSampler(sampler, batch_size, shard.shard_count, worker_count)
+    elif shard.shard_count > 1:
+        n, i, count = len(source), shard.shard_index, shard.shard_count
+        start, stop = i * n // count, (i + 1) * n // count
+        sampler, loader_shard = _RangeSampler(start, stop), grain.sharding.NoSharding()
+    else:
+        sampler = grain.samplers.IndexSampler(num_records=len(source), num_epochs=1)
     ops: list[Any] = []
     if train and augment is not None and (augment.d4 or augment.photometric):
         ops.append(RandomAugment(augment))
@@ -313,9 +383,41 @@ def make_loader(
         operations=ops,
         worker_count=worker_count,
         worker_buffer_size=worker_buffer_size,
-        shard_options=shard,
+        shard_options=loader_shard,
         read_options=grain.ReadOptions(num_threads=read_threads, prefetch_buffer_size=read_buffer),
     )
+
+
+def train_iterator_state(loader: grain.DataLoader, batches: int) -> bytes:
+    """The state of `loader`'s iterator after it has yielded `batches` batches.
+
+    For a training loader (see `GlobalBatchSampler`) this is the same point of
+    the global stream for every layout of processes and workers, so a
+    checkpoint written by N processes resumes on M. Follows grain's
+    DataLoader state (version 2): per worker, the last sampler index it read.
+    """
+    shard = loader._shard_options  # grain exposes no getters; pinned grain, tested
+    workers = loader.multiprocessing_options.num_workers
+    batch = next(op for op in loader._operations if isinstance(op, grain.transforms.Batch))
+    b, n_proc, p = batch.batch_size, shard.shard_count, shard.shard_index
+    if workers == 0:
+        last_seen = {"0": p + n_proc * (batches * b - 1)}
+        last_worker = -1
+    else:
+        last_seen = {}
+        for r in range(workers):
+            taken = (batches - r + workers - 1) // workers * b  # records worker r has read
+            last_seen[str(r)] = p + n_proc * (r + workers * (taken - 1))
+        last_worker = batches % workers - 1
+    state = {
+        "version": 2,
+        "last_seen_indices": last_seen,
+        "last_worker_index": last_worker,
+        "worker_count": workers,
+        "sampler": repr(loader._sampler),
+        "data_source": repr(loader._data_source),
+    }
+    return json.dumps(state, indent=4).encode()
 
 
 def process_shard_options(drop_remainder: bool = True) -> grain.sharding.ShardOptions:
