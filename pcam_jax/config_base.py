@@ -18,6 +18,7 @@ RUN_NEUTRAL_FIELDS: frozenset[str] = frozenset(
         "data.read_threads",
         "data.read_buffer",
         "data.worker_buffer_size",
+        "data.worker_count",  # global batches do not depend on it (GlobalBatchSampler)
         "data.eval_split",
         "eval_batch_size",
         "log_every_steps",

@@ -3,6 +3,10 @@
     pcam-eval --workdir=DIR [--checkpoint=best|last|STEP] [--split=test] [--tta]
               [--config.data.root=...]
 
+Several processes: the flags of pcam-train (--coordinator_address,
+--num_processes, --process_id, --distributed); each process reads a share of
+the split, process 0 writes the files.
+
 `--config.FIELD=VALUE` overrides fields of the config stored in DIR (typed
 like the stored field); an unknown field is an error.
 """
@@ -15,7 +19,7 @@ from pathlib import Path
 
 from absl import app, flags, logging
 
-from pcam_jax import train
+from pcam_jax import distributed, train
 from pcam_jax.data.pcam_format import DataError
 from pcam_jax.evaluate import apply_overrides, evaluate
 
@@ -36,6 +40,10 @@ def main(argv: Sequence[str]) -> None:
     workdir = Path(_WORKDIR.value)
     train.quiet_library_logs()
     try:
+        distributed.initialize_from_flags()
+    except distributed.DistributedError as e:
+        sys.exit(f"pcam-eval: error: {e}")
+    try:
         if not workdir.is_dir():
             raise train.TrainingError(f"--workdir={workdir}: directory not found")
         config = train.config_from_json(workdir / "config.json")
@@ -51,6 +59,8 @@ def main(argv: Sequence[str]) -> None:
     except (train.TrainingError, DataError) as e:
         logging.error("%s", e)
         sys.exit(f"pcam-eval: error: {e}")
+    if not distributed.is_primary():
+        return
     ci = result.get("auc_ci95", [float("nan")] * 2)
     print(
         f"pcam-eval: {result['split']}{' (tta)' if result['tta'] else ''} n={result['n']} "

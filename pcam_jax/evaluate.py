@@ -1,6 +1,7 @@
 """Evaluation of a trained workdir on a split; AUC with a bootstrap interval.
 
-`evaluate()` is what `pcam-eval` (pcam_jax/eval_main.py) runs. It loads the
+`evaluate()` is what `pcam-eval` (pcam_jax/eval_main.py) runs, in one process
+or several (each reads a share of the split; process 0 writes). It loads the
 model variables (not the optimizer) and the normalisation statistics
 saved at training time, so the data root may hold only the evaluated split.
 Writes into DIR/eval/ (``<split>`` becomes ``<split>_tta`` with --tta):
@@ -27,6 +28,7 @@ from pcam_jax import train
 from pcam_jax.data import pipeline
 from pcam_jax.data.fileio import atomic_path
 from pcam_jax.data.pcam_format import META_COLUMNS
+from pcam_jax.distributed import is_primary
 from pcam_jax.metrics import binary_metrics, slide_metrics
 
 
@@ -87,13 +89,7 @@ def evaluate(
     source = train.make_source(config, split)
     mesh = train.make_mesh()
     predict_fn = train.make_predict_fn(model, train.make_preprocess(config, norm), mesh, tta=tta)
-    loader = pipeline.make_loader(
-        source,
-        batch_size=config.eval_batch_size,
-        train=False,
-        read_threads=config.data.read_threads,
-    )
-    pred = train.predict(predict_fn, variables, loader, mesh)
+    pred = train.predict(predict_fn, variables, train.make_eval_loader(config, source), mesh)
     result = binary_metrics(pred["label"], pred["p_tumour"], n_bootstrap=n_bootstrap)
     result.update(
         split=split,
@@ -103,17 +99,20 @@ def evaluate(
         data_root=str(config.data.root),
     )
     meta = source.meta()
+    if meta is not None:
+        slides = slide_metrics(
+            meta["wsi"][pred["index"]], meta["tumor_patch"][pred["index"]], pred["p_tumour"]
+        )
+        slide_rows = slides.pop("slides")
+        result["slides"] = slides
+    if not is_primary():  # every process has every prediction; process 0 writes them
+        return result
     name = f"{split}_tta" if tta else split
     out = workdir / "eval"
     out.mkdir(parents=True, exist_ok=True)
     _write_predictions(out / f"{name}_predictions.csv", pred, meta)
     if meta is not None:
-        slides = slide_metrics(
-            meta["wsi"][pred["index"]], meta["tumor_patch"][pred["index"]], pred["p_tumour"]
-        )
-        rows = slides.pop("slides")
-        _write_csv(out / f"{name}_slides.csv", rows)
-        result["slides"] = slides
+        _write_csv(out / f"{name}_slides.csv", slide_rows)
     _plot_roc(out / f"{name}_roc.png", pred["label"], pred["p_tumour"], result)
     _plot_confusion(out / f"{name}_confusion.png", result)
     with atomic_path(out / f"{name}.json") as tmp:

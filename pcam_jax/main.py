@@ -1,6 +1,10 @@
 """`pcam-train`: train a config in a workdir, resuming from its latest checkpoint.
 
 pcam-train --config=configs/quickstart.py --workdir=runs/quickstart [--config.a.b=value ...]
+
+Several processes (one per host or per GPU; see launch/README.md) add
+--coordinator_address=HOST:PORT --num_processes=N --process_id=I, or run
+under srun / on a Cloud TPU VM (see pcam_jax/distributed.py).
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ from collections.abc import Sequence
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from pcam_jax import distributed
 from pcam_jax.data.pcam_format import DataError
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -26,12 +31,18 @@ def main(argv: Sequence[str]) -> None:
     from pcam_jax import train
 
     train.quiet_library_logs()
+    try:
+        distributed.initialize_from_flags()
+    except distributed.DistributedError as e:
+        sys.exit(f"pcam-train: error: {e}")
     logging.info("config:\n%s", _CONFIG.value)
     try:
         metrics = train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
     except (train.TrainingError, DataError) as e:
         logging.error("%s", e)
         sys.exit(f"pcam-train: error: {e}")
+    if not distributed.is_primary():
+        return
     print(
         f"pcam-train: done; validation AUC {metrics.get('auc', float('nan')):.4f}, "
         f"accuracy {metrics.get('accuracy', float('nan')):.4f} ({_WORKDIR.value})"

@@ -34,6 +34,7 @@ from absl import logging
 from clu import metric_writers, metrics, periodic_actions
 from flax import struct
 from flax.training import train_state
+from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
@@ -41,6 +42,7 @@ from pcam_jax import models
 from pcam_jax.config_base import RUN_NEUTRAL_FIELDS
 from pcam_jax.data import pipeline, sources
 from pcam_jax.data.fileio import atomic_path
+from pcam_jax.distributed import is_primary
 from pcam_jax.metrics import binary_metrics
 from pcam_jax.optim import make_optimizer, make_schedule
 
@@ -137,7 +139,7 @@ def check_config(config: ml_collections.ConfigDict, workdir: Path) -> None:
 
 def store_config(config: ml_collections.ConfigDict, workdir: Path) -> None:
     """Writes WORKDIR/config.json (process 0 only)."""
-    if jax.process_index() == 0:
+    if is_primary():
         workdir.mkdir(parents=True, exist_ok=True)
         with atomic_path(workdir / "config.json") as tmp:
             tmp.write_text(json.dumps(flatten_config(config), indent=2, sort_keys=True))
@@ -172,9 +174,16 @@ def create_model(config: ml_collections.ConfigDict) -> nn.Module:
 def initial_variables(
     config: ml_collections.ConfigDict, model: nn.Module, key: jax.Array
 ) -> dict[str, Any]:
-    """model.init, then the pretrained weights of config.init_from when set."""
+    """model.init, then the pretrained weights of config.init_from when set.
+
+    The initial weights are drawn with JAX's non-partitionable threefry: with
+    the partitionable one (JAX's default) XLA:CPU spends about 30 s compiling
+    the init of the quickstart p4m CNN, against under 1 s (measured on 2 cores).
+    """
     size = models.input_size(config.model.name)
-    variables = jax.jit(partial(model.init, train=False))(key, jnp.zeros((2, size, size, 3)))
+    with jax.threefry_partitionable(False):
+        init = jax.jit(partial(model.init, train=False))
+        variables = init(key, jnp.zeros((2, size, size, 3)))
     if config.init_from:
         if config.model.name != "inception_v3":
             raise TrainingError(
@@ -246,6 +255,19 @@ def make_mesh() -> jax.sharding.Mesh:
 def to_global(mesh: jax.sharding.Mesh, local: np.ndarray) -> jax.Array:
     """This process's part of a batch -> a global array split over the data axis."""
     return jax.make_array_from_process_local_data(NamedSharding(mesh, P(AXIS)), local)
+
+
+def replicate(tree: Any, mesh: jax.sharding.Mesh) -> Any:
+    """Every array of `tree` (the same on every process) replicated over `mesh`."""
+    sharding = NamedSharding(mesh, P())
+    if jax.process_count() == 1:
+        return jax.device_put(tree, sharding)
+
+    def put(x: Any) -> jax.Array:
+        host = np.asarray(x)
+        return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
+
+    return jax.tree_util.tree_map(put, tree)
 
 
 # --- steps ---------------------------------------------------------------------------------
@@ -353,6 +375,32 @@ def make_predict_fn(
     return jax.jit(jax.shard_map(fn, mesh=mesh, in_specs=(P(), P(AXIS)), out_specs=P(AXIS)))
 
 
+def make_eval_loader(config: ml_collections.ConfigDict, source: Any) -> grain.DataLoader:
+    """One pass over `source` in order; each process reads a contiguous share of it.
+
+    config.eval_batch_size is the global batch: each of P processes reads
+    ceil(eval_batch_size / P) patches per batch.
+    """
+    if len(source) < jax.process_count():
+        raise TrainingError(
+            f"{source.name}/{source.split} holds {len(source)} patches, fewer than the "
+            f"{jax.process_count()} processes"
+        )
+    return pipeline.make_loader(
+        source,
+        batch_size=-(-config.eval_batch_size // jax.process_count()),
+        train=False,
+        read_threads=config.data.read_threads,
+        shard_options=pipeline.process_shard_options(drop_remainder=False),
+    )
+
+
+def _pad_rows(x: np.ndarray, rows: int, fill: Any = 0) -> np.ndarray:
+    """x padded along axis 0 to `rows` rows with `fill`."""
+    pad = np.full((rows - x.shape[0], *x.shape[1:]), fill, x.dtype)
+    return np.concatenate([x, pad]) if len(pad) else x
+
+
 def predict(
     predict_fn: Any,
     variables: dict[str, Any],
@@ -361,28 +409,48 @@ def predict(
 ) -> dict[str, np.ndarray]:
     """Runs `predict_fn` over an eval loader; returns index, label, p_tumour for every patch.
 
-    The last, smaller batch is padded to a multiple of the local device count
-    and the padding dropped. Multi-process: every process returns the whole
-    split (predictions are gathered from all processes).
+    Each batch is padded to a multiple of the local device count and the
+    padding dropped. With several processes every process reads its share
+    (see `make_eval_loader`); each round the processes agree on a common batch
+    width (a process whose share is done sends padding), and the predictions
+    of all of them are gathered, so every process returns the whole split in
+    index order.
     """
     local_devices = jax.local_device_count()
     out: dict[str, list[np.ndarray]] = {"index": [], "label": [], "p_tumour": []}
-    for batch in loader:
-        n = batch["label"].shape[0]
-        pad = (-n) % local_devices
-        images = batch["image"]
-        if pad:
-            images = np.concatenate([images, np.repeat(images[-1:], pad, axis=0)])
-        p = predict_fn(variables, to_global(mesh, images))
-        p = np.asarray(jax.experimental.multihost_utils.process_allgather(p, tiled=True))
-        if jax.process_count() == 1:
-            p = p[:n]
+    if jax.process_count() == 1:
+        for batch in loader:
+            n = batch["label"].shape[0]
+            images = _pad_rows(batch["image"], n + (-n) % local_devices)
+            p = np.asarray(predict_fn(variables, to_global(mesh, images)))[:n]
             out["index"].append(np.asarray(batch["index"]))
             out["label"].append(np.asarray(batch["label"]))
             out["p_tumour"].append(p)
-        else:  # pragma: no cover - exercised by the multi-host launcher
-            raise TrainingError("multi-process evaluation is not supported yet")
-    return {k: np.concatenate(v) if v else np.zeros(0) for k, v in out.items()}
+        return {k: np.concatenate(v) if v else np.zeros(0) for k, v in out.items()}
+
+    it = iter(loader)
+    last: dict[str, np.ndarray] | None = None
+    while True:
+        batch = next(it, None)
+        n = 0 if batch is None else batch["label"].shape[0]
+        widest = int(multihost_utils.process_allgather(np.asarray(n)).max())
+        if widest == 0:
+            break
+        width = widest + (-widest) % local_devices
+        if batch is None:  # this process's share is done: an empty batch like the last one
+            if last is None:
+                raise TrainingError("a process received no eval records; use fewer processes")
+            batch = {k: np.zeros((0, *v.shape[1:]), v.dtype) for k, v in last.items()}
+        last = {k: np.asarray(batch[k]) for k in ("image", "label", "index")}
+        p = predict_fn(variables, to_global(mesh, _pad_rows(batch["image"], width)))
+        out["p_tumour"].append(np.asarray(multihost_utils.process_allgather(p, tiled=True)))
+        for key, fill in (("index", -1), ("label", 0)):
+            local = _pad_rows(np.asarray(batch[key]), width, fill)
+            out[key].append(np.asarray(multihost_utils.process_allgather(local, tiled=True)))
+    got = {k: np.concatenate(v) for k, v in out.items()}
+    order = np.argsort(got["index"], kind="stable")
+    order = order[got["index"][order] >= 0]  # drop the padding
+    return {k: v[order] for k, v in got.items()}
 
 
 # --- checkpoints ---------------------------------------------------------------------------
@@ -463,6 +531,59 @@ def restore_model(
     return restored["model"], restored["record"]
 
 
+def _restore_for_training(
+    mngr: ocp.CheckpointManager,
+    step: int,
+    state: TrainState,
+    train_iter: Any,
+    loader: grain.DataLoader,
+    layout: dict[str, int],
+    norm: pipeline.NormStats,
+    data_root: str,
+) -> TrainState:
+    """`state` and `train_iter` as saved at checkpoint `step`, onto `state`'s shardings.
+
+    The data iterator comes from the checkpoint when the run's layout (number
+    of processes and grain workers) is the one that wrote it; on another
+    layout it is rebuilt from the step, since the global batches do not
+    depend on the layout (`pipeline.GlobalBatchSampler`).
+    """
+    record = mngr.restore(step, args=ocp.args.Composite(record=ocp.args.JsonRestore()))["record"]
+    saved = pipeline.NormStats.from_json(record["norm"])
+    if not (
+        np.allclose(saved.mean, norm.mean, rtol=1e-6)
+        and np.allclose(saved.std, norm.std, rtol=1e-6)
+        and saved.n == norm.n
+    ):
+        raise TrainingError(
+            f"the training data under {data_root} changed since checkpoint {step} "
+            "(normalisation statistics differ); start a new --workdir"
+        )
+    abstract = jax.tree_util.tree_map(
+        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding),
+        _checkpoint_items(state),
+    )
+    items: dict[str, Any] = {k: ocp.args.StandardRestore(v) for k, v in abstract.items()}
+    same_layout = record.get("layout", layout) == layout
+    if same_layout:
+        items["data"] = grain.checkpoint.CheckpointRestore(train_iter)
+    restored = mngr.restore(step, args=ocp.args.Composite(**items))
+    if not same_layout:
+        train_iter.set_state(pipeline.train_iterator_state(loader, step))
+        logging.info(
+            "checkpoint %d was written by %s; continuing the same global batches on %s",
+            step,
+            record["layout"],
+            layout,
+        )
+    return state.replace(
+        params=restored["model"]["params"],
+        batch_stats=restored["model"]["batch_stats"],
+        opt_state=restored["opt"]["opt_state"],
+        step=restored["opt"]["step"],
+    )
+
+
 # --- the loop ------------------------------------------------------------------------------
 
 
@@ -511,7 +632,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
             f"{jax.device_count()} devices"
         )
     writer = metric_writers.create_default_writer(
-        workdir, just_logging=jax.process_index() > 0, asynchronous=False
+        workdir, just_logging=not is_primary(), asynchronous=False
     )
     mesh = make_mesh()
     train_src = make_source(config, config.data.train_split)
@@ -537,8 +658,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
     schedule = make_schedule(
         config.schedule, config.num_train_steps, config.optimizer.learning_rate
     )
-    key = jax.random.key(config.seed)
-    variables = initial_variables(config, model, key)
+    variables = initial_variables(config, model, jax.random.key(config.seed))
     tx = make_optimizer(config.optimizer, schedule, trainable_mask(model, variables["params"]))
     state = TrainState.create(
         apply_fn=model.apply,
@@ -548,37 +668,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
     )
     n_params = sum(int(np.prod(p.shape)) for p in jax.tree_util.tree_leaves(state.params))
     store_config(config, workdir)  # data, model and optimizer were set up without error
+    state = replicate(state, mesh)
+    key = jax.jit(partial(jax.random.key, config.seed), out_shardings=NamedSharding(mesh, P()))()
+    layout = {"processes": jax.process_count(), "workers": config.data.worker_count}
     mngr = checkpoint_manager(workdir, config.keep_checkpoints)
     last_good = mngr.latest_step()
     if last_good is not None:
-        restored = mngr.restore(
-            last_good,
-            args=ocp.args.Composite(
-                **{k: ocp.args.StandardRestore(v) for k, v in _checkpoint_items(state).items()},
-                data=grain.checkpoint.CheckpointRestore(train_iter),
-                record=ocp.args.JsonRestore(),
-            ),
+        state = _restore_for_training(
+            mngr, last_good, state, train_iter, loader, layout, norm, str(config.data.root)
         )
-        state = state.replace(
-            params=restored["model"]["params"],
-            batch_stats=restored["model"]["batch_stats"],
-            opt_state=restored["opt"]["opt_state"],
-            step=restored["opt"]["step"],
-        )
-        saved = pipeline.NormStats.from_json(restored["record"]["norm"])
-        if not (
-            np.allclose(saved.mean, norm.mean, rtol=1e-6)
-            and np.allclose(saved.std, norm.std, rtol=1e-6)
-            and saved.n == norm.n
-        ):
-            raise TrainingError(
-                f"the training data under {config.data.root} changed since checkpoint "
-                f"{last_good} (normalisation statistics differ); start a new --workdir"
-            )
         logging.info("resumed from checkpoint %d in %s", last_good, mngr.directory)
-    replicated = NamedSharding(mesh, P())
-    state = jax.device_put(state, replicated)
-    key = jax.device_put(key, replicated)
     step_fn = jax.jit(
         jax.shard_map(
             partial(
@@ -596,7 +695,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
     predict_fn = make_predict_fn(model, preprocess, mesh)
 
     start = int(jax.device_get(state.step))
-    if start == 0 and jax.process_index() == 0:
+    if start == 0 and is_primary():
         writer.write_hparams({k: v for k, v in flatten_config(config).items()})
         logging.info(
             "model %s: %d parameters; train %d / %s %d patches; %d devices",
@@ -614,7 +713,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
             every_steps=config.log_every_steps,
         )
     ]
-    if config.profile_steps > 0 and jax.process_index() == 0:
+    if config.profile_steps > 0 and is_primary():
         hooks.append(
             periodic_actions.Profile(logdir=str(workdir), num_profile_steps=config.profile_steps)
         )
@@ -652,13 +751,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
             train_metrics, t_last = None, time.perf_counter()
         evaluated = False
         if step % config.eval_every_steps == 0 or is_last:
-            eval_loader = pipeline.make_loader(
-                eval_src,
-                batch_size=config.eval_batch_size,
-                train=False,
-                read_threads=config.data.read_threads,
-                shard_options=pipeline.process_shard_options(drop_remainder=False),
-            )
+            eval_loader = make_eval_loader(config, eval_src)
             variables = {"params": state.params, "batch_stats": state.batch_stats}
             pred = predict(predict_fn, variables, eval_loader, mesh)
             val = binary_metrics(pred["label"], pred["p_tumour"], n_bootstrap=0)
@@ -671,6 +764,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
                 "norm": norm.to_json(),
                 "seed": config.seed,
                 "model": config.model.to_dict(),
+                "layout": layout,
                 "val": {k: val[k] for k in ("auc", "accuracy", "nll", "n")} if evaluated else None,
             }
             mngr.save(
