@@ -45,6 +45,7 @@ geometries that pass it (the layers check it at trace time).
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from functools import partial
 from typing import Literal, TypeVar
 
 import jax
@@ -270,6 +271,107 @@ def _lax_padding(padding: Padding, ndim: int = 2) -> str | list[tuple[int, int]]
 # ---------------------------------------------------------------------------------------------
 
 
+def _xla_conv(
+    x: jax.Array,
+    kernel: jax.Array,
+    stride: int,
+    padding: str | list[tuple[int, int]],
+    precision: lax.Precision | None,
+) -> jax.Array:
+    return lax.conv_general_dilated(
+        x,
+        kernel,
+        window_strides=(stride, stride),
+        padding=padding,
+        dimension_numbers=("NHWC", "HWIO", "NHWC"),
+        precision=precision,
+    )
+
+
+def kernel_grad_matmul(
+    x: jax.Array,
+    g: jax.Array,
+    kernel_size: int,
+    padding: tuple[tuple[int, int], tuple[int, int]],
+    precision: lax.Precision | None = None,
+) -> jax.Array:
+    """Kernel gradient of a stride-1 NHWC x HWIO convolution as k*k matrix products.
+
+    ``dW[i, j] = sum_{n,h,w} xp[n, h+i, w+j, :]^T g[n, h, w, :]`` with ``xp`` the padded input
+    and ``g`` the output cotangent. Both are flattened over (H, W) on the padded width, so that
+    offset (i, j) is ONE contiguous shift ``i * Wp + j`` of the flat input; the k - 1 extra
+    columns of ``g`` are zero, so rows wrapping into the next image row contribute nothing.
+    XLA:CPU runs the batched weight-gradient convolution 3-6x slower than the forward pass
+    (`bench/vs_escnn.py`); these GEMMs run at matmul speed.
+    """
+    k = kernel_size
+    (plo, phi), (qlo, qhi) = padding
+    n, ho, wo, d = g.shape
+    c = x.shape[-1]
+    xp = jnp.pad(x, ((0, 0), (plo, phi + 1), (qlo, qhi), (0, 0)))  # +1 row: last shift's tail
+    wp = xp.shape[2]
+    if wp - wo != k - 1 or xp.shape[1] - 1 - ho != k - 1:
+        raise ValueError(f"kernel_grad_matmul: shapes {x.shape} -> {g.shape} are not stride 1")
+    xf = xp.reshape(n, -1, c)
+    gf = jnp.pad(g, ((0, 0), (0, 0), (0, k - 1), (0, 0))).reshape(n * ho * wp, d)
+    length = ho * wp
+    rows = []
+    for i in range(k):
+        for j in range(k):
+            off = i * wp + j
+            xs = lax.slice_in_dim(xf, off, off + length, axis=1).reshape(n * length, c)
+            rows.append(
+                lax.dot_general(
+                    xs, gf, (((0,), (0,)), ((), ())), precision, preferred_element_type=jnp.float32
+                )
+            )
+    return jnp.stack(rows).reshape(k, k, c, d)
+
+
+@partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def _conv_s1(
+    x: jax.Array,
+    kernel: jax.Array,
+    padding: tuple[tuple[int, int], tuple[int, int]],
+    precision: lax.Precision | None,
+) -> jax.Array:
+    return _xla_conv(x, kernel, 1, list(padding), precision)
+
+
+def _conv_s1_fwd(
+    x: jax.Array,
+    kernel: jax.Array,
+    padding: tuple[tuple[int, int], tuple[int, int]],
+    precision: lax.Precision | None,
+) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
+    return _conv_s1(x, kernel, padding, precision), (x, kernel)
+
+
+def _conv_s1_bwd(
+    padding: tuple[tuple[int, int], tuple[int, int]],
+    precision: lax.Precision | None,
+    res: tuple[jax.Array, jax.Array],
+    g: jax.Array,
+) -> tuple[jax.Array, jax.Array]:
+    x, kernel = res
+    _, vjp_x = jax.vjp(lambda v: _xla_conv(v, kernel, 1, list(padding), precision), x)
+    (dx,) = vjp_x(g)
+
+    def xla_dw(x: jax.Array, g: jax.Array) -> jax.Array:
+        _, vjp_w = jax.vjp(lambda w: _xla_conv(x, w, 1, list(padding), precision), kernel)
+        return vjp_w(g)[0]
+
+    def gemm_dw(x: jax.Array, g: jax.Array) -> jax.Array:
+        return kernel_grad_matmul(x, g, kernel.shape[0], padding, precision).astype(kernel.dtype)
+
+    # GPU/TPU convolution libraries handle the kernel gradient well: keep XLA's there.
+    dw = lax.platform_dependent(x, g, cpu=gemm_dw, default=xla_dw)
+    return dx, dw
+
+
+_conv_s1.defvjp(_conv_s1_fwd, _conv_s1_bwd)
+
+
 def conv(
     x: jax.Array,
     kernel: jax.Array,
@@ -277,15 +379,24 @@ def conv(
     padding: Padding = "SAME",
     precision: lax.Precision | None = None,
 ) -> jax.Array:
-    """ONE ``lax.conv_general_dilated``, NHWC x HWIO -> NHWC, on an (expanded) kernel."""
-    return lax.conv_general_dilated(
-        x,
-        kernel.astype(x.dtype),
-        window_strides=(stride, stride),
-        padding=_lax_padding(padding),
-        dimension_numbers=("NHWC", "HWIO", "NHWC"),
-        precision=precision,
-    )
+    """ONE ``lax.conv_general_dilated``, NHWC x HWIO -> NHWC, on an (expanded) kernel.
+
+    Stride-1 convolutions with square kernels carry a custom VJP whose kernel gradient runs as
+    k*k GEMMs on CPU (``kernel_grad_matmul``; XLA's own elsewhere). Same values; reverse mode
+    only (``jax.grad``/``vjp``; forward-mode ``jvp`` of a stride-1 conv is not supported).
+    """
+    kernel = kernel.astype(x.dtype)
+    k0, k1 = kernel.shape[:2]
+    if stride == 1 and k0 == k1:
+        pads = tuple(
+            explicit_padding(x.shape[1 + a], kernel.shape[a], 1, padding)
+            if isinstance(padding, (str, int))
+            else (int(padding[a][0]), int(padding[a][1]))
+            for a in range(2)
+        )
+        if min(min(p) for p in pads) >= 0:
+            return _conv_s1(x, kernel, pads, precision)
+    return _xla_conv(x, kernel, stride, _lax_padding(padding), precision)
 
 
 def lifting_conv(
