@@ -248,3 +248,16 @@ def test_train_step_reduces_loss():
         params, stats, state, loss = step(params, stats, state, jax.random.key(i))
         losses.append(float(loss))
     assert losses[-1] < 0.8 * losses[0], losses
+
+
+def test_init_variables_matches_model_init():
+    """``models.init_variables`` (unoptimised compile on CPU) gives model.init's variables."""
+    model = models.create("p4cnn", base_widths=(4,), convs_per_stage=1, dense_features=4)
+    x = jnp.zeros((1, 16, 16, 3))
+    want = jax.jit(partial(model.init, train=False))(jax.random.key(3), x)
+    got = models.init_variables(model, jax.random.key(3), (1, 16, 16, 3))
+    assert jax.tree.structure(got) == jax.tree.structure(want)
+    for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
+        assert a.shape == b.shape and a.dtype == b.dtype
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6, atol=1e-6)
+    assert float(jnp.std(got["params"]["conv0_0"]["kernel"])) > 0.1
