@@ -59,6 +59,8 @@ def default_ref_python():
 def run_escnn(ref_python, *args):
     cmd = [ref_python, "-W", "ignore", str(HERE / "escnn_reference" / "escnn_side.py"), *args]
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    if os.environ.get("PCAM_ESCNN_PATH"):  # extra sys.path for the escnn side only
+        env["PYTHONPATH"] = os.environ["PCAM_ESCNN_PATH"]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if proc.returncode != 0:
         raise RuntimeError(f"escnn side failed: {' '.join(cmd)}\n{proc.stdout}\n{proc.stderr}")
@@ -388,7 +390,14 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--ref-python", default=default_ref_python())
     ap.add_argument("--keep", default=None, help="directory for the exchanged npz files")
+    ap.add_argument(
+        "--ref-path",
+        default=None,
+        help="extra PYTHONPATH for the escnn side only (default $PCAM_ESCNN_PATH)",
+    )
     args = ap.parse_args()
+    if args.ref_path:
+        os.environ["PCAM_ESCNN_PATH"] = args.ref_path
     if not args.ref_python:
         raise SystemExit(
             "crosscheck_escnn: no reference interpreter; run `bash bench/reference_env.sh "

@@ -312,7 +312,7 @@ def main():
     )
     ap.add_argument(
         "--ref-path",
-        default="",
+        default=os.environ.get("PCAM_ESCNN_PATH", ""),
         help="extra PYTHONPATH for the escnn child only (e.g. a --target dir)",
     )
     ap.add_argument("--timeout", type=float, default=1800)

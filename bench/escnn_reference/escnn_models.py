@@ -23,11 +23,18 @@ equivariant 3x3 kernels (the same freedom as pcam_jax's base kernel).
 from __future__ import annotations
 
 import math
+import sys
 from typing import Any
 
-import torch
-from escnn import gspaces
-from escnn import nn as enn
+# escnn uses scikit-learn's randomized_svd when sklearn is importable and scipy's SVD
+# otherwise; the reference env has no scikit-learn (reported to break escnn's basis code on
+# np.matrix) while a machine may have it installed, so hide it: every run takes scipy's path.
+if "sklearn" not in sys.modules:
+    sys.modules["sklearn"] = None  # type: ignore[assignment]
+
+import torch  # noqa: E402
+from escnn import gspaces  # noqa: E402
+from escnn import nn as enn  # noqa: E402
 
 
 def gspace(group: str) -> Any:

@@ -28,11 +28,11 @@ from __future__ import annotations
 import sys
 
 import numpy as np
-import torch
-from escnn import nn as enn
 
 sys.path.insert(0, __file__.rsplit("/", 1)[0])
-import escnn_models  # noqa: E402
+import escnn_models  # noqa: E402  (first: it hides scikit-learn from escnn)
+import torch  # noqa: E402
+from escnn import nn as enn  # noqa: E402
 
 torch.set_default_dtype(torch.float32)
 

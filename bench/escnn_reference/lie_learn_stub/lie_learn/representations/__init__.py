@@ -1,0 +1,1 @@
+"""Stand-in package (see lie_learn/__init__.py)."""
