@@ -174,16 +174,9 @@ def create_model(config: ml_collections.ConfigDict) -> nn.Module:
 def initial_variables(
     config: ml_collections.ConfigDict, model: nn.Module, key: jax.Array
 ) -> dict[str, Any]:
-    """model.init, then the pretrained weights of config.init_from when set.
-
-    The initial weights are drawn with JAX's non-partitionable threefry: with
-    the partitionable one (JAX's default) XLA:CPU spends about 30 s compiling
-    the init of the quickstart p4m CNN, against under 1 s (measured on 2 cores).
-    """
+    """model.init (`models.init_variables`), then config.init_from's pretrained weights."""
     size = models.input_size(config.model.name)
-    with jax.threefry_partitionable(False):
-        init = jax.jit(partial(model.init, train=False))
-        variables = init(key, jnp.zeros((2, size, size, 3)))
+    variables = models.init_variables(model, key, (2, size, size, 3))
     if config.init_from:
         if config.model.name != "inception_v3":
             raise TrainingError(
@@ -244,6 +237,12 @@ def norm_stats(config: ml_collections.ConfigDict, train_source: Any) -> pipeline
         raise TrainingError(
             f"config.data.normalization={config.data.normalization!r}: expected dataset or imagenet"
         )
+    if jax.process_count() > 1:
+        # process 0 streams the split and caches the result beside the data; the others
+        # then read that cache (or, when they cannot see it, compute the same numbers)
+        if is_primary():
+            pipeline.dataset_norm_stats(train_source)
+        multihost_utils.sync_global_devices("pcam_jax norm stats")
     return pipeline.dataset_norm_stats(train_source)
 
 
@@ -328,7 +327,12 @@ def train_step(
             loss = loss + aux_loss_weight * cross_entropy(aux, labels)
         return loss, (logits, mutated.get("batch_stats", state.batch_stats))
 
-    (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    # Per-device copies of the parameters (pmap semantics): the gradient is this device's,
+    # and the pmean below averages it. Differentiating the replicated parameters directly
+    # would make shard_map's transpose sum the devices' gradients already, and the pmean
+    # would then count them D times.
+    params = jax.lax.pcast(state.params, AXIS, to="varying")
+    (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
     grads = jax.lax.pmean(grads, AXIS)
     batch_stats = jax.lax.pmean(batch_stats, AXIS)
     accuracy = jnp.mean(jnp.argmax(logits, -1) == labels)

@@ -85,7 +85,7 @@ def _train_args(workdir: Path, root: Path) -> list[str]:
     return [f"--config={QUICKSTART}", f"--workdir={workdir}", f"--config.data.root={root}", *SHORT]
 
 
-def test_two_processes_equal_one_process_with_two_devices_and_resume_on_one(
+def test_two_processes_equal_one_process_with_two_devices_and_resume_on_one_or_two(
     synthetic_root, tmp_path
 ):
     t0 = time.time()
@@ -118,6 +118,22 @@ def test_two_processes_equal_one_process_with_two_devices_and_resume_on_one(
     c = _final_params(resumed)
     for k in a:
         np.testing.assert_allclose(c[k], a[k], rtol=1e-5, atol=1e-6, err_msg=k)
+
+    # two processes resume from their own step-3 checkpoint (each its grain state)
+    again = tmp_path / "again"
+    shutil.copytree(two, again)
+    shutil.rmtree(again / "checkpoints" / "6")
+    out = _launch(
+        "pcam_jax.main",
+        [*_train_args(again, synthetic_root), "--config.data.worker_count=1"],
+        2,
+        tmp_path,
+        "again",
+    )
+    assert "resumed from checkpoint 3" in out[0] and "'processes': 2" not in out[0]
+    e = _final_params(again)
+    for k in a:
+        np.testing.assert_allclose(e[k], a[k], rtol=1e-5, atol=1e-6, err_msg=k)
 
     # the control: a naive resume that takes process 0's own grain state (where
     # process 0 stopped, one record short of the global position) ends elsewhere
