@@ -315,17 +315,16 @@ def kernel_grad_matmul(
     xf = xp.reshape(n, -1, c)
     gf = jnp.pad(g, ((0, 0), (0, 0), (0, k - 1), (0, 0))).reshape(n * ho * wp, d)
     length = ho * wp
-    rows = []
-    for i in range(k):
-        for j in range(k):
-            off = i * wp + j
-            xs = lax.slice_in_dim(xf, off, off + length, axis=1).reshape(n * length, c)
-            rows.append(
-                lax.dot_general(
-                    xs, gf, (((0,), (0,)), ((), ())), precision, preferred_element_type=jnp.float32
-                )
-            )
-    return jnp.stack(rows).reshape(k, k, c, d)
+    offsets = jnp.asarray([i * wp + j for i in range(k) for j in range(k)], jnp.int32)
+
+    def one(carry: None, off: jax.Array) -> tuple[None, jax.Array]:
+        # a loop, not k*k unrolled GEMMs: one shifted copy of the input alive at a time
+        xs = lax.dynamic_slice_in_dim(xf, off, length, axis=1).reshape(n * length, c)
+        dims = (((0,), (0,)), ((), ()))
+        return None, lax.dot_general(xs, gf, dims, precision, preferred_element_type=jnp.float32)
+
+    _, rows = lax.scan(one, None, offsets)
+    return rows.reshape(k, k, c, d)
 
 
 @partial(jax.custom_vjp, nondiff_argnums=(2, 3))
