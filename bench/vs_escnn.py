@@ -305,6 +305,11 @@ def main():
     ap.add_argument("--device", default="auto", choices=["auto", "cpu", "gpu"])
     ap.add_argument("--escnn-basis", default="default", choices=["default", "full"])
     ap.add_argument(
+        "--escnn-cold-cache",
+        action="store_true",
+        help="empty escnn's on-disk basis cache before each escnn child (first-use timing)",
+    )
+    ap.add_argument(
         "--ref-python",
         default=default_ref_python(),
         help="interpreter with torch + escnn (default $PCAM_ESCNN_PYTHON or "
@@ -397,6 +402,7 @@ def main():
                 str(args.threads),
                 "--basis",
                 args.escnn_basis,
+                *(["--cold-cache"] if args.escnn_cold_cache else []),
                 "--device",
                 args.device,
                 *common,
@@ -430,7 +436,8 @@ def main():
     print(
         f"batch {args.batch}, 96x96x3, {args.rounds} rounds alternating frameworks, "
         f"{args.train_steps} timed train / {args.eval_steps} eval steps after {args.warmup} "
-        f"warm-up (medians), escnn basis '{args.escnn_basis}', train/eval in separate phases"
+        f"warm-up (medians), escnn basis '{args.escnn_basis}', escnn disk cache "
+        f"{'emptied before each run' if args.escnn_cold_cache else 'as left by earlier runs'}"
     )
     print(f"pcam_jax: {json.dumps(j0['versions'])}")
     print(f"escnn:    {json.dumps(e0['versions'])}")

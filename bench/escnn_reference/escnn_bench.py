@@ -38,8 +38,20 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--basis", default="default", choices=["default", "full"])
     ap.add_argument("--device", default="auto", choices=["auto", "cpu", "gpu"])
+    ap.add_argument(
+        "--cold-cache",
+        action="store_true",
+        help="empty escnn's on-disk joblib cache (escnn/group/_cache) before construction",
+    )
     args = ap.parse_args()
     spec = json.loads(args.spec)
+    if args.cold_cache:
+        import importlib.util
+        import shutil
+
+        spec_escnn = importlib.util.find_spec("escnn")
+        for loc in spec_escnn.submodule_search_locations or []:
+            shutil.rmtree(os.path.join(loc, "group", "_cache", "joblib"), ignore_errors=True)
 
     t_import = time.perf_counter()
     import numpy as np
@@ -113,6 +125,7 @@ def main() -> None:
         "platform": "gpu" if use_gpu else "cpu",
         "threads": torch.get_num_threads(),
         "basis": args.basis,
+        "cold_cache": args.cold_cache,
         "batch": batch,
         "params": params,
         "conv_signature": signature,
