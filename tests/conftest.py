@@ -34,11 +34,12 @@ def synthetic_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture
 def synthetic_copy(synthetic_root: Path, tmp_path: Path) -> Path:
-    """A private, modifiable copy of the small synthetic PCam."""
+    """A private, modifiable copy of the small synthetic PCam (without the statistics cache
+    that training runs leave in `synthetic_root`)."""
     import shutil
 
     dst = tmp_path / "pcam"
-    shutil.copytree(synthetic_root, dst)
+    shutil.copytree(synthetic_root, dst, ignore=shutil.ignore_patterns(".pcam_jax_cache"))
     return dst
 
 
