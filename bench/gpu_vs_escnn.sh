@@ -50,5 +50,5 @@ fi
   "$py" bench/vs_escnn.py --device "$device" --ref-python "$ref_py" \
     --ref-path "$site:$PWD/bench/escnn_reference/lie_learn_stub" \
     --rounds "$rounds" --train-steps 10 --eval-steps 10 --warmup 3 --plain-init 0 \
-    --archs $archs --timeout 300 ${VS_ARGS:-}
+    --archs $archs --timeout 300 --keep-going ${VS_ARGS:-}
 } 2>&1 | tee "$out"

@@ -321,6 +321,9 @@ def main():
         help="extra PYTHONPATH for the escnn child only (e.g. a --target dir)",
     )
     ap.add_argument("--timeout", type=float, default=1800)
+    ap.add_argument(
+        "--keep-going", action="store_true", help="report a failed child and go on (exit 1)"
+    )
     ap.add_argument("--json-out", default=None, help="write all child results here")
     # child mode (internal)
     ap.add_argument("--child", choices=["jax"], help=argparse.SUPPRESS)
@@ -375,6 +378,7 @@ def main():
             os.sched_setaffinity(0, cores)
 
     results = {a: {"pcam_jax": [], "escnn": []} for a in args.archs}
+    failed: list[str] = []
     load0 = os.getloadavg()
     t_start = time.time()
     for r in range(args.rounds):
@@ -411,7 +415,14 @@ def main():
             if r % 2:
                 order.reverse()
             for fw, cmd, e in order:
-                res = run_child_pinned(cmd, e, args.timeout, pin)
+                try:
+                    res = run_child_pinned(cmd, e, args.timeout, pin)
+                except (SystemExit, subprocess.TimeoutExpired) as err:
+                    if not args.keep_going:
+                        raise
+                    failed.append(f"{arch} {fw} round {r + 1}: {err}")
+                    print(f"[round {r + 1}/{args.rounds}] {arch:16s} {fw:8s} FAILED: {err}")
+                    continue
                 results[arch][fw].append(res)
                 print(
                     f"[round {r + 1}/{args.rounds}] {arch:16s} {fw:8s} "
@@ -423,7 +434,12 @@ def main():
                 )
     load1 = os.getloadavg()
 
-    first = next(iter(results.values()))
+    done = [a for a in args.archs if results[a]["pcam_jax"] and results[a]["escnn"]]
+    if not done:
+        raise SystemExit(
+            "vs_escnn: no architecture completed in both frameworks:\n" + "\n".join(failed)
+        )
+    first = results[done[0]]
     j0, e0 = first["pcam_jax"][0], first["escnn"][0]
     on_gpu = j0["platform"] == "gpu" or e0["platform"] == "gpu"
     where = (
@@ -446,7 +462,7 @@ def main():
         f"total {time.time() - t_start:.0f} s"
     )
     all_same = True
-    for arch in args.archs:
+    for arch in done:
         rows, same = summarize(arch, results[arch]["pcam_jax"], results[arch]["escnn"])
         all_same &= same
         print()
@@ -458,6 +474,9 @@ def main():
             print("| " + " | ".join(row) + " |")
     if args.json_out:
         Path(args.json_out).write_text(json.dumps(results, indent=1))
+    if failed:
+        print("\nFAILED children:\n  " + "\n  ".join(failed))
+        raise SystemExit(1)
     if not all_same:
         raise SystemExit("vs_escnn: the two frameworks built different convolutions (see table)")
 

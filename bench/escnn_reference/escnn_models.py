@@ -6,7 +6,8 @@ network from the same numbers:
 
 * ``{"family": "cnn", "group": "p4m", "widths": [11, 23, 45], ...}``: pcam_jax's ``GroupCNN``
   (``p4mcnn``): per stage two 3x3 'same' convs (lifting first) + BN + ReLU, 2x2 max pooling,
-  feature-map dropout; then max over the group, mean over space, dense 256, dropout, dense.
+  feature-map dropout (``GroupDropout`` below, pcam_jax's semantics); then max over the group,
+  mean over space, dense 256, dropout, dense.
 * ``{"family": "densenet", "group": "p4m", "growth": 4, "depth": 1, ...}``: pcam_jax's
   ``GroupDenseNet``: lifting stem 3x3, dense blocks of BN-ReLU-conv3x3 with concatenation,
   transitions BN-ReLU-conv1x1 + 2x2 average pooling, BN-ReLU, mean over space and group, dense.
@@ -83,6 +84,30 @@ def conv(
     )
 
 
+class GroupDropout(enn.EquivariantModule):
+    """pcam_jax's GroupDropout in escnn: one mask entry per (sample, regular field), shared by
+    the field's |G| channels and all pixels (``torch.nn.functional.dropout3d`` on the
+    (N, fields, |G|, H, W) view). escnn's own ``FieldDropout`` draws a mask per pixel too and
+    builds it with ``torch.cuda.FloatTensor``; this keeps the two networks identical."""
+
+    def __init__(self, in_type: enn.FieldType, p: float) -> None:
+        super().__init__()
+        self.in_type = self.out_type = in_type
+        self.p = p
+        self.n = in_type.gspace.fibergroup.order()
+
+    def forward(self, x: enn.GeometricTensor) -> enn.GeometricTensor:
+        if not self.training or self.p == 0.0:
+            return x
+        t = x.tensor
+        b, c, h, w = t.shape
+        y = torch.nn.functional.dropout3d(t.view(b, c // self.n, self.n, h, w), self.p, True)
+        return enn.GeometricTensor(y.view(b, c, h, w), self.out_type)
+
+    def evaluate_output_shape(self, input_shape: tuple[int, ...]) -> tuple[int, ...]:
+        return input_shape
+
+
 class EscnnCNN(torch.nn.Module):
     """pcam_jax's GroupCNN (p4cnn / p4mcnn) in escnn."""
 
@@ -103,7 +128,7 @@ class EscnnCNN(torch.nn.Module):
                 layers.append(enn.ReLU(out, inplace=True))
                 cur = out
             layers.append(enn.PointwiseMaxPool2D(cur, 2, 2))
-            layers.append(enn.FieldDropout(cur, spec.get("dropout", 0.25)))
+            layers.append(GroupDropout(cur, spec.get("dropout", 0.25)))
         layers.append(enn.GroupPooling(cur))
         self.features = enn.SequentialModule(*layers)
         dense = spec.get("dense", 256)
