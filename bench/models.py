@@ -123,6 +123,8 @@ def main():
             f96 = flops_per_image(small, v96, 96)
             f299 = flops_per_image(model, variables, 299)
             flops = f"{f96 / 1e9:.2f} (299x299: {f299 / 1e9:.2f})"
+        elif jax.default_backend() != "cpu":
+            flops = "-"  # XLA's GPU cost analysis does not count library (cuDNN) convolutions
         else:
             flops = f"{flops_per_image(model, variables, 96) / 1e9:.2f}"
         if args.flops_only:
