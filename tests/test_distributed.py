@@ -81,6 +81,19 @@ def _launch(module: str, args: list[str], processes: int, logdir: Path, name: st
     return out
 
 
+def _stopped_at_step_3(run: Path, copy: Path) -> Path:
+    """A copy of `run` as if it had stopped after its step-3 checkpoint."""
+    shutil.copytree(run, copy)
+    shutil.rmtree(copy / "checkpoints" / "6")
+    return copy
+
+
+def _assert_params_equal(got: dict, want: dict) -> None:
+    assert got.keys() == want.keys()
+    for k in want:
+        np.testing.assert_allclose(got[k], want[k], rtol=1e-5, atol=1e-6, err_msg=k)
+
+
 def _train_args(workdir: Path, root: Path) -> list[str]:
     return [f"--config={QUICKSTART}", f"--workdir={workdir}", f"--config.data.root={root}", *SHORT]
 
@@ -102,27 +115,19 @@ def test_two_processes_equal_one_process_with_two_devices_and_resume_on_one_or_t
     assert "4 devices" not in out[0]
     data_files = sorted(p.name for p in (two / "checkpoints" / "6" / "data").iterdir())
     assert "process_0-of-2.json" in data_files and "process_1-of-2.json" in data_files
-    a, b = _final_params(one), _final_params(two)
-    assert a.keys() == b.keys()
-    for k in a:
-        np.testing.assert_allclose(b[k], a[k], rtol=1e-5, atol=1e-6, err_msg=k)
+    a = _final_params(one)
+    _assert_params_equal(_final_params(two), a)
     assert max(float(np.abs(v).max()) for v in a.values()) > 0
 
     # one process (2 devices, no workers) resumes from the two processes' step-3 checkpoint
-    resumed = tmp_path / "resumed"
-    shutil.copytree(two, resumed)
-    shutil.rmtree(resumed / "checkpoints" / "6")
+    resumed = _stopped_at_step_3(two, tmp_path / "resumed")
     out = _launch("pcam_jax.main", _train_args(resumed, synthetic_root), 1, tmp_path, "resume")
     assert "resumed from checkpoint 3" in out[0]
     assert "'processes': 2" in out[0]  # it knew the checkpoint came from two processes
-    c = _final_params(resumed)
-    for k in a:
-        np.testing.assert_allclose(c[k], a[k], rtol=1e-5, atol=1e-6, err_msg=k)
+    _assert_params_equal(_final_params(resumed), a)
 
     # two processes resume from their own step-3 checkpoint (each its grain state)
-    again = tmp_path / "again"
-    shutil.copytree(two, again)
-    shutil.rmtree(again / "checkpoints" / "6")
+    again = _stopped_at_step_3(two, tmp_path / "again")
     out = _launch(
         "pcam_jax.main",
         [*_train_args(again, synthetic_root), "--config.data.worker_count=1"],
@@ -131,15 +136,11 @@ def test_two_processes_equal_one_process_with_two_devices_and_resume_on_one_or_t
         "again",
     )
     assert "resumed from checkpoint 3" in out[0] and "'processes': 2" not in out[0]
-    e = _final_params(again)
-    for k in a:
-        np.testing.assert_allclose(e[k], a[k], rtol=1e-5, atol=1e-6, err_msg=k)
+    _assert_params_equal(_final_params(again), a)
 
     # the control: a naive resume that takes process 0's own grain state (where
     # process 0 stopped, one record short of the global position) ends elsewhere
-    naive = tmp_path / "naive"
-    shutil.copytree(two, naive)
-    shutil.rmtree(naive / "checkpoints" / "6")
+    naive = _stopped_at_step_3(two, tmp_path / "naive")
     ckpt = naive / "checkpoints" / "3"
     state = json.loads((ckpt / "data" / "process_0-of-2.json").read_text())
     state["sampler"] = re.match(r"GlobalBatchSampler\((.*), batch=", state["sampler"]).group(1)
