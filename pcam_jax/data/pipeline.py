@@ -285,7 +285,9 @@ class GlobalBatchSampler:
         self._batch, self._processes, self._workers = batch, processes, max(workers, 1)
 
     def __len__(self) -> int:
-        return len(self._inner)
+        """Whole global batches only (a finite `inner` ends on a batch boundary)."""
+        global_batch = self._batch * self._processes
+        return len(self._inner) // global_batch * global_batch
 
     def __repr__(self) -> str:
         return (
