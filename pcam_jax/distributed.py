@@ -20,6 +20,7 @@ collectives), which is what the tests use on 127.0.0.1.
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 
 import jax
 from absl import flags, logging
@@ -48,7 +49,7 @@ class DistributedError(ValueError):
 
 
 def launched_as_multiprocess(
-    coordinator_address: str | None, environ: os._Environ[str] | dict[str, str] | None = None
+    coordinator_address: str | None, environ: Mapping[str, str] | None = None
 ) -> bool:
     """Whether a launch asks for several processes: a coordinator address or a SLURM step."""
     env = os.environ if environ is None else environ
