@@ -23,6 +23,7 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 from pcam_jax import groups as G  # noqa: E402
+from pcam_jax.xla_options import compiler_options  # noqa: E402
 
 # (group, kind, batch, size, c_in, c_out): c_* are channels per group copy
 CASES = [
@@ -55,8 +56,8 @@ def make(group, kind, batch, size, cin, cout, k=3):
     def loss_plain(x, w):
         return jnp.sum(jnp.square(G.conv(x, w)))
 
-    fg = jax.jit(jax.grad(loss_group, argnums=(0, 1)))
-    fp = jax.jit(jax.grad(loss_plain, argnums=(0, 1)))
+    fg = jax.jit(jax.grad(loss_group, argnums=(0, 1)), compiler_options=compiler_options())
+    fp = jax.jit(jax.grad(loss_plain, argnums=(0, 1)), compiler_options=compiler_options())
     return (lambda: fg(x, w)), (lambda: fp(x, w_plain)), expand(w).shape
 
 

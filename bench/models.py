@@ -28,6 +28,7 @@ import numpy as np  # noqa: E402
 import optax  # noqa: E402
 
 from pcam_jax import models  # noqa: E402
+from pcam_jax.xla_options import compiler_options  # noqa: E402
 
 
 def numpy_variables(model, x, seed=0):
@@ -62,7 +63,7 @@ def time_train_step(model, variables, size, batch, reps, dtype=jnp.float32):
     x = jnp.asarray(rng.normal(size=(batch, size, size, 3)), dtype)
     y = jnp.asarray(rng.integers(0, 2, batch))
 
-    @jax.jit
+    @partial(jax.jit, compiler_options=compiler_options())
     def grads(params, stats, x, y):
         def loss_fn(p):
             p = jax.tree.map(lambda a: a.astype(dtype), p)

@@ -94,6 +94,7 @@ def jax_child(args) -> None:
 
     sys.path.insert(0, str(ROOT))
     from pcam_jax import models
+    from pcam_jax.xla_options import compiler_options
 
     import_s = time.perf_counter() - t_import
     name, overrides = args.jax_model, json.loads(args.jax_overrides)
@@ -147,10 +148,13 @@ def jax_child(args) -> None:
         return model.apply({"params": params, "batch_stats": stats}, x, train=False)
 
     t = time.perf_counter()
-    train_c = jax.jit(train_step, donate_argnums=0).lower(state, x, y, 0).compile()
+    opts = compiler_options()
+    train_c = (
+        jax.jit(train_step, donate_argnums=0, compiler_options=opts).lower(state, x, y, 0).compile()
+    )
     train_compile_s = time.perf_counter() - t
     t = time.perf_counter()
-    eval_c = jax.jit(eval_step).lower(state, x).compile()
+    eval_c = jax.jit(eval_step, compiler_options=opts).lower(state, x).compile()
     eval_compile_s = time.perf_counter() - t
 
     step = 0
@@ -211,6 +215,7 @@ def jax_child(args) -> None:
         "eval_images_per_s": batch / statistics.median(eval_times),
         "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "peak_gpu_mib": peak_gpu,
+        "compiler_options": opts,
     }
     print("RESULT " + json.dumps(result), flush=True)
 

@@ -45,7 +45,6 @@ geometries that pass it (the layers check it at trace time).
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from functools import partial
 from typing import Literal, TypeVar
 
 import jax
@@ -288,89 +287,6 @@ def _xla_conv(
     )
 
 
-def kernel_grad_matmul(
-    x: jax.Array,
-    g: jax.Array,
-    kernel_size: int,
-    padding: tuple[tuple[int, int], tuple[int, int]],
-    precision: lax.Precision | None = None,
-) -> jax.Array:
-    """Kernel gradient of a stride-1 NHWC x HWIO convolution as k*k matrix products.
-
-    ``dW[i, j] = sum_{n,h,w} xp[n, h+i, w+j, :]^T g[n, h, w, :]`` with ``xp`` the padded input
-    and ``g`` the output cotangent. Both are flattened over (H, W) on the padded width, so that
-    offset (i, j) is ONE contiguous shift ``i * Wp + j`` of the flat input; the k - 1 extra
-    columns of ``g`` are zero, so rows wrapping into the next image row contribute nothing.
-    XLA:CPU runs the batched weight-gradient convolution 3-6x slower than the forward pass
-    (`bench/vs_escnn.py`); these GEMMs run at matmul speed.
-    """
-    k = kernel_size
-    (plo, phi), (qlo, qhi) = padding
-    n, ho, wo, d = g.shape
-    c = x.shape[-1]
-    xp = jnp.pad(x, ((0, 0), (plo, phi + 1), (qlo, qhi), (0, 0)))  # +1 row: last shift's tail
-    wp = xp.shape[2]
-    if wp - wo != k - 1 or xp.shape[1] - 1 - ho != k - 1:
-        raise ValueError(f"kernel_grad_matmul: shapes {x.shape} -> {g.shape} are not stride 1")
-    xf = xp.reshape(n, -1, c)
-    gf = jnp.pad(g, ((0, 0), (0, 0), (0, k - 1), (0, 0))).reshape(n * ho * wp, d)
-    length = ho * wp
-    offsets = jnp.asarray([i * wp + j for i in range(k) for j in range(k)], jnp.int32)
-
-    def one(carry: None, off: jax.Array) -> tuple[None, jax.Array]:
-        # a loop, not k*k unrolled GEMMs: one shifted copy of the input alive at a time
-        xs = lax.dynamic_slice_in_dim(xf, off, length, axis=1).reshape(n * length, c)
-        dims = (((0,), (0,)), ((), ()))
-        return None, lax.dot_general(xs, gf, dims, precision, preferred_element_type=jnp.float32)
-
-    _, rows = lax.scan(one, None, offsets)
-    return rows.reshape(k, k, c, d)
-
-
-@partial(jax.custom_vjp, nondiff_argnums=(2, 3))
-def _conv_s1(
-    x: jax.Array,
-    kernel: jax.Array,
-    padding: tuple[tuple[int, int], tuple[int, int]],
-    precision: lax.Precision | None,
-) -> jax.Array:
-    return _xla_conv(x, kernel, 1, list(padding), precision)
-
-
-def _conv_s1_fwd(
-    x: jax.Array,
-    kernel: jax.Array,
-    padding: tuple[tuple[int, int], tuple[int, int]],
-    precision: lax.Precision | None,
-) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
-    return _conv_s1(x, kernel, padding, precision), (x, kernel)
-
-
-def _conv_s1_bwd(
-    padding: tuple[tuple[int, int], tuple[int, int]],
-    precision: lax.Precision | None,
-    res: tuple[jax.Array, jax.Array],
-    g: jax.Array,
-) -> tuple[jax.Array, jax.Array]:
-    x, kernel = res
-    _, vjp_x = jax.vjp(lambda v: _xla_conv(v, kernel, 1, list(padding), precision), x)
-    (dx,) = vjp_x(g)
-
-    def xla_dw(x: jax.Array, g: jax.Array) -> jax.Array:
-        _, vjp_w = jax.vjp(lambda w: _xla_conv(x, w, 1, list(padding), precision), kernel)
-        return vjp_w(g)[0]
-
-    def gemm_dw(x: jax.Array, g: jax.Array) -> jax.Array:
-        return kernel_grad_matmul(x, g, kernel.shape[0], padding, precision).astype(kernel.dtype)
-
-    # GPU/TPU convolution libraries handle the kernel gradient well: keep XLA's there.
-    dw = lax.platform_dependent(x, g, cpu=gemm_dw, default=xla_dw)
-    return dx, dw
-
-
-_conv_s1.defvjp(_conv_s1_fwd, _conv_s1_bwd)
-
-
 def conv(
     x: jax.Array,
     kernel: jax.Array,
@@ -380,22 +296,11 @@ def conv(
 ) -> jax.Array:
     """ONE ``lax.conv_general_dilated``, NHWC x HWIO -> NHWC, on an (expanded) kernel.
 
-    Stride-1 convolutions with square kernels carry a custom VJP whose kernel gradient runs as
-    k*k GEMMs on CPU (``kernel_grad_matmul``; XLA's own elsewhere). Same values; reverse mode
-    only (``jax.grad``/``vjp``; forward-mode ``jvp`` of a stride-1 conv is not supported).
+    On CPU compile it with ``xla_options.compiler_options()`` (as pcam_jax's steps are): XLA:CPU
+    then runs the convolution and both its gradients through YNNPACK, 1.3-1.9x faster forward
+    and 6-10x faster kernel gradient than its default path (BENCHMARKS.md).
     """
-    kernel = kernel.astype(x.dtype)
-    k0, k1 = kernel.shape[:2]
-    if stride == 1 and k0 == k1:
-        pads = tuple(
-            explicit_padding(x.shape[1 + a], kernel.shape[a], 1, padding)
-            if isinstance(padding, (str, int))
-            else (int(padding[a][0]), int(padding[a][1]))
-            for a in range(2)
-        )
-        if min(min(p) for p in pads) >= 0:
-            return _conv_s1(x, kernel, pads, precision)
-    return _xla_conv(x, kernel, stride, _lax_padding(padding), precision)
+    return _xla_conv(x, kernel.astype(x.dtype), stride, _lax_padding(padding), precision)
 
 
 def lifting_conv(
@@ -447,6 +352,13 @@ def _pool(
     x: jax.Array, init: float, op: Callable, window: int, stride: int, padding: Padding
 ) -> jax.Array:
     pad = _lax_padding(padding)
+    n, h, w, c = x.shape
+    tiles = window == stride and pad in ("VALID", [(0, 0), (0, 0)])
+    if tiles and h % window == 0 and w % window == 0:
+        # windows tile the map: a reshape and a reduction, whose gradient is elementwise
+        # (reduce_window's max gradient is a select-and-scatter, 2-3x the forward's cost on CPU)
+        y = x.reshape(n, h // window, window, w // window, window, c)
+        return jnp.max(y, axis=(2, 4)) if op is lax.max else jnp.sum(y, axis=(2, 4))
     if not isinstance(pad, str):
         pad = [(0, 0), *pad, (0, 0)]
     return lax.reduce_window(x, init, op, (1, window, window, 1), (1, stride, stride, 1), pad)
@@ -481,24 +393,63 @@ def invariant_pool(
     return jnp.max(y, axis=(1, 2)) if spatial_reduce == "max" else jnp.mean(y, axis=(1, 2))
 
 
+def _row_block(rows: int) -> int:
+    """Largest divisor of ``rows`` that is at most 32: the first stage of a two-stage sum."""
+    return max(d for d in range(1, min(rows, 32) + 1) if rows % d == 0)
+
+
+def channel_sum(x: jax.Array) -> jax.Array:
+    """Sum of (..., C) over every axis but the last -> (C,), in float32.
+
+    Two stages, (M, C) -> (M / b, C) -> (C,) with b <= 32, an optimisation barrier between
+    them. With YNNPACK enabled (``xla_options``) XLA:CPU rewrites one large reduction into a
+    reduce-window tree that runs 4-6x slower than this; the barrier keeps XLA from merging the
+    stages back, and the first stage fuses with the elementwise op that produces ``x``.
+    """
+    c = x.shape[-1]
+    x = x.reshape(-1, c).astype(jnp.float32)
+    b = _row_block(x.shape[0])
+    partial_sums = lax.optimization_barrier(x.reshape(-1, b, c).sum(axis=1))
+    return partial_sums.sum(axis=0)
+
+
+def channel_affine(x: jax.Array, mul: jax.Array, shift: jax.Array) -> jax.Array:
+    """``x * mul + shift`` for (..., C) ``x`` and per-channel (C,) ``mul`` and ``shift``.
+
+    The same values as the broadcast expression; written so that its gradients with respect to
+    ``mul`` and ``shift`` reduce in two stages, like ``channel_sum``.
+    """
+    c = x.shape[-1]
+    b = _row_block(x.size // c)
+    blocks = x.reshape(-1, b, c)
+    mul, shift = lax.optimization_barrier(
+        (
+            jnp.broadcast_to(mul, (blocks.shape[0], 1, c)),
+            jnp.broadcast_to(shift, (blocks.shape[0], 1, c)),
+        )
+    )
+    return (blocks * mul + shift).astype(x.dtype).reshape(x.shape)
+
+
 def group_moments(
     x: jax.Array, group: str, axis_name: str | None = None
 ) -> tuple[jax.Array, jax.Array]:
     """Batch-norm statistics shared across the |G| copies: mean and variance (C,), float32.
 
     Reduced over N, H, W and the group axis (and over devices with ``axis_name``), hence
-    invariant under L_h.
+    invariant under L_h. Two passes, the mean and then the mean squared deviation, on one
+    device and on several: E[x^2] - E[x]^2 loses the variance to cancellation when
+    |mean| >> std (1 and 2 devices then differed by 3e-4 in a running variance).
     """
-    y = split_group(x.astype(jnp.float32), group)
-    axes = (0, 1, 2, 4)
-    mean = jnp.mean(y, axis=axes)
-    if axis_name is None:
-        var = jnp.mean(jnp.square(y - mean[:, None]), axis=axes)
-        return mean, var
-    # two passes, as on one device: E[x^2] - E[x]^2 loses the variance to cancellation
-    # when |mean| >> std (1 and 2 devices then differed by 3e-4 in a running variance)
-    mean = lax.pmean(mean, axis_name)
-    var = lax.pmean(jnp.mean(jnp.square(y - mean[:, None]), axis=axes), axis_name)
+    n = group_order(group)
+    count = x.size // (x.shape[-1] // n)
+
+    def group_mean(y: jax.Array) -> jax.Array:
+        mean = channel_sum(y).reshape(-1, n).sum(axis=-1) / count
+        return mean if axis_name is None else lax.pmean(mean, axis_name)
+
+    mean = group_mean(x)
+    var = group_mean(jnp.square(x.astype(jnp.float32) - jnp.repeat(mean, n)))
     return mean, var
 
 
@@ -524,7 +475,7 @@ def group_normalize(
         shift = shift + bias
     mul = jnp.repeat(mul, n)
     shift = jnp.repeat(shift, n)
-    return (x * mul + shift).astype(x.dtype)
+    return channel_affine(x, mul, shift)
 
 
 def group_batch_norm(

@@ -45,6 +45,7 @@ from pcam_jax.data.fileio import atomic_path
 from pcam_jax.distributed import is_primary
 from pcam_jax.metrics import binary_metrics
 from pcam_jax.optim import make_optimizer, make_schedule
+from pcam_jax.xla_options import compiler_options
 
 AXIS = "data"
 
@@ -376,7 +377,10 @@ def make_predict_fn(
 ) -> Any:
     """jit(shard_map(predict_step)): (variables, global images) -> global p(tumour)."""
     fn = partial(predict_step, apply_fn=model.apply, preprocess=preprocess, tta=tta)
-    return jax.jit(jax.shard_map(fn, mesh=mesh, in_specs=(P(), P(AXIS)), out_specs=P(AXIS)))
+    return jax.jit(
+        jax.shard_map(fn, mesh=mesh, in_specs=(P(), P(AXIS)), out_specs=P(AXIS)),
+        compiler_options=compiler_options(),
+    )
 
 
 def make_eval_loader(config: ml_collections.ConfigDict, source: Any) -> grain.DataLoader:
@@ -695,6 +699,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
             out_specs=(P(), P()),
         ),
         donate_argnums=(0,),
+        compiler_options=compiler_options(),
     )
     predict_fn = make_predict_fn(model, preprocess, mesh)
 

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from pcam_jax import groups as G
+from pcam_jax.xla_options import CPU_COMPILER_OPTIONS, DISABLE_ENV, compiler_options
 
 RTOL = 1e-5
 GROUPS = ["p4", "p4m"]
@@ -187,45 +188,79 @@ def test_lifting_and_group_conv_equivariance(group, size, k, stride, padding):
         (10, 10, 4, 1, "SAME"),
         (6, 6, 3, 1, ((2, 0), (1, 3))),
         (6, 6, 3, 1, 2),
-        (10, 10, 4, 2, "SAME"),  # strided: XLA's own gradient
+        (10, 10, 4, 2, "SAME"),  # strided
     ],
 )
-def test_conv_gradients_match_xla(h, w, k, stride, padding):
-    """``conv``'s custom VJP (GEMM kernel gradient on CPU) equals XLA's conv gradients."""
+def test_conv_with_cpu_compiler_options_matches_xla_default(h, w, k, stride, padding):
+    """``conv`` and its gradients compiled with ``xla_options.compiler_options()`` (YNNPACK on
+    CPU) equal XLA's default compilation of the same convolution."""
     x = rng_array((2, h, w, 5))
     ker = rng_array((k, k, 5, 7), 1)
 
-    def ref(x, ker):
-        y = jax.lax.conv_general_dilated(
-            x,
-            ker,
-            (stride, stride),
-            G._lax_padding(padding),
-            dimension_numbers=("NHWC", "HWIO", "NHWC"),
-        )
-        return jnp.sum(jnp.sin(y))
-
-    def new(x, ker):
+    def loss(x, ker):
         return jnp.sum(jnp.sin(G.conv(x, ker, stride, padding)))
 
-    want = jax.jit(jax.grad(ref, (0, 1)))(x, ker)
-    got = jax.jit(jax.grad(new, (0, 1)))(x, ker)
-    for a, b in zip(got, want, strict=True):
+    f = jax.value_and_grad(loss, (0, 1))
+    want = jax.jit(f)(x, ker)
+    got = jax.jit(f, compiler_options=compiler_options())(x, ker)
+    assert rel_err(got[0], want[0]) < 1e-5
+    for a, b in zip(got[1], want[1], strict=True):
         assert rel_err(a, b) < 1e-5
-    # the GEMM kernel gradient itself, called directly on a stride-1 geometry
-    if stride == 1:
-        pads = tuple(
-            G.explicit_padding(x.shape[1 + a], k, 1, padding)
-            if isinstance(padding, (str, int))
-            else padding[a]
-            for a in range(2)
-        )
-        g = jax.grad(lambda y: jnp.sum(jnp.sin(y)))(
-            jax.lax.conv_general_dilated(
-                x, ker, (1, 1), [tuple(p) for p in pads], dimension_numbers=("NHWC", "HWIO", "NHWC")
-            )
-        )
-        assert rel_err(G.kernel_grad_matmul(x, g, k, pads), want[1]) < 1e-5
+
+
+def test_compiler_options_per_backend(monkeypatch):
+    monkeypatch.delenv(DISABLE_ENV, raising=False)
+    assert compiler_options("cpu") == CPU_COMPILER_OPTIONS
+    assert compiler_options("gpu") is None
+    monkeypatch.setenv(DISABLE_ENV, "0")
+    assert compiler_options("cpu") is None
+
+
+@pytest.mark.parametrize("shape", [(2, 6, 6, 5), (3, 7, 5, 4), (37, 3), (1, 1, 1, 2)])
+def test_channel_sum_and_channel_affine_equal_plain_expressions(shape):
+    """The two-stage reductions give the plain sums, values and gradients."""
+    x = rng_array(shape)
+    c = shape[-1]
+    mul, shift = rng_array((c,), 1), rng_array((c,), 2)
+    axes = tuple(range(len(shape) - 1))
+    assert rel_err(G.channel_sum(x), jnp.sum(x, axis=axes)) < 1e-6
+
+    def plain(x, mul, shift):
+        return jnp.sum(jnp.sin(x * mul + shift))
+
+    def staged(x, mul, shift):
+        return jnp.sum(jnp.sin(G.channel_affine(x, mul, shift)))
+
+    opts = compiler_options()
+    want = jax.jit(jax.value_and_grad(plain, (0, 1, 2)))(x, mul, shift)
+    got = jax.jit(jax.value_and_grad(staged, (0, 1, 2)), compiler_options=opts)(x, mul, shift)
+    assert rel_err(got[0], want[0]) < 1e-6
+    for a, b in zip(got[1], want[1], strict=True):
+        assert rel_err(a, b) < 1e-5
+    g = jax.grad(lambda x: jnp.sum(jnp.cos(x) * G.channel_sum(x)))(x)
+    g_want = jax.grad(lambda x: jnp.sum(jnp.cos(x) * jnp.sum(x, axis=axes)))(x)
+    assert rel_err(g, g_want) < 1e-5
+
+
+@pytest.mark.parametrize("kind", ["max", "avg"])
+@pytest.mark.parametrize("window,stride,padding", [(2, 2, "VALID"), (3, 3, 0), (2, 2, "SAME")])
+def test_tiled_pooling_equals_reduce_window(kind, window, stride, padding):
+    """Pooling whose windows tile the map (a reshape + reduction) equals ``lax.reduce_window``:
+    values, and gradients on an input without ties."""
+    x = rng_array((2, 6, 6, 3))
+    init, op = (-jnp.inf, jax.lax.max) if kind == "max" else (0.0, jax.lax.add)
+    pool = G.max_pool if kind == "max" else G.avg_pool
+    pad = G._lax_padding(padding)
+    pad = pad if isinstance(pad, str) else [(0, 0), *pad, (0, 0)]
+
+    def ref(x):
+        s = jax.lax.reduce_window(x, init, op, (1, window, window, 1), (1, stride, stride, 1), pad)
+        return s if kind == "max" else s / window**2
+
+    assert rel_err(pool(x, window, stride, padding), ref(x)) < 1e-6
+    w = rng_array(ref(x).shape, 1)
+    g = jax.grad(lambda x: jnp.sum(w * pool(x, window, stride, padding)))(x)
+    assert rel_err(g, jax.grad(lambda x: jnp.sum(w * ref(x)))(x)) < 1e-6
 
 
 @pytest.mark.parametrize("group", GROUPS)
