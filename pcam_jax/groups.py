@@ -45,6 +45,7 @@ geometries that pass it (the layers check it at trace time).
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from functools import partial
 from typing import Literal, TypeVar
 
 import jax
@@ -398,37 +399,46 @@ def _row_block(rows: int) -> int:
     return max(d for d in range(1, min(rows, 32) + 1) if rows % d == 0)
 
 
+def _two_stage_sum(x: jax.Array) -> jax.Array:
+    b = _row_block(x.shape[0])
+    partial_sums = lax.optimization_barrier(x.reshape(-1, b, x.shape[1]).sum(axis=1))
+    return partial_sums.sum(axis=0)
+
+
 def channel_sum(x: jax.Array) -> jax.Array:
     """Sum of (..., C) over every axis but the last -> (C,), in float32.
 
-    Two stages, (M, C) -> (M / b, C) -> (C,) with b <= 32, an optimisation barrier between
-    them. With YNNPACK enabled (``xla_options``) XLA:CPU rewrites one large reduction into a
-    reduce-window tree that runs 4-6x slower than this; the barrier keeps XLA from merging the
-    stages back, and the first stage fuses with the elementwise op that produces ``x``.
+    On CPU in two stages, (M, C) -> (M / b, C) -> (C,) with b <= 32 and an optimisation
+    barrier between them: with YNNPACK enabled (``xla_options``) XLA:CPU rewrites one large
+    reduction into a reduce-window tree that runs 4-6x slower; the barrier keeps XLA from
+    merging the stages back, and the first stage fuses with the op that produces ``x``.
+    Elsewhere one reduction (a barrier would stop GPU fusions).
     """
+    x = x.reshape(-1, x.shape[-1]).astype(jnp.float32)
+    return lax.platform_dependent(x, cpu=_two_stage_sum, default=partial(jnp.sum, axis=0))
+
+
+def _blocked_affine(x: jax.Array, mul: jax.Array, shift: jax.Array) -> jax.Array:
     c = x.shape[-1]
-    x = x.reshape(-1, c).astype(jnp.float32)
-    b = _row_block(x.shape[0])
-    partial_sums = lax.optimization_barrier(x.reshape(-1, b, c).sum(axis=1))
-    return partial_sums.sum(axis=0)
+    blocks = x.reshape(-1, _row_block(x.size // c), c)
+    shape = (blocks.shape[0], 1, c)
+    mul, shift = lax.optimization_barrier(
+        (jnp.broadcast_to(mul, shape), jnp.broadcast_to(shift, shape))
+    )
+    return (blocks * mul + shift).astype(x.dtype).reshape(x.shape)
+
+
+def _plain_affine(x: jax.Array, mul: jax.Array, shift: jax.Array) -> jax.Array:
+    return (x * mul + shift).astype(x.dtype)
 
 
 def channel_affine(x: jax.Array, mul: jax.Array, shift: jax.Array) -> jax.Array:
     """``x * mul + shift`` for (..., C) ``x`` and per-channel (C,) ``mul`` and ``shift``.
 
-    The same values as the broadcast expression; written so that its gradients with respect to
-    ``mul`` and ``shift`` reduce in two stages, like ``channel_sum``.
+    The values of the broadcast expression; on CPU written so that its gradients with respect
+    to ``mul`` and ``shift`` reduce in two stages, like ``channel_sum``.
     """
-    c = x.shape[-1]
-    b = _row_block(x.size // c)
-    blocks = x.reshape(-1, b, c)
-    mul, shift = lax.optimization_barrier(
-        (
-            jnp.broadcast_to(mul, (blocks.shape[0], 1, c)),
-            jnp.broadcast_to(shift, (blocks.shape[0], 1, c)),
-        )
-    )
-    return (blocks * mul + shift).astype(x.dtype).reshape(x.shape)
+    return lax.platform_dependent(x, mul, shift, cpu=_blocked_affine, default=_plain_affine)
 
 
 def group_moments(
