@@ -299,7 +299,7 @@ def conv(
 
     On CPU compile it with ``xla_options.compiler_options()`` (as pcam_jax's steps are): XLA:CPU
     then runs the convolution and both its gradients through YNNPACK, 1.3-1.9x faster forward
-    and 6-10x faster kernel gradient than its default path (BENCHMARKS.md).
+    and 8-10x faster kernel gradient than its default path (BENCHMARKS.md).
     """
     return _xla_conv(x, kernel.astype(x.dtype), stride, _lax_padding(padding), precision)
 

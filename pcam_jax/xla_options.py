@@ -3,7 +3,7 @@
 On CPU, pcam_jax compiles its train, eval and predict steps with YNNPACK enabled for dot-like
 operations (``xla_cpu_experimental_ynn_fusion_type``): XLA:CPU then runs convolutions and both
 their gradients through YNNPACK. On the 2-core development machine that made the forward
-convolutions of the group models 1.3-1.9x faster and their kernel gradients 6-10x faster than
+convolutions of the group models 1.3-1.9x faster and their kernel gradients 8-10x faster than
 XLA:CPU's default path (BENCHMARKS.md, "XLA:CPU options"). Values agree with the default path
 to float rounding (about 1e-6 relative).
 
