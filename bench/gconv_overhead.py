@@ -56,8 +56,9 @@ def make(group, kind, batch, size, cin, cout, k=3):
     def loss_plain(x, w):
         return jnp.sum(jnp.square(G.conv(x, w)))
 
-    fg = jax.jit(jax.grad(loss_group, argnums=(0, 1)), compiler_options=compiler_options())
-    fp = jax.jit(jax.grad(loss_plain, argnums=(0, 1)), compiler_options=compiler_options())
+    opts = compiler_options()
+    fg = jax.jit(jax.grad(loss_group, argnums=(0, 1)), compiler_options=opts)
+    fp = jax.jit(jax.grad(loss_plain, argnums=(0, 1)), compiler_options=opts)
     return (lambda: fg(x, w)), (lambda: fp(x, w_plain)), expand(w).shape
 
 

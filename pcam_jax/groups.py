@@ -271,23 +271,6 @@ def _lax_padding(padding: Padding, ndim: int = 2) -> str | list[tuple[int, int]]
 # ---------------------------------------------------------------------------------------------
 
 
-def _xla_conv(
-    x: jax.Array,
-    kernel: jax.Array,
-    stride: int,
-    padding: str | list[tuple[int, int]],
-    precision: lax.Precision | None,
-) -> jax.Array:
-    return lax.conv_general_dilated(
-        x,
-        kernel,
-        window_strides=(stride, stride),
-        padding=padding,
-        dimension_numbers=("NHWC", "HWIO", "NHWC"),
-        precision=precision,
-    )
-
-
 def conv(
     x: jax.Array,
     kernel: jax.Array,
@@ -301,7 +284,14 @@ def conv(
     then runs the convolution and both its gradients through YNNPACK, 1.3-1.9x faster forward
     and 8-10x faster kernel gradient than its default path (BENCHMARKS.md).
     """
-    return _xla_conv(x, kernel.astype(x.dtype), stride, _lax_padding(padding), precision)
+    return lax.conv_general_dilated(
+        x,
+        kernel.astype(x.dtype),
+        window_strides=(stride, stride),
+        padding=_lax_padding(padding),
+        dimension_numbers=("NHWC", "HWIO", "NHWC"),
+        precision=precision,
+    )
 
 
 def lifting_conv(
