@@ -1,7 +1,10 @@
 """`pcam-eval`: evaluate a trained workdir on a split (see pcam_jax.evaluate).
 
     pcam-eval --workdir=DIR [--checkpoint=best|last|STEP] [--split=test] [--tta]
-              [--config.data.root=...]
+              [--weights=ema|raw] [--config.data.root=...]
+
+With a run that kept an EMA of its weights (config.ema_decay > 0), the EMA
+weights are evaluated unless --weights=raw.
 
 Several processes: the flags of pcam-train (--coordinator_address,
 --num_processes, --process_id, --distributed); each process reads a share of
@@ -28,6 +31,13 @@ _CHECKPOINT = flags.DEFINE_string("checkpoint", "best", "best, last, or a saved 
 _SPLIT = flags.DEFINE_enum("split", "test", ["train", "valid", "test"], "Split to evaluate.")
 _TTA = flags.DEFINE_bool("tta", False, "Average predictions over the 8 D4 transforms.")
 _BOOTSTRAP = flags.DEFINE_integer("bootstrap", 1000, "Bootstrap resamples of the AUC interval.")
+_WEIGHTS = flags.DEFINE_enum(
+    "weights",
+    "ema",
+    ["ema", "raw"],
+    "ema: the moving average of the weights when the run kept one (config.ema_decay > 0), "
+    "else the raw weights; raw: always the raw weights.",
+)
 
 
 def main(argv: Sequence[str]) -> None:
@@ -55,6 +65,7 @@ def main(argv: Sequence[str]) -> None:
             split=_SPLIT.value,
             tta=_TTA.value,
             n_bootstrap=_BOOTSTRAP.value,
+            weights=_WEIGHTS.value,
         )
     except (train.TrainingError, DataError) as e:
         logging.error("%s", e)
@@ -66,7 +77,8 @@ def main(argv: Sequence[str]) -> None:
         f"pcam-eval: {result['split']}{' (tta)' if result['tta'] else ''} n={result['n']} "
         f"AUC {result['auc']:.4f} (95% CI {ci[0]:.4f}-{ci[1]:.4f}) accuracy "
         f"{result['accuracy']:.4f} nll {result['nll']:.4f} "
-        f"[checkpoint {result['checkpoint_step']}] -> {workdir / 'eval'}"
+        f"[checkpoint {result['checkpoint_step']}, {result['weights']} weights] -> "
+        f"{workdir / 'eval'}"
     )
 
 

@@ -72,8 +72,13 @@ def evaluate(
     split: str = "test",
     tta: bool = False,
     n_bootstrap: int = 1000,
+    weights: str = "ema",
 ) -> dict[str, Any]:
-    """Evaluates a checkpoint of `workdir` on `split`; writes DIR/eval/; returns the metrics."""
+    """Evaluates a checkpoint of `workdir` on `split`; writes DIR/eval/; returns the metrics.
+
+    weights: "ema" (the EMA weights when the checkpoint holds them, else the raw ones) or
+    "raw"; the result's ``weights`` says which were used.
+    """
     workdir = Path(workdir)
     mngr = train.checkpoint_manager(workdir, config.keep_checkpoints)
     step = train.resolve_checkpoint(mngr, checkpoint)
@@ -83,7 +88,7 @@ def evaluate(
         lambda: model.init(jax.random.key(0), np.zeros((2, size, size, 3), np.float32))
     )
     abstract = {"params": abstract["params"], "batch_stats": abstract.get("batch_stats", {})}
-    variables, record = train.restore_model(mngr, step, abstract)
+    variables, record = train.restore_model(mngr, step, abstract, weights)
     mngr.close()
     norm = pipeline.NormStats.from_json(record["norm"])
     source = train.make_source(config, split)
@@ -95,6 +100,7 @@ def evaluate(
         split=split,
         checkpoint_step=step,
         tta=tta,
+        weights=record["weights"],
         model=config.model.name,
         data_root=str(config.data.root),
     )

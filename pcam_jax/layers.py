@@ -114,13 +114,14 @@ class GroupBatchNorm(nn.Module):
     use_scale: bool = True
     use_bias: bool = True
     axis_name: str | None = None  # average batch statistics over this device axis
+    scale_init: Initializer = nn.initializers.ones  # zeros: a residual branch starts at zero
 
     @nn.compact
     def __call__(self, x: jax.Array, use_running_average: bool) -> jax.Array:
         c = x.shape[-1] // groups.group_order(self.group)
         ra_mean = self.variable("batch_stats", "mean", lambda: jnp.zeros((c,), jnp.float32))
         ra_var = self.variable("batch_stats", "var", lambda: jnp.ones((c,), jnp.float32))
-        scale = self.param("scale", nn.initializers.ones, (c,)) if self.use_scale else None
+        scale = self.param("scale", self.scale_init, (c,)) if self.use_scale else None
         bias = self.param("bias", nn.initializers.zeros, (c,)) if self.use_bias else None
         if use_running_average:
             mean, var = ra_mean.value, ra_var.value

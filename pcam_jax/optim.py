@@ -77,7 +77,14 @@ def make_optimizer(
         parts.append(optax.adam(schedule, b1=cfg.b1, b2=cfg.b2, eps=cfg.eps))
     elif name == "adamw":
         parts.append(
-            optax.adamw(schedule, b1=cfg.b1, b2=cfg.b2, eps=cfg.eps, weight_decay=cfg.weight_decay)
+            optax.adamw(
+                schedule,
+                b1=cfg.b1,
+                b2=cfg.b2,
+                eps=cfg.eps,
+                weight_decay=cfg.weight_decay,
+                mask=kernels_only,
+            )
         )
     elif name == "sgd":
         parts.append(optax.sgd(schedule, momentum=cfg.momentum or None, nesterov=cfg.nesterov))
@@ -92,6 +99,13 @@ def make_optimizer(
         labels = _labels(trainable_mask)
         tx = optax.multi_transform({"train": tx, "freeze": optax.set_to_zero()}, labels)
     return tx
+
+
+def kernels_only(params: Any) -> Any:
+    """True for the leaves AdamW decays: kernels (ndim >= 2), not biases or BN scales/offsets."""
+    import jax
+
+    return jax.tree_util.tree_map(lambda p: p.ndim >= 2, params)
 
 
 def _labels(mask: Any) -> Any:

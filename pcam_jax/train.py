@@ -7,8 +7,11 @@ gradient and the BatchNorm statistics are averaged over ``data``, and the whole
 step is jit-compiled. It is a pure function of (state, batch, rng).
 
 Checkpoints (Orbax) hold the model variables, the optimizer state and step,
-the grain iterator state and a JSON record (normalisation statistics, seed,
-validation metrics); the run resumes from the latest one in WORKDIR. Metrics
+the exponential moving average of the variables when ``ema_decay > 0`` (item
+``ema``), the grain iterator state and a JSON record (normalisation statistics,
+seed, validation metrics); the run resumes from the latest one in WORKDIR.
+With EMA on, the periodic validation (and so the best checkpoint) uses the
+EMA weights, and so does pcam-eval unless asked for the raw ones. Metrics
 go through CLU metric writers (TensorBoard event files and the console).
 """
 
@@ -68,9 +71,32 @@ class TrainingError(Exception):
 
 
 class TrainState(train_state.TrainState):
-    """Flax TrainState plus the BatchNorm statistics."""
+    """Flax TrainState plus the BatchNorm statistics and the EMA of both (or None)."""
 
     batch_stats: Any = None
+    ema: Any = None  # {"params", "batch_stats"} averaged over the updates, when ema_decay > 0
+
+
+def ema_decay_at(decay: float, updates: jax.Array) -> jax.Array:
+    """The EMA decay used at update ``updates`` (0-based): min(decay, (1 + t) / (10 + t)).
+
+    The warm-up (TensorFlow's ExponentialMovingAverage with num_updates) keeps the average
+    from being dominated by the random initialisation in short runs.
+    """
+    t = jnp.asarray(updates, jnp.float32)
+    return jnp.minimum(decay, (1.0 + t) / (10.0 + t))
+
+
+def update_ema(ema: Any, variables: Any, decay: jax.Array) -> Any:
+    """ema * decay + variables * (1 - decay), leaf by leaf (same tree structure)."""
+    return jax.tree_util.tree_map(lambda e, v: decay * e + (1.0 - decay) * v, ema, variables)
+
+
+def eval_variables(state: TrainState) -> dict[str, Any]:
+    """The variables validation uses: the EMA when it is kept, else the raw ones."""
+    if state.ema is not None:
+        return state.ema
+    return {"params": state.params, "batch_stats": state.batch_stats}
 
 
 # Averages of the per-step training loss and accuracy (a CLU metrics collection).
@@ -288,11 +314,16 @@ def cast_floats(tree: Any, dtype: Any) -> Any:
     )
 
 
-def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
-    """Mean softmax cross-entropy of integer labels."""
-    return optax.softmax_cross_entropy_with_integer_labels(
-        logits.astype(jnp.float32), labels
-    ).mean()
+def cross_entropy(logits: jax.Array, labels: jax.Array, smoothing: float = 0.0) -> jax.Array:
+    """Mean softmax cross-entropy of integer labels (B,) against logits (B, K).
+
+    With ``smoothing`` s > 0 the targets are (1 - s) one-hot + s / K (label smoothing).
+    """
+    logits = logits.astype(jnp.float32)
+    if smoothing == 0.0:
+        return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+    targets = optax.smooth_labels(jax.nn.one_hot(labels, logits.shape[-1]), smoothing)
+    return optax.softmax_cross_entropy(logits, targets).mean()
 
 
 def train_step(
@@ -303,11 +334,15 @@ def train_step(
     preprocess: Preprocess,
     aux_loss_weight: float,
     schedule: optax.Schedule,
+    label_smoothing: float = 0.0,
+    ema_decay: float = 0.0,
 ) -> tuple[TrainState, dict[str, jax.Array]]:
     """One SGD step on this device's share of the batch; call inside shard_map over 'data'.
 
     rng is the run's base key: the step's dropout key is derived from it, the
-    step number and the device index, so the step is a pure function.
+    step number and the device index, so the step is a pure function. With
+    ema_decay > 0 the EMA of the updated parameters and BatchNorm statistics is
+    advanced too (``ema_decay_at``).
     """
     rng = jax.random.fold_in(jax.random.fold_in(rng, state.step), jax.lax.axis_index(AXIS))
     images = preprocess(batch["image"])
@@ -323,9 +358,9 @@ def train_step(
             variables, images, train=True, mutable=["batch_stats"], rngs={"dropout": rng}, **kwargs
         )
         logits, aux = _split_outputs(out)
-        loss = cross_entropy(logits, labels)
+        loss = cross_entropy(logits, labels, label_smoothing)
         if aux is not None:
-            loss = loss + aux_loss_weight * cross_entropy(aux, labels)
+            loss = loss + aux_loss_weight * cross_entropy(aux, labels, label_smoothing)
         return loss, (logits, mutated.get("batch_stats", state.batch_stats))
 
     # Per-device copies of the parameters (pmap semantics): the gradient is this device's,
@@ -338,6 +373,11 @@ def train_step(
     batch_stats = jax.lax.pmean(batch_stats, AXIS)
     accuracy = jnp.mean(jnp.argmax(logits, -1) == labels)
     new_state = state.apply_gradients(grads=grads, batch_stats=batch_stats)
+    if ema_decay > 0:
+        current = {"params": new_state.params, "batch_stats": new_state.batch_stats}
+        new_state = new_state.replace(
+            ema=update_ema(state.ema, current, ema_decay_at(ema_decay, state.step))
+        )
     finite = [jnp.all(jnp.isfinite(p)) for p in jax.tree_util.tree_leaves(new_state.params)]
     step_metrics = {
         "loss": jax.lax.pmean(loss, AXIS),
@@ -487,6 +527,7 @@ def checkpoint_manager(workdir: Path, keep: int) -> ocp.CheckpointManager:
         item_handlers={
             "model": ocp.StandardCheckpointHandler(),
             "opt": ocp.StandardCheckpointHandler(),
+            "ema": ocp.StandardCheckpointHandler(),
             "data": grain.checkpoint.CheckpointHandler(),
             "record": ocp.JsonCheckpointHandler(),
         },
@@ -494,11 +535,20 @@ def checkpoint_manager(workdir: Path, keep: int) -> ocp.CheckpointManager:
 
 
 def _checkpoint_items(state: TrainState) -> dict[str, Any]:
-    """The pytree items of a checkpoint: "model" (all eval needs) and "opt" (to resume)."""
-    return {
+    """The pytree items of a checkpoint: "model" (the raw variables), "opt" (to resume) and,
+    with EMA on, "ema" (the averaged variables, same structure as "model")."""
+    items = {
         "model": {"params": state.params, "batch_stats": state.batch_stats},
         "opt": {"opt_state": state.opt_state, "step": state.step},
     }
+    if state.ema is not None:
+        items["ema"] = state.ema
+    return items
+
+
+def checkpoint_has_ema(mngr: ocp.CheckpointManager, step: int) -> bool:
+    """Whether checkpoint `step` holds EMA weights (written by a run with ema_decay > 0)."""
+    return (Path(mngr.directory) / str(step) / "ema").is_dir()
 
 
 def resolve_checkpoint(mngr: ocp.CheckpointManager, which: str) -> int:
@@ -518,14 +568,22 @@ def resolve_checkpoint(mngr: ocp.CheckpointManager, which: str) -> int:
     return int(which)
 
 
+WEIGHTS = ("ema", "raw")
+
+
 def restore_model(
-    mngr: ocp.CheckpointManager, step: int, abstract_model: Any
+    mngr: ocp.CheckpointManager, step: int, abstract_model: Any, weights: str = "ema"
 ) -> tuple[Any, dict[str, Any]]:
     """The model variables and the JSON record of checkpoint `step` (no optimizer state).
 
+    weights: "ema" gives the EMA variables when the checkpoint holds them and the raw ones
+    otherwise; "raw" always gives the raw ones. ``record["weights"]`` says which came back.
     The variables are restored replicated over this process's mesh, whatever
     the devices that saved them.
     """
+    if weights not in WEIGHTS:
+        raise TrainingError(f"weights={weights!r}: expected one of {WEIGHTS}")
+    item = "ema" if weights == "ema" and checkpoint_has_ema(mngr, step) else "model"
     replicated = NamedSharding(make_mesh(), P())
     abstract_model = jax.tree_util.tree_map(
         lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated), abstract_model
@@ -533,10 +591,12 @@ def restore_model(
     restored = mngr.restore(
         step,
         args=ocp.args.Composite(
-            model=ocp.args.StandardRestore(abstract_model), record=ocp.args.JsonRestore()
+            **{item: ocp.args.StandardRestore(abstract_model)}, record=ocp.args.JsonRestore()
         ),
     )
-    return restored["model"], restored["record"]
+    record = dict(restored["record"])
+    record["weights"] = "ema" if item == "ema" else "raw"
+    return restored[item], record
 
 
 def _restore_for_training(
@@ -589,7 +649,152 @@ def _restore_for_training(
         batch_stats=restored["model"]["batch_stats"],
         opt_state=restored["opt"]["opt_state"],
         step=restored["opt"]["step"],
+        ema=restored.get("ema"),
     )
+
+
+# --- time budget (config.train_minutes) ----------------------------------------------------
+
+TRAIN_PLAN = "train_plan.json"
+
+
+def read_train_plan(workdir: Path) -> dict[str, Any] | None:
+    """WORKDIR/train_plan.json (the step count a timed run chose at its start), or None."""
+    path = workdir / TRAIN_PLAN
+    if not path.is_file():
+        return None
+    plan = json.loads(path.read_text())
+    if not isinstance(plan.get("num_train_steps"), int) or plan["num_train_steps"] < 1:
+        raise TrainingError(f"{path}: no valid num_train_steps; delete it to plan again")
+    return plan
+
+
+def write_train_plan(workdir: Path, plan: dict[str, Any]) -> None:
+    """Writes WORKDIR/train_plan.json atomically (process 0)."""
+    if is_primary():
+        workdir.mkdir(parents=True, exist_ok=True)
+        with atomic_path(workdir / TRAIN_PLAN) as tmp:
+            tmp.write_text(json.dumps(plan, indent=2, sort_keys=True))
+
+
+def steps_for_budget(
+    seconds: float,
+    step_seconds: float,
+    eval_seconds: float,
+    eval_every: int,
+    checkpoint_seconds: float,
+    checkpoint_every: int,
+) -> int:
+    """The most steps S whose training, ceil(S / eval_every) validations and
+    ceil(S / checkpoint_every) checkpoints fit in `seconds` (at least 1)."""
+    per_step = (
+        step_seconds + eval_seconds / max(eval_every, 1) + checkpoint_seconds / checkpoint_every
+    )
+    steps = max(1, int(seconds / per_step))
+    while steps > 1 and (
+        steps * step_seconds
+        + math.ceil(steps / eval_every) * eval_seconds
+        + math.ceil(steps / checkpoint_every) * checkpoint_seconds
+        > seconds
+    ):
+        steps -= 1
+    return steps
+
+
+PROBE_STEPS = 12  # timed training steps of the speed probe (after one compiling step)
+CHECKPOINT_SECONDS = 2.0  # allowance per checkpoint save in the budget
+
+
+def plan_steps_for_budget(
+    config: ml_collections.ConfigDict,
+    t_start: float,
+    step_fn: Any,
+    state: TrainState,
+    loader: grain.DataLoader,
+    mesh: jax.sharding.Mesh,
+    key: jax.Array,
+    predict_fn: Any,
+    eval_src: Any,
+) -> dict[str, Any]:
+    """Chooses num_train_steps so that the whole run ends within config.train_minutes.
+
+    Measures, on a throwaway copy of the initial state and a separate data iterator (the run's
+    own batches and parameters are untouched): the compile time of the train step, the seconds
+    per step over PROBE_STEPS steps, and one validation pass (which also compiles the predict
+    function the run reuses). The budget counts from the start of train_and_evaluate; what is
+    left after the probe, less a second compile, is split between steps, validations every
+    eval_every_steps and checkpoints. Every process uses process 0's figures.
+    """
+    probe_state = jax.tree_util.tree_map(jnp.copy, state)
+    it = iter(loader)
+
+    def one_step(s: TrainState) -> TrainState:
+        batch = next(it)
+        global_batch = {
+            "image": to_global(mesh, batch["image"]),
+            "label": to_global(mesh, batch["label"]),
+        }
+        s, m = step_fn(s, global_batch, key)
+        jax.block_until_ready(m)
+        return s
+
+    t = time.perf_counter()
+    probe_state = one_step(probe_state)
+    compile_seconds = time.perf_counter() - t
+    t = time.perf_counter()
+    for _ in range(PROBE_STEPS):
+        probe_state = one_step(probe_state)
+    step_seconds = (time.perf_counter() - t) / PROBE_STEPS
+    it = None  # stops the probe iterator's worker processes
+    eval_loader = make_eval_loader(config, eval_src)
+    first = next(iter(eval_loader))["image"]  # compile the predict function outside the timing
+    n = first.shape[0] + (-first.shape[0]) % jax.local_device_count()
+    jax.block_until_ready(
+        predict_fn(eval_variables(probe_state), to_global(mesh, _pad_rows(first, n)))
+    )
+    t = time.perf_counter()
+    predict(predict_fn, eval_variables(probe_state), eval_loader, mesh)
+    eval_seconds = time.perf_counter() - t
+    del probe_state
+    elapsed = time.perf_counter() - t_start
+    figures = np.asarray([compile_seconds, step_seconds, eval_seconds, elapsed], np.float64)
+    if jax.process_count() > 1:
+        figures = np.asarray(multihost_utils.broadcast_one_to_all(figures))
+    compile_seconds, step_seconds, eval_seconds, elapsed = (float(v) for v in figures)
+    left = config.train_minutes * 60.0 - elapsed - compile_seconds
+    if left < step_seconds + eval_seconds:
+        raise TrainingError(
+            f"config.train_minutes={config.train_minutes}: the set-up and speed probe took "
+            f"{elapsed:.0f} s; not enough left for one step and one validation. Raise "
+            "train_minutes."
+        )
+    steps = steps_for_budget(
+        left,
+        step_seconds,
+        eval_seconds,
+        config.eval_every_steps,
+        CHECKPOINT_SECONDS,
+        config.checkpoint_every_steps,
+    )
+    plan = {
+        "train_minutes": config.train_minutes,
+        "num_train_steps": steps,
+        "step_seconds": step_seconds,
+        "compile_seconds": compile_seconds,
+        "eval_seconds": eval_seconds,
+        "setup_seconds": elapsed,
+        "devices": jax.device_count(),
+        "device_kind": jax.devices()[0].device_kind,
+    }
+    logging.info(
+        "train_minutes=%s: %.3f s/step, %.1f s per validation, compile %.1f s -> %d steps",
+        config.train_minutes,
+        step_seconds,
+        eval_seconds,
+        compile_seconds,
+        steps,
+    )
+    return plan
 
 
 # --- the loop ------------------------------------------------------------------------------
@@ -632,6 +837,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
 
     Returns the last validation metrics.
     """
+    t_start = time.perf_counter()
     workdir = Path(workdir)
     check_config(config, workdir)
     if config.batch_size % jax.device_count():
@@ -663,15 +869,27 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
 
     model = create_model(config)
     preprocess = make_preprocess(config, norm)
-    schedule = make_schedule(
-        config.schedule, config.num_train_steps, config.optimizer.learning_rate
-    )
+    plan = read_train_plan(workdir) if config.train_minutes > 0 else None
+    num_train_steps = plan["num_train_steps"] if plan else config.num_train_steps
+    schedule = make_schedule(config.schedule, num_train_steps, config.optimizer.learning_rate)
     variables = initial_variables(config, model, jax.random.key(config.seed))
-    tx = make_optimizer(config.optimizer, schedule, trainable_mask(model, variables["params"]))
+    mask = trainable_mask(model, variables["params"])
+    tx = make_optimizer(config.optimizer, schedule, mask)
+    batch_stats = variables.get("batch_stats", {})
+    if config.ema_decay < 0 or config.ema_decay >= 1:
+        raise TrainingError(f"config.ema_decay={config.ema_decay}: expected 0 (off) or in (0, 1)")
+    if not 0 <= config.label_smoothing < 1:
+        raise TrainingError(f"config.label_smoothing={config.label_smoothing}: expected [0, 1)")
+    ema = None
+    if config.ema_decay > 0:
+        ema = jax.tree_util.tree_map(
+            jnp.copy, {"params": variables["params"], "batch_stats": batch_stats}
+        )
     state = TrainState.create(
         apply_fn=model.apply,
         params=variables["params"],
-        batch_stats=variables.get("batch_stats", {}),
+        batch_stats=batch_stats,
+        ema=ema,
         tx=tx,
     )
     n_params = sum(int(np.prod(p.shape)) for p in jax.tree_util.tree_leaves(state.params))
@@ -686,22 +904,38 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
             mngr, last_good, state, train_iter, loader, layout, norm, str(config.data.root)
         )
         logging.info("resumed from checkpoint %d in %s", last_good, mngr.directory)
-    step_fn = jax.jit(
-        jax.shard_map(
-            partial(
-                train_step,
-                preprocess=preprocess,
-                aux_loss_weight=config.aux_loss_weight,
-                schedule=schedule,
+
+    def compile_step(schedule: optax.Schedule) -> Any:
+        return jax.jit(
+            jax.shard_map(
+                partial(
+                    train_step,
+                    preprocess=preprocess,
+                    aux_loss_weight=config.aux_loss_weight,
+                    schedule=schedule,
+                    label_smoothing=config.label_smoothing,
+                    ema_decay=config.ema_decay,
+                ),
+                mesh=mesh,
+                in_specs=(P(), P(AXIS), P()),
+                out_specs=(P(), P()),
             ),
-            mesh=mesh,
-            in_specs=(P(), P(AXIS), P()),
-            out_specs=(P(), P()),
-        ),
-        donate_argnums=(0,),
-        compiler_options=compiler_options(),
-    )
+            donate_argnums=(0,),
+            compiler_options=compiler_options(),
+        )
+
+    step_fn = compile_step(schedule)
     predict_fn = make_predict_fn(model, preprocess, mesh)
+    if config.train_minutes > 0 and plan is None:
+        # a fresh timed run: measure this machine's speed, then size the schedule to the budget
+        plan = plan_steps_for_budget(
+            config, t_start, step_fn, state, loader, mesh, key, predict_fn, eval_src
+        )
+        num_train_steps = plan["num_train_steps"]
+        schedule = make_schedule(config.schedule, num_train_steps, config.optimizer.learning_rate)
+        state = state.replace(tx=make_optimizer(config.optimizer, schedule, mask))
+        step_fn = compile_step(schedule)
+        write_train_plan(workdir, plan)
 
     start = int(jax.device_get(state.step))
     if start == 0 and is_primary():
@@ -717,7 +951,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
         )
     hooks: list[Any] = [
         periodic_actions.ReportProgress(
-            num_train_steps=config.num_train_steps,
+            num_train_steps=num_train_steps,
             writer=writer,
             every_steps=config.log_every_steps,
         )
@@ -730,7 +964,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
     train_metrics: Any = None
     val: dict[str, Any] = {}
     t_last = time.perf_counter()
-    for step in range(start + 1, config.num_train_steps + 1):
+    for step in range(start + 1, num_train_steps + 1):
         with jax.profiler.StepTraceAnnotation("train", step_num=step):
             batch = next(train_iter)
             global_batch = {
@@ -742,7 +976,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
         pending.values.append(step_metrics)
         for hook in hooks:
             hook(step)
-        is_last = step == config.num_train_steps
+        is_last = step == num_train_steps
         if step % config.log_every_steps == 0 or is_last:
             fetched = pending.fetch()
             _check_finite(fetched, last_good)
@@ -761,8 +995,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
         evaluated = False
         if step % config.eval_every_steps == 0 or is_last:
             eval_loader = make_eval_loader(config, eval_src)
-            variables = {"params": state.params, "batch_stats": state.batch_stats}
-            pred = predict(predict_fn, variables, eval_loader, mesh)
+            pred = predict(predict_fn, eval_variables(state), eval_loader, mesh)
             val = binary_metrics(pred["label"], pred["p_tumour"], n_bootstrap=0)
             writer.write_scalars(step, {f"val_{k}": val[k] for k in ("auc", "accuracy", "nll")})
             evaluated = True
@@ -774,6 +1007,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
                 "seed": config.seed,
                 "model": config.model.to_dict(),
                 "layout": layout,
+                "ema_decay": config.ema_decay,
+                "num_train_steps": num_train_steps,
                 "val": {k: val[k] for k in ("auc", "accuracy", "nll", "n")} if evaluated else None,
             }
             mngr.save(

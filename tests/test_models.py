@@ -26,6 +26,7 @@ SMALL = {
     "cnn": {"width_multiplier": 0.25, "dense_features": 16},
     "allcnn": {"width_multiplier": 0.1},
     "densenet": {"growth_rate": 4, "depth": 1, "stem_features": 8},
+    "resnet": {"widths": (3, 4, 4, 6), "blocks": (1, 2, 1, 1), "dropout_rate": 0.3},
 }
 
 
@@ -126,13 +127,16 @@ def test_names_and_create():
         "densenet",
         "p4densenet",
         "p4mdensenet",
+        "resnet",
+        "p4resnet",
+        "p4mresnet",
         "inception_v3",
     }
     for n in models.names():
         assert isinstance(models.create(n), nn.Module)
     assert models.create("p4mdensenet", growth_rate=3).growth_rate == 3
     with pytest.raises(ValueError):
-        models.create("resnet")
+        models.create("resnet50")
 
 
 @pytest.mark.parametrize("name", CNN_NAMES)
@@ -156,7 +160,10 @@ def test_equivariance_contract(name, train):
                     np.testing.assert_allclose(leaf[g], ref, rtol=1e-4, atol=1e-6)
 
 
-@pytest.mark.parametrize("name", ["p4cnn", "p4mcnn", "p4mallcnn", "p4mdensenet", "cnn"])
+@pytest.mark.parametrize(
+    "name",
+    ["p4cnn", "p4mcnn", "p4mallcnn", "p4mdensenet", "cnn", "p4resnet", "p4mresnet", "resnet"],
+)
 def test_intermediate_feature_maps_transform_by_the_regular_action(name):
     model = small(name)
     group = models.GROUP_OF[name]
@@ -261,3 +268,27 @@ def test_init_variables_matches_model_init():
         assert a.shape == b.shape and a.dtype == b.dtype
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6, atol=1e-6)
     assert float(jnp.std(got["params"]["conv0_0"]["kernel"])) > 0.1
+
+
+@pytest.mark.parametrize("name", ["p4mresnet", "p4resnet", "resnet"])
+def test_resnet_centre_crop_and_centre_head_keep_the_contract(name):
+    """input_crop (symmetric) and the "mean+centre" head keep exact invariance (negative
+    control: the plain model); an asymmetric crop is refused."""
+    model = models.create(
+        name, widths=(2, 3, 3, 4), input_crop=64, head_pool="mean+centre", dropout_rate=0.2
+    )
+    x = images()
+    variables = numpy_variables(model, x)
+    logits = jax.jit(jax.vmap(lambda xx: model.apply(variables, xx, train=False)))(
+        transformed_stack(x)
+    )
+    errs = invariance_errors(logits)
+    n = G.group_order(models.GROUP_OF[name])
+    if n == 1:
+        assert max(errs[1:]) > 1e-3, errs
+    else:
+        assert max(errs[:n]) < RTOL, errs
+    # the head concatenates the global and the centre means of the last stage's 4 features
+    assert variables["params"]["classifier"]["kernel"].shape == (2 * 4, 2)
+    with pytest.raises(ValueError, match="input_crop=63"):
+        models.create(name, widths=(2, 2, 2, 2), input_crop=63).init(jax.random.key(0), x)

@@ -290,7 +290,7 @@ def _env(devices: int = 1) -> dict[str, str]:
     return env
 
 
-def _final_params(workdir: Path) -> dict[str, np.ndarray]:
+def _final_params(workdir: Path, weights: str = "raw") -> dict[str, np.ndarray]:
     import jax
 
     config = train.config_from_json(workdir / "config.json")
@@ -300,9 +300,10 @@ def _final_params(workdir: Path) -> dict[str, np.ndarray]:
     abstract = jax.eval_shape(
         lambda: model.init(jax.random.key(0), np.zeros((2, 96, 96, 3), np.float32))
     )
-    variables, _ = train.restore_model(
-        mngr, step, {"params": abstract["params"], "batch_stats": abstract["batch_stats"]}
+    variables, record = train.restore_model(
+        mngr, step, {"params": abstract["params"], "batch_stats": abstract["batch_stats"]}, weights
     )
+    assert record["weights"] == weights
     flat = jax.tree_util.tree_flatten_with_path(variables)[0]
     return {jax.tree_util.keystr(k): np.asarray(v) for k, v in flat}
 
@@ -322,6 +323,8 @@ def resume_config(tmp_path_factory):
         "    c.model.dense_dropout_rate = 0.0\n"
         "    c.data.worker_count = 2\n"
         "    c.augment.brightness = 0.1\n"
+        "    c.ema_decay = 0.9\n"
+        "    c.label_smoothing = 0.1\n"
         "    c.batch_size = 16\n"
         "    c.eval_batch_size = 64\n"
         "    c.num_train_steps = 14\n"
@@ -363,10 +366,13 @@ def test_resume_after_sigkill_ends_bitwise_identical(synthetic_root, resume_conf
         capture_output=True,
         timeout=600,
     )
-    a, b = _final_params(straight), _final_params(killed)
-    assert a.keys() == b.keys()
-    for k in a:
-        np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+    for weights in ("raw", "ema"):  # the EMA is checkpointed and resumes bitwise too
+        a, b = _final_params(straight, weights), _final_params(killed, weights)
+        assert a.keys() == b.keys()
+        for k in a:
+            np.testing.assert_array_equal(a[k], b[k], err_msg=f"{weights} {k}")
+    raw, ema = _final_params(straight, "raw"), _final_params(straight, "ema")
+    assert any(not np.array_equal(raw[k], ema[k]) for k in raw)  # EMA is not the raw weights
 
 
 def test_one_and_two_devices_give_the_same_parameters(synthetic_root, resume_config, tmp_path):
@@ -403,7 +409,7 @@ def test_one_and_two_devices_give_the_same_parameters(synthetic_root, resume_con
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["--config.model.name=resnet"], "unknown model 'resnet'"),
+        (["--config.model.name=resnet50"], "unknown model 'resnet50'"),
         (["--config.optimizer.nme=adam"], "nme"),
         (["--config.data.source=lmdb"], "unknown data.source 'lmdb'"),
     ],

@@ -20,6 +20,7 @@ from pcam_jax.models.allcnn import GroupAllCNN
 from pcam_jax.models.cnn import GroupCNN
 from pcam_jax.models.densenet import GroupDenseNet
 from pcam_jax.models.inception import InceptionV3
+from pcam_jax.models.resnet import GroupResNet
 
 _REGISTRY: dict[str, tuple[Callable[..., nn.Module], dict[str, Any]]] = {
     "cnn": (GroupCNN, {"group": "z2"}),
@@ -31,6 +32,9 @@ _REGISTRY: dict[str, tuple[Callable[..., nn.Module], dict[str, Any]]] = {
     "densenet": (GroupDenseNet, {"group": "z2"}),
     "p4densenet": (GroupDenseNet, {"group": "p4"}),
     "p4mdensenet": (GroupDenseNet, {"group": "p4m"}),
+    "resnet": (GroupResNet, {"group": "z2"}),
+    "p4resnet": (GroupResNet, {"group": "p4"}),
+    "p4mresnet": (GroupResNet, {"group": "p4m"}),
     "inception_v3": (InceptionV3, {}),
 }
 

@@ -1,0 +1,279 @@
+"""Benchmark (not a test): validation AUC against wall-clock minutes on the real PCam subset.
+
+    python bench/learning_curve.py --minutes 30 --seeds 0 1 2 --out runs/learning_curve \
+        [--candidates resnet p4resnet p4mresnet] [--plot docs/learning_curve.png]
+
+Every candidate is trained by ``pcam-train`` (a subprocess, one at a time, so it has the
+machine to itself) from the same config (``configs/cpu_subset.py`` unless the candidate says
+otherwise) with ``--config.train_minutes=M``: the trainer measures its own speed and sizes the
+schedule so that training and its periodic validations end within the budget. The validation
+AUC of each periodic evaluation (EMA weights when the recipe keeps them) is read back from the
+run's TensorBoard events with its wall-clock time since the process started and the images seen
+(step x batch). The floor is a logistic regression (scikit-learn) on colour histograms of the
+same training split, scored on the same valid split.
+
+Writes into --out: ``curve.csv`` (candidate, seed, step, images_seen, minutes, val_auc),
+``summary.csv`` and ``table.md`` (per candidate: parameters, forward GFLOPs per image from XLA's
+cost analysis, training images/s, steps, wall minutes, final AUC per seed and their mean), and
+the PNG (AUC against minutes, one line per candidate and seed) at --plot (default
+OUT/learning_curve.png). The workdirs stay in OUT/runs/ for pcam-eval.
+
+A candidate is a name below (CANDIDATES) or LABEL=CONFIG[:FIELD=VALUE,...], for example
+``wide=configs/cpu_subset.py:model.widths=(8,16,32,64)``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "bench"))
+
+SUBSET = Path(os.environ.get("PCAM_SUBSET_ROOT", REPO.parent / "shared/data/pcam-subset"))
+CPU_SUBSET = "configs/cpu_subset.py"
+
+# label -> (config file, overrides). The three ResNets share the cpu_subset recipe and budget.
+CANDIDATES: dict[str, tuple[str, list[str]]] = {
+    "resnet": (CPU_SUBSET, ["model.name=resnet", "model.widths=(16,32,64,128)"]),
+    "resnet-wide": (CPU_SUBSET, ["model.name=resnet", "model.widths=(24,48,96,192)"]),
+    "p4resnet": (CPU_SUBSET, ["model.name=p4resnet", "model.widths=(8,16,32,64)"]),
+    "p4mresnet": (CPU_SUBSET, ["model.name=p4mresnet", "model.widths=(4,8,16,32)"]),
+}
+
+
+def parse_candidate(spec: str) -> tuple[str, str, list[str]]:
+    if spec in CANDIDATES:
+        config, overrides = CANDIDATES[spec]
+        return spec, config, list(overrides)
+    if "=" not in spec:
+        raise SystemExit(f"candidate {spec!r}: expected one of {list(CANDIDATES)} or LABEL=CONFIG")
+    label, rest = spec.split("=", 1)
+    config, _, fields = rest.partition(":")
+    return label, config, [f for f in fields.split(",") if f]
+
+
+def read_scalars(workdir: Path) -> dict[str, list[tuple[int, float, float]]]:
+    """{tag: [(step, wall_time, value)]} from the TensorBoard event files of a workdir."""
+    import tensorflow as tf
+
+    out: dict[str, list[tuple[int, float, float]]] = {}
+    for path in sorted(workdir.glob("events.out.tfevents.*")):
+        for event in tf.compat.v1.train.summary_iterator(str(path)):
+            for v in event.summary.value:
+                value = float(tf.make_ndarray(v.tensor)) if v.HasField("tensor") else v.simple_value
+                out.setdefault(v.tag, []).append((int(event.step), event.wall_time, value))
+    return out
+
+
+def model_figures(config_path: str, overrides: list[str]) -> dict[str, float]:
+    """Parameters and forward GFLOPs per 96x96 image of the candidate's model."""
+    import jax.numpy as jnp
+    import numpy as np
+    from models import flops_per_image, numpy_variables
+
+    from pcam_jax import train
+    from tests.test_train import load_config
+
+    config = load_config(REPO / config_path, *[f"--config.{o}" for o in overrides])
+    model = train.create_model(config).clone(axis_name=None)
+    variables = numpy_variables(model, jnp.zeros((1, 96, 96, 3)))
+    params = sum(int(np.prod(v.shape)) for v in __import__("jax").tree.leaves(variables["params"]))
+    return {"params": params, "gflops": flops_per_image(model, variables, 96) / 1e9}
+
+
+def run_candidate(
+    label: str, config: str, overrides: list[str], seed: int, minutes: float, out: Path
+) -> dict:
+    workdir = out / "runs" / f"{label}-s{seed}"
+    if (workdir / "checkpoints").exists():
+        raise SystemExit(f"{workdir} exists; remove it or choose another --out")
+    cmd = [
+        sys.executable,
+        "-m",
+        "pcam_jax.main",
+        f"--config={REPO / config}",
+        f"--workdir={workdir}",
+        f"--config.data.root={SUBSET}",
+        f"--config.seed={seed}",
+        f"--config.train_minutes={minutes}",
+        *[f"--config.{o}" for o in overrides],
+    ]
+    print("+", " ".join(cmd), flush=True)
+    workdir.mkdir(parents=True, exist_ok=True)
+    t0 = time.time()
+    with open(workdir / "train.log", "w") as log:
+        subprocess.run(cmd, check=True, stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
+    wall = time.time() - t0
+    scalars = read_scalars(workdir)
+    plan = json.loads((workdir / "train_plan.json").read_text())
+    batch = json.loads((workdir / "config.json").read_text())["batch_size"]
+    rates = [v for _, _, v in scalars.get("images_per_second", [])][1:]  # first window compiles
+    curve = [
+        {
+            "candidate": label,
+            "seed": seed,
+            "step": step,
+            "images_seen": step * batch,
+            "minutes": round((wall_time - t0) / 60, 3),
+            "val_auc": round(value, 5),
+        }
+        for step, wall_time, value in scalars["val_auc"]
+    ]
+    print(f"  {label} seed {seed}: {wall / 60:.1f} min, AUC {curve[-1]['val_auc']}", flush=True)
+    return {
+        "curve": curve,
+        "wall_minutes": wall / 60,
+        "steps": plan["num_train_steps"],
+        "images_per_second": sum(rates) / max(len(rates), 1),
+        "final_auc": curve[-1]["val_auc"],
+        "best_auc": max(c["val_auc"] for c in curve),
+        "batch": batch,
+    }
+
+
+def colour_histogram_floor(bins: int = 16) -> dict[str, float]:
+    """Logistic regression on per-channel RGB and HSV histograms (train -> valid AUC)."""
+    import numpy as np
+    from PIL import Image
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import roc_auc_score
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    from pcam_jax.data import sources
+
+    def features(split: str) -> tuple[np.ndarray, np.ndarray]:
+        src = sources.make_source("folder", SUBSET, split)
+        feats, labels = [], []
+        for i in range(len(src)):
+            rec = src[i]
+            rgb = rec["image"]
+            hsv = np.asarray(Image.fromarray(rgb).convert("HSV"))
+            h = [
+                np.histogram(img[..., c], bins=bins, range=(0, 256))[0]
+                for img in (rgb, hsv)
+                for c in range(3)
+            ]
+            feats.append(np.concatenate(h) / (96 * 96))
+            labels.append(int(rec["label"]))
+        return np.asarray(feats), np.asarray(labels)
+
+    t = time.perf_counter()
+    xt, yt = features("train")
+    xv, yv = features("valid")
+    clf = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000, C=1.0))
+    clf.fit(xt, yt)
+    auc = float(roc_auc_score(yv, clf.predict_proba(xv)[:, 1]))
+    return {"auc": auc, "minutes": (time.perf_counter() - t) / 60, "features": xt.shape[1]}
+
+
+def plot(curves: list[dict], floor: float, path: Path, minutes: float) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    labels = list(dict.fromkeys(c["candidate"] for c in curves))
+    colours = dict(zip(labels, plt.cm.tab10.colors, strict=False))
+    for label in labels:
+        for seed in sorted({c["seed"] for c in curves if c["candidate"] == label}):
+            pts = [c for c in curves if c["candidate"] == label and c["seed"] == seed]
+            ax.plot(
+                [p["minutes"] for p in pts],
+                [p["val_auc"] for p in pts],
+                "o-",
+                ms=3,
+                color=colours[label],
+                alpha=0.85,
+                label=label if seed == min(c["seed"] for c in curves) else None,
+            )
+    ax.axhline(floor, color="grey", ls="--", label=f"colour-histogram LR ({floor:.3f})")
+    ax.axhline(0.95, color="black", ls=":", lw=0.8)
+    ax.set(
+        xlabel="wall-clock minutes (2-core CPU, training + validation)",
+        ylabel="validation AUC (pcam-subset, n=3,000)",
+        xlim=(0, minutes * 1.02),
+        ylim=(max(0.5, floor - 0.05), 1.0),
+        title="PCam subset: validation AUC against compute",
+    )
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--minutes", type=float, default=30.0)
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0])
+    ap.add_argument("--candidates", nargs="+", default=["resnet", "p4resnet", "p4mresnet"])
+    ap.add_argument("--out", type=Path, default=Path("runs/learning_curve"))
+    ap.add_argument("--plot", type=Path, default=None)
+    ap.add_argument("--skip-floor", action="store_true")
+    args = ap.parse_args()
+    if not (SUBSET / "train").is_dir():
+        raise SystemExit(f"the real PCam subset is not at {SUBSET}; set PCAM_SUBSET_ROOT")
+    args.out.mkdir(parents=True, exist_ok=True)
+    floor = {"auc": float("nan"), "minutes": float("nan"), "features": 0}
+    if not args.skip_floor:
+        floor = colour_histogram_floor()
+        print(f"colour-histogram LR: valid AUC {floor['auc']:.4f}", flush=True)
+    curves, rows = [], []
+    for spec in args.candidates:
+        label, config, overrides = parse_candidate(spec)
+        figures = model_figures(config, overrides)
+        for seed in args.seeds:
+            result = run_candidate(label, config, overrides, seed, args.minutes, args.out)
+            curves += result.pop("curve")
+            rows.append({"candidate": label, "seed": seed, **figures, **result})
+            write_outputs(args, curves, rows, floor)
+    write_outputs(args, curves, rows, floor)
+
+
+def write_outputs(args: argparse.Namespace, curves: list, rows: list, floor: dict) -> None:
+    with open(args.out / "curve.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(curves[0]))
+        w.writeheader()
+        w.writerows(curves)
+    with open(args.out / "summary.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    lines = [
+        "| model | params | GFLOPs / image | images/s | steps x batch | wall min | "
+        "valid AUC per seed (final) | mean |",
+        "|---|---:|---:|---:|---:|---:|---|---:|",
+    ]
+    for label in dict.fromkeys(r["candidate"] for r in rows):
+        rs = [r for r in rows if r["candidate"] == label]
+        aucs = [r["final_auc"] for r in rs]
+        lines.append(
+            f"| {label} | {rs[0]['params']:,} | {rs[0]['gflops']:.3f} | "
+            f"{sum(r['images_per_second'] for r in rs) / len(rs):.0f} | "
+            f"{'/'.join(str(r['steps']) for r in rs)} x {rs[0]['batch']} | "
+            f"{'/'.join(format(r['wall_minutes'], '.1f') for r in rs)} | "
+            f"{' / '.join(f'{a:.4f}' for a in aucs)} (seeds "
+            f"{','.join(str(r['seed']) for r in rs)}) | **{sum(aucs) / len(aucs):.4f}** |"
+        )
+    lines.append(
+        f"| colour-histogram logistic regression | {floor['features'] + 1} | - | - | - | "
+        f"{floor['minutes']:.1f} | {floor['auc']:.4f} | {floor['auc']:.4f} |"
+    )
+    (args.out / "table.md").write_text("\n".join(lines) + "\n")
+    plot(curves, floor["auc"], args.plot or args.out / "learning_curve.png", args.minutes)
+    print("\n".join(lines), flush=True)
+
+
+if __name__ == "__main__":
+    main()

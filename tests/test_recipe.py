@@ -1,0 +1,140 @@
+"""The modern-trainer recipe: EMA of the weights, label smoothing, AdamW's decay mask and the
+wall-clock budget (train_minutes) with its stored plan."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from pcam_jax import train
+from pcam_jax.evaluate import evaluate
+from pcam_jax.optim import kernels_only, make_optimizer
+from tests.test_train import REPO, load_config, tiny_config
+
+TINY_RESNET = {"widths": (2, 4, 4, 4)}
+
+
+def test_ema_decay_warms_up_then_holds():
+    got = [float(train.ema_decay_at(0.999, t)) for t in (0, 1, 8, 90, 10**6)]
+    assert got[0] == pytest.approx(0.1) and got[1] == pytest.approx(2 / 11)
+    assert got[2] == pytest.approx(0.5) and got[3] == pytest.approx(0.91)
+    assert got[4] == pytest.approx(0.999)
+    ema = {"a": jnp.array([1.0, 3.0])}
+    new = train.update_ema(ema, {"a": jnp.array([3.0, 3.0])}, jnp.float32(0.75))
+    np.testing.assert_allclose(new["a"], [1.5, 3.0])
+
+
+def test_label_smoothing_matches_the_formula():
+    logits = jnp.array([[2.0, -1.0], [0.5, 0.25], [-3.0, 1.0]])
+    labels = jnp.array([0, 1, 1])
+    logp = jax.nn.log_softmax(logits)
+    s = 0.1
+    targets = (1 - s) * jax.nn.one_hot(labels, 2) + s / 2
+    want = float(-(targets * logp).sum(-1).mean())
+    assert float(train.cross_entropy(logits, labels, s)) == pytest.approx(want, rel=1e-6)
+    plain = float(-logp[jnp.arange(3), labels].mean())
+    assert float(train.cross_entropy(logits, labels)) == pytest.approx(plain, rel=1e-6)
+    assert abs(want - plain) > 1e-3  # smoothing changes the loss
+
+
+def test_adamw_decays_kernels_only():
+    params = {"conv": {"kernel": jnp.ones((3, 3, 2, 4)), "bias": jnp.ones((4,))}}
+    assert kernels_only(params) == {"conv": {"kernel": True, "bias": False}}
+    cfg = load_config(REPO / "configs" / "cpu_subset.py").optimizer
+    assert cfg.name == "adamw" and cfg.weight_decay > 0
+    tx = make_optimizer(cfg, optax.constant_schedule(0.1))
+    zero = jax.tree.map(jnp.zeros_like, params)
+    updates, _ = tx.update(zero, tx.init(params), params)
+    assert float(jnp.abs(updates["conv"]["bias"]).max()) == 0.0  # no gradient, no decay
+    np.testing.assert_allclose(updates["conv"]["kernel"], -0.1 * cfg.weight_decay, rtol=1e-6)
+
+
+def test_steps_for_budget_fits_steps_validations_and_checkpoints():
+    steps = train.steps_for_budget(600.0, 0.5, 10.0, 100, 2.0, 200)
+    used = lambda s: s * 0.5 + math.ceil(s / 100) * 10.0 + math.ceil(s / 200) * 2.0  # noqa: E731
+    assert used(steps) <= 600.0 < used(steps + 1)
+    assert train.steps_for_budget(1.0, 5.0, 10.0, 100, 2.0, 200) == 1
+
+
+def _ema_run(root, tmp_path, **extra):
+    c = tiny_config(root, "p4mresnet", **TINY_RESNET)
+    c.ema_decay = 0.9
+    c.label_smoothing = 0.1
+    c.optimizer.name = "adamw"
+    c.optimizer.weight_decay = 0.05
+    for k, v in extra.items():
+        c[k] = v
+    workdir = tmp_path / "run"
+    train.train_and_evaluate(c, workdir)
+    return c, workdir
+
+
+def test_ema_is_checkpointed_validated_and_evaluated_by_default(synthetic_root, tmp_path):
+    c, workdir = _ema_run(synthetic_root, tmp_path)
+    for step in (3, 6):
+        assert (workdir / "checkpoints" / str(step) / "ema").is_dir()
+    config = train.config_from_json(workdir / "config.json")
+    ema = evaluate(config, workdir, checkpoint="last", split="valid", n_bootstrap=0)
+    raw = evaluate(config, workdir, checkpoint="last", split="valid", n_bootstrap=0, weights="raw")
+    assert (ema["weights"], raw["weights"]) == ("ema", "raw")
+    assert ema["auc"] != raw["auc"] or ema["nll"] != raw["nll"]  # different weights
+    # the periodic validation (the best-checkpoint metric) scored the EMA weights
+    mngr = train.checkpoint_manager(workdir, 3)
+    record = mngr.restore(6, args=train.ocp.args.Composite(record=train.ocp.args.JsonRestore()))
+    mngr.close()
+    assert record["record"]["val"]["nll"] == pytest.approx(ema["nll"], rel=1e-5)
+    assert record["record"]["ema_decay"] == 0.9
+    with pytest.raises(train.TrainingError, match="weights='best'"):
+        train.restore_model(train.checkpoint_manager(workdir, 3), 6, None, "best")
+
+
+def test_a_run_without_ema_evaluates_its_raw_weights(synthetic_root, tmp_path):
+    c = tiny_config(synthetic_root, "resnet", **TINY_RESNET)
+    c.num_train_steps = c.eval_every_steps = c.checkpoint_every_steps = 2
+    workdir = tmp_path / "run"
+    train.train_and_evaluate(c, workdir)
+    assert not (workdir / "checkpoints" / "2" / "ema").exists()
+    config = train.config_from_json(workdir / "config.json")
+    assert evaluate(config, workdir, split="valid", n_bootstrap=0)["weights"] == "raw"
+
+
+def test_bad_recipe_fields_are_refused(synthetic_root, tmp_path):
+    c = tiny_config(synthetic_root, "resnet", **TINY_RESNET)
+    c.ema_decay = 1.0
+    with pytest.raises(train.TrainingError, match="ema_decay=1.0"):
+        train.train_and_evaluate(c, tmp_path / "a")
+    c.ema_decay, c.label_smoothing = 0.0, 1.5
+    with pytest.raises(train.TrainingError, match="label_smoothing=1.5"):
+        train.train_and_evaluate(c, tmp_path / "b")
+
+
+def test_train_minutes_plans_the_steps_and_a_restart_keeps_them(synthetic_root, tmp_path):
+    c = tiny_config(synthetic_root, "resnet", **TINY_RESNET)
+    c.train_minutes = 1.0
+    c.num_train_steps = 3  # provisional only
+    workdir = tmp_path / "run"
+    train.train_and_evaluate(c, workdir)
+    plan = json.loads((workdir / "train_plan.json").read_text())
+    assert plan["train_minutes"] == 1.0 and plan["step_seconds"] > 0
+    assert plan["eval_seconds"] > 0 and plan["num_train_steps"] >= 1
+    steps = sorted(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit())
+    assert steps[-1] == plan["num_train_steps"]  # the run went exactly to the planned step
+
+    # A restart reads the stored plan instead of planning again: a hand-written plan of 5
+    # steps is what a fresh workdir with that file runs, whatever train_minutes would give.
+    other = tmp_path / "planned"
+    other.mkdir()
+    (other / "train_plan.json").write_text(json.dumps({"num_train_steps": 5, "train_minutes": 9}))
+    c.train_minutes = 9.0
+    train.train_and_evaluate(c, other)
+    steps = sorted(int(p.name) for p in (other / "checkpoints").iterdir() if p.name.isdigit())
+    assert steps[-1] == 5
+    (other / "train_plan.json").write_text(json.dumps({"num_train_steps": "many"}))
+    with pytest.raises(train.TrainingError, match="train_plan.json: no valid num_train_steps"):
+        train.train_and_evaluate(c, other)
