@@ -18,6 +18,9 @@ cost analysis, training images/s, steps, wall minutes, final AUC per seed and th
 the PNG (AUC against minutes, one line per candidate and seed) at --plot (default
 OUT/learning_curve.png). The workdirs stay in OUT/runs/ for pcam-eval.
 
+Finished runs are kept: rerunning with the same --out reads them back (OUT/runs/*/bench_run.json)
+and trains only what is missing, so candidates and seeds can be added one invocation at a time.
+
 A candidate is a name below (CANDIDATES) or LABEL=CONFIG[:FIELD=VALUE,...], for example
 ``wide=configs/cpu_subset.py:model.widths=(8,16,32,64)``.
 """
@@ -47,6 +50,9 @@ CANDIDATES: dict[str, tuple[str, list[str]]] = {
     "p4resnet": (CPU_SUBSET, ["model.name=p4resnet", "model.widths=(8,16,32,64)"]),
     "p4mresnet": (CPU_SUBSET, ["model.name=p4mresnet", "model.widths=(4,8,16,32)"]),
 }
+# the same models on the centre 64x64 crop with the global + centre head
+CROP = ["model.input_crop=64", "model.head_pool=mean+centre"]
+CANDIDATES.update({f"{k}-c64": (c, o + CROP) for k, (c, o) in list(CANDIDATES.items())})
 
 
 def parse_candidate(spec: str) -> tuple[str, str, list[str]]:
@@ -80,9 +86,9 @@ def model_figures(config_path: str, overrides: list[str]) -> dict[str, float]:
     from models import flops_per_image, numpy_variables
 
     from pcam_jax import train
-    from tests.test_train import load_config
+    from pcam_jax.config_base import load_config_file
 
-    config = load_config(REPO / config_path, *[f"--config.{o}" for o in overrides])
+    config = load_config_file(REPO / config_path, *[f"--config.{o}" for o in overrides])
     model = train.create_model(config).clone(axis_name=None)
     variables = numpy_variables(model, jnp.zeros((1, 96, 96, 3)))
     params = sum(int(np.prod(v.shape)) for v in __import__("jax").tree.leaves(variables["params"]))
@@ -93,8 +99,14 @@ def run_candidate(
     label: str, config: str, overrides: list[str], seed: int, minutes: float, out: Path
 ) -> dict:
     workdir = out / "runs" / f"{label}-s{seed}"
+    done = workdir / "bench_run.json"
+    if done.is_file():  # finished by an earlier invocation: read it back, do not rerun
+        meta = json.loads(done.read_text())
+        t0, wall = meta["t0"], meta["wall_seconds"]
+        print(f"  {label} seed {seed}: reusing the finished run in {workdir}", flush=True)
+        return summarise(label, seed, workdir, t0, wall)
     if (workdir / "checkpoints").exists():
-        raise SystemExit(f"{workdir} exists; remove it or choose another --out")
+        raise SystemExit(f"{workdir} holds an unfinished run; remove it or choose another --out")
     cmd = [
         sys.executable,
         "-m",
@@ -112,6 +124,12 @@ def run_candidate(
     with open(workdir / "train.log", "w") as log:
         subprocess.run(cmd, check=True, stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
     wall = time.time() - t0
+    done.write_text(json.dumps({"t0": t0, "wall_seconds": wall, "command": cmd}, indent=2))
+    return summarise(label, seed, workdir, t0, wall)
+
+
+def summarise(label: str, seed: int, workdir: Path, t0: float, wall: float) -> dict:
+    """The curve and figures of a finished run from its events, plan and config."""
     scalars = read_scalars(workdir)
     plan = json.loads((workdir / "train_plan.json").read_text())
     batch = json.loads((workdir / "config.json").read_text())["batch_size"]
@@ -226,9 +244,13 @@ def main() -> None:
         raise SystemExit(f"the real PCam subset is not at {SUBSET}; set PCAM_SUBSET_ROOT")
     args.out.mkdir(parents=True, exist_ok=True)
     floor = {"auc": float("nan"), "minutes": float("nan"), "features": 0}
-    if not args.skip_floor:
+    floor_file = args.out / "floor.json"
+    if floor_file.is_file():
+        floor = json.loads(floor_file.read_text())
+    elif not args.skip_floor:
         floor = colour_histogram_floor()
-        print(f"colour-histogram LR: valid AUC {floor['auc']:.4f}", flush=True)
+        floor_file.write_text(json.dumps(floor, indent=2))
+    print(f"colour-histogram LR: valid AUC {floor['auc']:.4f}", flush=True)
     curves, rows = [], []
     for spec in args.candidates:
         label, config, overrides = parse_candidate(spec)

@@ -7,6 +7,8 @@ is not here (or not added by the config file) is an error.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import ml_collections
 
 from pcam_jax.data.pipeline import AugmentConfig
@@ -29,6 +31,21 @@ RUN_NEUTRAL_FIELDS: frozenset[str] = frozenset(
         "num_train_steps",
     }
 )
+
+
+def load_config_file(path: str | Path, *overrides: str) -> ml_collections.ConfigDict:
+    """A config file's get_config() with `--config.a.b=value` overrides, parsed exactly as
+    pcam-train parses them (ml_collections config_flags; an unknown field is an error)."""
+    from absl import flags
+    from ml_collections import config_flags
+
+    argv = ["prog", f"--config={path}", *overrides]
+    fv = flags.FlagValues()
+    config_flags.DEFINE_config_file(
+        "config", None, "", flag_values=fv, lock_config=True, sys_argv=argv
+    )
+    fv(argv)
+    return fv.config
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -238,7 +255,14 @@ def cpu_subset_config(model_name: str = "p4mresnet") -> ml_collections.ConfigDic
 
     widths = DEFAULT_WIDTHS[GROUP_OF[model_name]]
     c.model = ml_collections.ConfigDict(
-        {"name": model_name, "widths": widths, "blocks": (1, 1, 1, 1), "dropout_rate": 0.0}
+        {
+            "name": model_name,
+            "widths": widths,
+            "blocks": (1, 1, 1, 1),
+            "dropout_rate": 0.0,
+            "input_crop": 0,
+            "head_pool": "mean",
+        }
     )
     c.data.source = "folder"
     c.data.root = "../shared/data/pcam-subset"

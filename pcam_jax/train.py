@@ -964,6 +964,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
     train_metrics: Any = None
     val: dict[str, Any] = {}
     t_last = time.perf_counter()
+    paused = 0.0  # seconds of validation and checkpointing inside the current log window
     for step in range(start + 1, num_train_steps + 1):
         with jax.profiler.StepTraceAnnotation("train", step_num=step):
             batch = next(train_iter)
@@ -988,18 +989,26 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
             if train_metrics is not None:
                 scalars = {f"train_{k}": v for k, v in train_metrics.compute().items()}
                 scalars["learning_rate"] = float(fetched[-1][1]["learning_rate"])
-                elapsed = time.perf_counter() - t_last
+                # training steps only: validation and checkpoint time is logged on its own
+                elapsed = time.perf_counter() - t_last - paused
                 scalars["images_per_second"] = len(fetched) * config.batch_size / elapsed
                 writer.write_scalars(step, scalars)
-            train_metrics, t_last = None, time.perf_counter()
+            train_metrics, t_last, paused = None, time.perf_counter(), 0.0
         evaluated = False
         if step % config.eval_every_steps == 0 or is_last:
+            jax.block_until_ready(state)  # the queued steps count as training, not validation
+            t_eval = time.perf_counter()
             eval_loader = make_eval_loader(config, eval_src)
             pred = predict(predict_fn, eval_variables(state), eval_loader, mesh)
             val = binary_metrics(pred["label"], pred["p_tumour"], n_bootstrap=0)
-            writer.write_scalars(step, {f"val_{k}": val[k] for k in ("auc", "accuracy", "nll")})
+            eval_seconds = time.perf_counter() - t_eval
+            paused += eval_seconds
+            scalars = {f"val_{k}": val[k] for k in ("auc", "accuracy", "nll")}
+            writer.write_scalars(step, {**scalars, "val_seconds": eval_seconds})
             evaluated = True
         if step % config.checkpoint_every_steps == 0 or is_last:
+            jax.block_until_ready(state)
+            t_save = time.perf_counter()
             _check_finite(pending.fetch(), last_good)
             record = {
                 "step": step,
@@ -1023,6 +1032,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
             )
             mngr.wait_until_finished()
             last_good = step
+            paused += time.perf_counter() - t_save
     writer.flush()
     mngr.close()
     return val

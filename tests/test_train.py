@@ -13,11 +13,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from absl import flags
-from ml_collections import config_flags
 from sklearn.metrics import roc_auc_score
 
 from pcam_jax import models, train
+from pcam_jax.config_base import load_config_file
 from pcam_jax.evaluate import apply_overrides, evaluate
 
 REPO = Path(__file__).resolve().parents[1]
@@ -26,13 +25,7 @@ CONFIGS = sorted((REPO / "configs").glob("*.py"))
 
 def load_config(path: Path, *overrides: str):
     """Parses a config file and overrides exactly as pcam-train does."""
-    argv = ["prog", f"--config={path}", *overrides]
-    fv = flags.FlagValues()
-    config_flags.DEFINE_config_file(
-        "config", None, "", flag_values=fv, lock_config=True, sys_argv=argv
-    )
-    fv(argv)
-    return fv.config
+    return load_config_file(path, *overrides)
 
 
 def tiny_config(data_root: Path, model: str = "cnn", **model_overrides):
