@@ -50,6 +50,13 @@ CANDIDATES: dict[str, tuple[str, list[str]]] = {
     "p4resnet": (CPU_SUBSET, ["model.name=p4resnet", "model.widths=(8,16,32,64)"]),
     "p4mresnet": (CPU_SUBSET, ["model.name=p4mresnet", "model.widths=(4,8,16,32)"]),
 }
+# group models with the plain model's total channels (widths x |G| = 16 ... 128): its FLOPs
+CANDIDATES.update(
+    {
+        "p4resnet-cm": (CPU_SUBSET, ["model.name=p4resnet", "model.widths=(4,8,16,32)"]),
+        "p4mresnet-cm": (CPU_SUBSET, ["model.name=p4mresnet", "model.widths=(2,4,8,16)"]),
+    }
+)
 # the same models on the centre 64x64 crop with the global + centre head
 CROP = ["model.input_crop=64", "model.head_pool=mean+centre"]
 CANDIDATES.update({f"{k}-c64": (c, o + CROP) for k, (c, o) in list(CANDIDATES.items())})
@@ -74,7 +81,13 @@ def read_scalars(workdir: Path) -> dict[str, list[tuple[int, float, float]]]:
     for path in sorted(workdir.glob("events.out.tfevents.*")):
         for event in tf.compat.v1.train.summary_iterator(str(path)):
             for v in event.summary.value:
-                value = float(tf.make_ndarray(v.tensor)) if v.HasField("tensor") else v.simple_value
+                if v.HasField("tensor"):
+                    array = tf.make_ndarray(v.tensor)
+                    if array.size != 1 or array.dtype.kind not in "fiu":
+                        continue  # hyperparameters, text
+                    value = float(array.reshape(()))
+                else:
+                    value = v.simple_value
                 out.setdefault(v.tag, []).append((int(event.step), event.wall_time, value))
     return out
 
@@ -273,8 +286,8 @@ def write_outputs(args: argparse.Namespace, curves: list, rows: list, floor: dic
         w.writeheader()
         w.writerows(rows)
     lines = [
-        "| model | params | GFLOPs / image | images/s | steps x batch | wall min | "
-        "valid AUC per seed (final) | mean |",
+        "| model | params | GFLOPs / image | train images/s | steps x batch (images seen) | "
+        "wall min | valid AUC per seed (final, EMA) | mean |",
         "|---|---:|---:|---:|---:|---:|---|---:|",
     ]
     for label in dict.fromkeys(r["candidate"] for r in rows):
@@ -283,7 +296,8 @@ def write_outputs(args: argparse.Namespace, curves: list, rows: list, floor: dic
         lines.append(
             f"| {label} | {rs[0]['params']:,} | {rs[0]['gflops']:.3f} | "
             f"{sum(r['images_per_second'] for r in rs) / len(rs):.0f} | "
-            f"{'/'.join(str(r['steps']) for r in rs)} x {rs[0]['batch']} | "
+            f"{'/'.join(str(r['steps']) for r in rs)} x {rs[0]['batch']} "
+            f"({'/'.join(format(r['steps'] * r['batch'], ',') for r in rs)}) | "
             f"{'/'.join(format(r['wall_minutes'], '.1f') for r in rs)} | "
             f"{' / '.join(f'{a:.4f}' for a in aucs)} (seeds "
             f"{','.join(str(r['seed']) for r in rs)}) | **{sum(aucs) / len(aucs):.4f}** |"

@@ -247,12 +247,17 @@ def cpu_subset_config(model_name: str = "p4mresnet") -> ml_collections.ConfigDic
     the weights (what validation and pcam-eval use) and augmentation chosen to generalise
     across slides: D4 (exact for the group models' invariance; for the plain model the
     augmentation that teaches it), HED stain jitter (Tellez et al. 2018) and colour jitter.
-    ``model_name`` picks resnet | p4resnet | p4mresnet with the same recipe.
+    ``model_name`` picks resnet | p4resnet | p4mresnet with the same recipe and that model's
+    default widths (``configs/cpu_subset.py:resnet`` on the command line).
     """
     c = base_config()
     from pcam_jax.models import GROUP_OF
     from pcam_jax.models.resnet import DEFAULT_WIDTHS
 
+    if GROUP_OF.get(model_name) is None or not model_name.endswith("resnet"):
+        raise ValueError(
+            f"cpu_subset: model {model_name!r}; expected resnet, p4resnet or p4mresnet"
+        )
     widths = DEFAULT_WIDTHS[GROUP_OF[model_name]]
     c.model = ml_collections.ConfigDict(
         {

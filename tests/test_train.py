@@ -217,8 +217,8 @@ def test_tta_on_a_p4m_model_changes_nothing_but_float_error(synthetic_root, tmp_
 
 def test_changed_config_is_refused_and_neutral_fields_are_not(synthetic_root, tmp_path):
     workdir = tmp_path / "run"
-    with pytest.raises(train.TrainingError, match="unknown model 'resnet'"):
-        train.train_and_evaluate(tiny_config(synthetic_root, "resnet"), workdir)
+    with pytest.raises(train.TrainingError, match="unknown model 'resnet50'"):
+        train.train_and_evaluate(tiny_config(synthetic_root, "resnet50"), workdir)
     assert not (workdir / "config.json").exists()  # a failed start binds nothing
     c = tiny_config(synthetic_root, **TINY_CNN)
     c.num_train_steps = c.eval_every_steps = c.checkpoint_every_steps = 2
