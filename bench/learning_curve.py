@@ -1,7 +1,7 @@
 """Benchmark (not a test): validation AUC against wall-clock minutes on the real PCam subset.
 
     python bench/learning_curve.py --minutes 30 --seeds 0 1 2 --out runs/learning_curve \
-        [--candidates resnet p4resnet p4mresnet] [--plot docs/learning_curve.png]
+        [--candidates resnet p4resnet-cm p4mresnet] [--plot docs/learning_curve.png]
 
 Every candidate is trained by ``pcam-train`` (a subprocess, one at a time, so it has the
 machine to itself) from the same config (``configs/cpu_subset.py`` unless the candidate says
@@ -248,7 +248,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--minutes", type=float, default=30.0)
     ap.add_argument("--seeds", type=int, nargs="+", default=[0])
-    ap.add_argument("--candidates", nargs="+", default=["resnet", "p4resnet", "p4mresnet"])
+    ap.add_argument("--candidates", nargs="+", default=["resnet", "p4resnet-cm", "p4mresnet"])
     ap.add_argument("--out", type=Path, default=Path("runs/learning_curve"))
     ap.add_argument("--plot", type=Path, default=None)
     ap.add_argument("--skip-floor", action="store_true")
