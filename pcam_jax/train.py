@@ -875,6 +875,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
     model = create_model(config)
     preprocess = make_preprocess(config, norm)
     plan = read_train_plan(workdir) if config.train_minutes > 0 else None
+    if plan is not None and plan.get("train_minutes") != config.train_minutes:
+        plan = None  # left by a start that failed before its first checkpoint: plan again
     num_train_steps = plan["num_train_steps"] if plan else config.num_train_steps
     schedule = make_schedule(config.schedule, num_train_steps, config.optimizer.learning_rate)
     variables = initial_variables(config, model, jax.random.key(config.seed))
