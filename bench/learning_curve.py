@@ -94,6 +94,7 @@ def read_scalars(workdir: Path) -> dict[str, list[tuple[int, float, float]]]:
 
 def model_figures(config_path: str, overrides: list[str]) -> dict[str, float]:
     """Parameters and forward GFLOPs per 96x96 image of the candidate's model."""
+    import jax
     import jax.numpy as jnp
     import numpy as np
     from models import flops_per_image, numpy_variables
@@ -104,7 +105,7 @@ def model_figures(config_path: str, overrides: list[str]) -> dict[str, float]:
     config = load_config_file(REPO / config_path, *[f"--config.{o}" for o in overrides])
     model = train.create_model(config).clone(axis_name=None)
     variables = numpy_variables(model, jnp.zeros((1, 96, 96, 3)))
-    params = sum(int(np.prod(v.shape)) for v in __import__("jax").tree.leaves(variables["params"]))
+    params = sum(int(np.prod(v.shape)) for v in jax.tree.leaves(variables["params"]))
     return {"params": params, "gflops": flops_per_image(model, variables, 96) / 1e9}
 
 

@@ -92,11 +92,14 @@ def update_ema(ema: Any, variables: Any, decay: jax.Array) -> Any:
     return jax.tree_util.tree_map(lambda e, v: decay * e + (1.0 - decay) * v, ema, variables)
 
 
+def raw_variables(state: TrainState) -> dict[str, Any]:
+    """The model variables being trained: {"params", "batch_stats"}."""
+    return {"params": state.params, "batch_stats": state.batch_stats}
+
+
 def eval_variables(state: TrainState) -> dict[str, Any]:
     """The variables validation uses: the EMA when it is kept, else the raw ones."""
-    if state.ema is not None:
-        return state.ema
-    return {"params": state.params, "batch_stats": state.batch_stats}
+    return state.ema if state.ema is not None else raw_variables(state)
 
 
 # Averages of the per-step training loss and accuracy (a CLU metrics collection).
@@ -283,6 +286,11 @@ def to_global(mesh: jax.sharding.Mesh, local: np.ndarray) -> jax.Array:
     return jax.make_array_from_process_local_data(NamedSharding(mesh, P(AXIS)), local)
 
 
+def global_batch(mesh: jax.sharding.Mesh, batch: dict[str, np.ndarray]) -> dict[str, jax.Array]:
+    """A training batch (this process's share) as the step's global image and label arrays."""
+    return {"image": to_global(mesh, batch["image"]), "label": to_global(mesh, batch["label"])}
+
+
 def replicate(tree: Any, mesh: jax.sharding.Mesh) -> Any:
     """Every array of `tree` (the same on every process) replicated over `mesh`."""
     sharding = NamedSharding(mesh, P())
@@ -374,10 +382,8 @@ def train_step(
     accuracy = jnp.mean(jnp.argmax(logits, -1) == labels)
     new_state = state.apply_gradients(grads=grads, batch_stats=batch_stats)
     if ema_decay > 0:
-        current = {"params": new_state.params, "batch_stats": new_state.batch_stats}
-        new_state = new_state.replace(
-            ema=update_ema(state.ema, current, ema_decay_at(ema_decay, state.step))
-        )
+        decay = ema_decay_at(ema_decay, state.step)
+        new_state = new_state.replace(ema=update_ema(state.ema, raw_variables(new_state), decay))
     finite = [jnp.all(jnp.isfinite(p)) for p in jax.tree_util.tree_leaves(new_state.params)]
     step_metrics = {
         "loss": jax.lax.pmean(loss, AXIS),
@@ -443,6 +449,12 @@ def make_eval_loader(config: ml_collections.ConfigDict, source: Any) -> grain.Da
     )
 
 
+def _pad_to_local_devices(images: np.ndarray) -> np.ndarray:
+    """images padded along axis 0 to a multiple of the local device count."""
+    n = images.shape[0]
+    return _pad_rows(images, n + (-n) % jax.local_device_count())
+
+
 def _pad_rows(x: np.ndarray, rows: int, fill: Any = 0) -> np.ndarray:
     """x padded along axis 0 to `rows` rows with `fill`."""
     pad = np.full((rows - x.shape[0], *x.shape[1:]), fill, x.dtype)
@@ -469,7 +481,7 @@ def predict(
     if jax.process_count() == 1:
         for batch in loader:
             n = batch["label"].shape[0]
-            images = _pad_rows(batch["image"], n + (-n) % local_devices)
+            images = _pad_to_local_devices(batch["image"])
             p = np.asarray(predict_fn(variables, to_global(mesh, images)))[:n]
             out["index"].append(np.asarray(batch["index"]))
             out["label"].append(np.asarray(batch["label"]))
@@ -538,7 +550,7 @@ def _checkpoint_items(state: TrainState) -> dict[str, Any]:
     """The pytree items of a checkpoint: "model" (the raw variables), "opt" (to resume) and,
     with EMA on, "ema" (the averaged variables, same structure as "model")."""
     items = {
-        "model": {"params": state.params, "batch_stats": state.batch_stats},
+        "model": raw_variables(state),
         "opt": {"opt_state": state.opt_state, "step": state.step},
     }
     if state.ema is not None:
@@ -687,9 +699,7 @@ def steps_for_budget(
 ) -> int:
     """The most steps S whose training, ceil(S / eval_every) validations and
     ceil(S / checkpoint_every) checkpoints fit in `seconds` (at least 1)."""
-    per_step = (
-        step_seconds + eval_seconds / max(eval_every, 1) + checkpoint_seconds / checkpoint_every
-    )
+    per_step = step_seconds + eval_seconds / eval_every + checkpoint_seconds / checkpoint_every
     steps = max(1, int(seconds / per_step))
     while steps > 1 and (
         steps * step_seconds
@@ -734,12 +744,7 @@ def plan_steps_for_budget(
     it = iter(loader)
 
     def one_step(s: TrainState) -> TrainState:
-        batch = next(it)
-        global_batch = {
-            "image": to_global(mesh, batch["image"]),
-            "label": to_global(mesh, batch["label"]),
-        }
-        s, m = step_fn(s, global_batch, key)
+        s, m = step_fn(s, global_batch(mesh, next(it)), key)
         jax.block_until_ready(m)
         return s
 
@@ -753,9 +758,8 @@ def plan_steps_for_budget(
     it = None  # stops the probe iterator's worker processes
     eval_loader = make_eval_loader(config, eval_src)
     first = next(iter(eval_loader))["image"]  # compile the predict function outside the timing
-    n = first.shape[0] + (-first.shape[0]) % jax.local_device_count()
     jax.block_until_ready(
-        predict_fn(eval_variables(probe_state), to_global(mesh, _pad_rows(first, n)))
+        predict_fn(eval_variables(probe_state), to_global(mesh, _pad_to_local_devices(first)))
     )
     t = time.perf_counter()
     predict(predict_fn, eval_variables(probe_state), eval_loader, mesh)
@@ -845,6 +849,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
     t_start = time.perf_counter()
     workdir = Path(workdir)
     check_config(config, workdir)
+    if config.ema_decay < 0 or config.ema_decay >= 1:
+        raise TrainingError(f"config.ema_decay={config.ema_decay}: expected 0 (off) or in (0, 1)")
+    if not 0 <= config.label_smoothing < 1:
+        raise TrainingError(f"config.label_smoothing={config.label_smoothing}: expected [0, 1)")
     if config.batch_size % jax.device_count():
         raise TrainingError(
             f"config.batch_size={config.batch_size} must be a multiple of the "
@@ -883,10 +891,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
     mask = trainable_mask(model, variables["params"])
     tx = make_optimizer(config.optimizer, schedule, mask)
     batch_stats = variables.get("batch_stats", {})
-    if config.ema_decay < 0 or config.ema_decay >= 1:
-        raise TrainingError(f"config.ema_decay={config.ema_decay}: expected 0 (off) or in (0, 1)")
-    if not 0 <= config.label_smoothing < 1:
-        raise TrainingError(f"config.label_smoothing={config.label_smoothing}: expected [0, 1)")
     ema = None
     if config.ema_decay > 0:
         ema = jax.tree_util.tree_map(
@@ -974,12 +978,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
     paused = 0.0  # seconds of validation and checkpointing inside the current log window
     for step in range(start + 1, num_train_steps + 1):
         with jax.profiler.StepTraceAnnotation("train", step_num=step):
-            batch = next(train_iter)
-            global_batch = {
-                "image": to_global(mesh, batch["image"]),
-                "label": to_global(mesh, batch["label"]),
-            }
-            state, step_metrics = step_fn(state, global_batch, key)
+            state, step_metrics = step_fn(state, global_batch(mesh, next(train_iter)), key)
         pending.steps.append(step)
         pending.values.append(step_metrics)
         for hook in hooks:

@@ -19,8 +19,9 @@ Equivariance: for h in the group (D4 for p4m, C4 for p4), every feature map sati
 tolerance); the z2 model has no such property (it is the plain control).
 
 ``widths`` are features per group copy. A G-conv layer with ``w`` features per copy runs one
-convolution with ``w * |G|`` channels in and out, so its cost grows as ``(w |G|)^2``; the defaults
-(``DEFAULT_WIDTHS``) were measured for about equal images/s of the three models on 2 CPU cores.
+convolution with ``w * |G|`` channels in and out, so its cost grows as ``(w |G|)^2``. With the
+defaults (``DEFAULT_WIDTHS``) the group models cost about 4x the plain one's FLOPs; the
+``cpu_subset`` recipe picks its own widths (``config_base.CPU_SUBSET_WIDTHS``).
 """
 
 from __future__ import annotations
@@ -115,6 +116,5 @@ class GroupResNet(nn.Module):
             features = jnp.concatenate([features, centre], axis=-1)
         elif self.head_pool != "mean":
             raise ValueError(f"head_pool={self.head_pool!r}: expected 'mean' or 'mean+centre'")
-        x = features
-        x = nn.Dropout(self.dropout_rate)(x, deterministic=not train)
+        x = nn.Dropout(self.dropout_rate)(features, deterministic=not train)
         return nn.Dense(self.num_classes, name="classifier")(x).astype(jnp.float32)
