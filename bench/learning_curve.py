@@ -99,11 +99,11 @@ def model_figures(config_path: str, overrides: list[str]) -> dict[str, float]:
     import numpy as np
     from models import flops_per_image, numpy_variables
 
-    from pcam_jax import train
+    from pcam_jax import inference
     from pcam_jax.config_base import load_config_file
 
     config = load_config_file(REPO / config_path, *[f"--config.{o}" for o in overrides])
-    model = train.create_model(config).clone(axis_name=None)
+    model = inference.create_model(config).clone(axis_name=None)
     variables = numpy_variables(model, jnp.zeros((1, 96, 96, 3)))
     params = sum(int(np.prod(v.shape)) for v in jax.tree.leaves(variables["params"]))
     return {"params": params, "gflops": flops_per_image(model, variables, 96) / 1e9}

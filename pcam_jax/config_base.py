@@ -7,11 +7,14 @@ is not here (or not added by the config file) is an error.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
+from typing import Any
 
 import ml_collections
 
 from pcam_jax.data.pipeline import AugmentConfig
+from pcam_jax.errors import ModelError
 
 # Fields that do not change the trained parameters: a restarted run may change them.
 RUN_NEUTRAL_FIELDS: frozenset[str] = frozenset(
@@ -299,3 +302,33 @@ def cpu_subset_config(model_name: str = "p4resnet") -> ml_collections.ConfigDict
     c.label_smoothing = 0.1
     c.ema_decay = 0.999
     return c
+
+
+def flatten_config(config: ml_collections.ConfigDict) -> dict[str, Any]:
+    """{'a.b': value} for every leaf field."""
+    out: dict[str, Any] = {}
+
+    def walk(node: Any, prefix: str) -> None:
+        for key, value in node.items():
+            name = f"{prefix}{key}"
+            if isinstance(value, ml_collections.ConfigDict | dict):
+                walk(value, name + ".")
+            else:
+                out[name] = list(value) if isinstance(value, tuple) else value
+
+    walk(config, "")
+    return out
+
+
+def config_from_json(path: Path) -> ml_collections.ConfigDict:
+    """Rebuilds a ConfigDict from WORKDIR/config.json."""
+    if not path.is_file():
+        raise ModelError(f"{path}: not found; is {path.parent} a pcam-train --workdir?")
+    nested: dict[str, Any] = {}
+    for key, value in json.loads(path.read_text()).items():
+        node = nested
+        *parents, leaf = key.split(".")
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = value
+    return ml_collections.ConfigDict(nested)

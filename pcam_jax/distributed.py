@@ -23,7 +23,10 @@ import os
 from collections.abc import Mapping
 
 import jax
+import numpy as np
 from absl import flags, logging
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 
 _MODE = flags.DEFINE_enum(
     "distributed",
@@ -117,3 +120,19 @@ def initialize_from_flags() -> bool:
 def is_primary() -> bool:
     """Whether this process writes files and summaries (process 0)."""
     return jax.process_index() == 0
+
+
+# --- the device mesh ----------------------------------------------------------------------
+
+#: The mesh axis the batch is split over (data parallelism).
+AXIS = "data"
+
+
+def make_mesh() -> jax.sharding.Mesh:
+    """A 1-D mesh over every device of every process, axis 'data'."""
+    return jax.make_mesh((jax.device_count(),), (AXIS,))
+
+
+def to_global(mesh: jax.sharding.Mesh, local: np.ndarray) -> jax.Array:
+    """This process's part of a batch -> a global array split over the data axis."""
+    return jax.make_array_from_process_local_data(NamedSharding(mesh, P(AXIS)), local)

@@ -23,7 +23,8 @@ from pathlib import Path
 from absl import app, flags, logging
 
 from pcam_jax import distributed, train
-from pcam_jax.data.pcam_format import DataError
+from pcam_jax.config_base import config_from_json
+from pcam_jax.errors import PcamError
 from pcam_jax.evaluate import apply_overrides, evaluate
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "A pcam-train workdir.")
@@ -55,8 +56,8 @@ def main(argv: Sequence[str]) -> None:
         sys.exit(f"pcam-eval: error: {e}")
     try:
         if not workdir.is_dir():
-            raise train.TrainingError(f"--workdir={workdir}: directory not found")
-        config = train.config_from_json(workdir / "config.json")
+            raise PcamError(f"--workdir={workdir}: directory not found")
+        config = config_from_json(workdir / "config.json")
         apply_overrides(config, overrides)
         result = evaluate(
             config,
@@ -67,7 +68,7 @@ def main(argv: Sequence[str]) -> None:
             n_bootstrap=_BOOTSTRAP.value,
             weights=_WEIGHTS.value,
         )
-    except (train.TrainingError, DataError) as e:
+    except PcamError as e:
         logging.error("%s", e)
         sys.exit(f"pcam-eval: error: {e}")
     if not distributed.is_primary():

@@ -20,15 +20,14 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import jax
 import ml_collections
 import numpy as np
 
-from pcam_jax import train
-from pcam_jax.data import pipeline
+from pcam_jax import inference, train
 from pcam_jax.data.fileio import atomic_path
 from pcam_jax.data.pcam_format import META_COLUMNS
-from pcam_jax.distributed import is_primary
+from pcam_jax.distributed import is_primary, make_mesh
+from pcam_jax.errors import PcamError
 from pcam_jax.metrics import binary_metrics, slide_metrics
 
 
@@ -37,16 +36,16 @@ def apply_overrides(config: ml_collections.ConfigDict, overrides: Sequence[str])
     for arg in overrides:
         body = arg[len("--config.") :]
         if "=" not in body:
-            raise train.TrainingError(f"{arg}: expected --config.FIELD=VALUE")
+            raise PcamError(f"{arg}: expected --config.FIELD=VALUE")
         dotted, raw = body.split("=", 1)
         *parents, leaf = dotted.split(".")
         node = config
         for p in parents:
             if p not in node or not isinstance(node[p], ml_collections.ConfigDict):
-                raise train.TrainingError(f"{arg}: unknown config field {dotted!r}")
+                raise PcamError(f"{arg}: unknown config field {dotted!r}")
             node = node[p]
         if leaf not in node:
-            raise train.TrainingError(f"{arg}: unknown config field {dotted!r}")
+            raise PcamError(f"{arg}: unknown config field {dotted!r}")
         old = node[leaf]
         try:
             if isinstance(old, bool):
@@ -58,9 +57,7 @@ def apply_overrides(config: ml_collections.ConfigDict, overrides: Sequence[str])
             else:
                 value = raw
         except ValueError:
-            raise train.TrainingError(
-                f"{arg}: {raw!r} is not a valid {type(old).__name__}"
-            ) from None
+            raise PcamError(f"{arg}: {raw!r} is not a valid {type(old).__name__}") from None
         node[leaf] = value
 
 
@@ -80,27 +77,19 @@ def evaluate(
     "raw"; the result's ``weights`` says which were used.
     """
     workdir = Path(workdir)
-    mngr = train.checkpoint_manager(workdir, config.keep_checkpoints)
-    step = train.resolve_checkpoint(mngr, checkpoint)
-    model = train.create_model(config)
-    size = train.models.input_size(config.model.name)
-    abstract = jax.eval_shape(
-        lambda: model.init(jax.random.key(0), np.zeros((2, size, size, 3), np.float32))
-    )
-    abstract = {"params": abstract["params"], "batch_stats": abstract.get("batch_stats", {})}
-    variables, record = train.restore_model(mngr, step, abstract, weights)
-    mngr.close()
-    norm = pipeline.NormStats.from_json(record["norm"])
+    loaded = inference.load_workdir(workdir, checkpoint, weights)
+    step = loaded.info["source"]["step"]
     source = train.make_source(config, split)
-    mesh = train.make_mesh()
-    predict_fn = train.make_predict_fn(model, train.make_preprocess(config, norm), mesh, tta=tta)
-    pred = train.predict(predict_fn, variables, train.make_eval_loader(config, source), mesh)
+    mesh = make_mesh()
+    predict_fn = inference.make_predict_fn(loaded.model, loaded.preprocess, mesh, tta=tta)
+    loader = inference.make_eval_loader(config, source)
+    pred = inference.predict(predict_fn, loaded.variables, loader, mesh)
     result = binary_metrics(pred["label"], pred["p_tumour"], n_bootstrap=n_bootstrap)
     result.update(
         split=split,
         checkpoint_step=step,
         tta=tta,
-        weights=record["weights"],
+        weights=loaded.info["source"]["weights"],
         model=config.model.name,
         data_root=str(config.data.root),
     )

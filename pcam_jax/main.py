@@ -16,7 +16,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from pcam_jax import distributed
-from pcam_jax.data.pcam_format import DataError
+from pcam_jax.errors import PcamError
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Training config file (configs/*.py).", lock_config=True
@@ -38,7 +38,7 @@ def main(argv: Sequence[str]) -> None:
     logging.info("config:\n%s", _CONFIG.value)
     try:
         metrics = train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
-    except (train.TrainingError, DataError) as e:
+    except PcamError as e:
         logging.error("%s", e)
         sys.exit(f"pcam-train: error: {e}")
     if not distributed.is_primary():

@@ -11,8 +11,16 @@ from typing import Any
 import optax
 
 
-def make_schedule(cfg: Any, num_train_steps: int, peak: float) -> optax.Schedule:
-    """The learning-rate schedule named by `cfg.name`, peaking at `peak`."""
+def make_schedule(
+    cfg: Any, num_train_steps: int, peak: float, hold_steps: int = 0
+) -> optax.Schedule:
+    """The learning-rate schedule named by `cfg.name`, peaking at `peak`.
+
+    hold_steps (cosine only): the rate stays at `peak` from the end of the warm-up until this
+    step, and the cosine decays from there to `num_train_steps`. Before `hold_steps` the
+    schedule is then the same whatever `num_train_steps` is, which is what lets a timed run
+    (config.train_minutes) fix its length after measuring its own speed.
+    """
     name = cfg.name
     if name == "constant":
         return optax.constant_schedule(peak)
@@ -22,6 +30,17 @@ def make_schedule(cfg: Any, num_train_steps: int, peak: float) -> optax.Schedule
             transition_steps=cfg.decay_every_steps,
             decay_rate=cfg.decay_factor,
             staircase=True,
+        )
+    if name == "cosine" and hold_steps > cfg.warmup_steps:
+        return optax.join_schedules(
+            [
+                optax.linear_schedule(0.0, peak, cfg.warmup_steps),
+                optax.constant_schedule(peak),
+                optax.cosine_decay_schedule(
+                    peak, max(num_train_steps - hold_steps, 1), alpha=cfg.final_fraction
+                ),
+            ],
+            boundaries=[cfg.warmup_steps, hold_steps],
         )
     if name == "cosine":
         return optax.warmup_cosine_decay_schedule(
@@ -42,6 +61,12 @@ def make_schedule(cfg: Any, num_train_steps: int, peak: float) -> optax.Schedule
     raise ValueError(
         f"unknown schedule.name {name!r}: expected constant, step, cosine, one_cycle or cyclic"
     )
+
+
+def length_free_before_hold(cfg: Any) -> bool:
+    """Whether schedule `cfg`, built with ``hold_steps=H``, takes the same values before step H
+    whatever num_train_steps is (cosine, constant, step, cyclic; not one_cycle)."""
+    return cfg.name != "one_cycle"
 
 
 def triangular_schedule(low: float, high: float, cycle_steps: int) -> optax.Schedule:

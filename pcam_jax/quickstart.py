@@ -22,6 +22,7 @@ from absl import app, flags
 
 from pcam_jax.data import stats, synth, verify
 from pcam_jax.data.pcam_format import SPLITS, DataError, split_paths
+from pcam_jax.errors import PcamError
 
 _WORKDIR = flags.DEFINE_string("workdir", "runs/quickstart", "Directory for data and outputs.")
 _SEED = flags.DEFINE_integer("seed", 0, "Seed of the synthetic dataset and of training.")
@@ -72,11 +73,9 @@ def run_quickstart(workdir: str | Path, seed: int = 0) -> dict[str, Any]:
 def main(argv: Sequence[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    from pcam_jax.train import TrainingError
-
     try:
         run_quickstart(_WORKDIR.value, _SEED.value)
-    except (DataError, TrainingError) as e:
+    except PcamError as e:
         sys.exit(f"quickstart: error: {e}")
 
 

@@ -35,22 +35,32 @@ import optax
 import orbax.checkpoint as ocp
 from absl import logging
 from clu import metric_writers, metrics, periodic_actions
-from flax import struct
 from flax.training import train_state
 from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from pcam_jax import models
-from pcam_jax.config_base import RUN_NEUTRAL_FIELDS
+from pcam_jax.checkpoints import checkpoint_manager
+from pcam_jax.config_base import RUN_NEUTRAL_FIELDS, flatten_config
 from pcam_jax.data import pipeline, sources
 from pcam_jax.data.fileio import atomic_path
-from pcam_jax.distributed import is_primary
+from pcam_jax.distributed import AXIS, is_primary, make_mesh, to_global
+from pcam_jax.errors import TrainingError
+from pcam_jax.inference import (
+    Preprocess,
+    cast_floats,
+    create_model,
+    make_eval_loader,
+    make_predict_fn,
+    make_preprocess,
+    pad_to_local_devices,
+    predict,
+    split_outputs,
+)
 from pcam_jax.metrics import binary_metrics
-from pcam_jax.optim import make_optimizer, make_schedule
+from pcam_jax.optim import length_free_before_hold, make_optimizer, make_schedule
 from pcam_jax.xla_options import compiler_options
-
-AXIS = "data"
 
 
 def quiet_library_logs() -> None:
@@ -64,10 +74,6 @@ def quiet_library_logs() -> None:
     handler = logging.get_absl_handler()
     if not any(isinstance(f, _DropOrbaxInfo) for f in handler.filters):
         handler.addFilter(_DropOrbaxInfo())
-
-
-class TrainingError(Exception):
-    """A training run cannot start or go on; the message says why and what to do."""
 
 
 class TrainState(train_state.TrainState):
@@ -108,39 +114,7 @@ TrainMetrics = metrics.Collection.create(
 )
 
 
-@struct.dataclass
-class Preprocess:
-    """Device-side input transform: normalise, resize (Inception), cast."""
-
-    mean: tuple[float, ...] = struct.field(pytree_node=False)
-    std: tuple[float, ...] = struct.field(pytree_node=False)
-    size: int = struct.field(pytree_node=False, default=96)
-    dtype: Any = struct.field(pytree_node=False, default=jnp.float32)
-
-    def __call__(self, images: jax.Array) -> jax.Array:
-        x = pipeline.normalize(images, self.mean, self.std)
-        if self.size != x.shape[1]:
-            x = jax.image.resize(x, (x.shape[0], self.size, self.size, x.shape[3]), "bilinear")
-        return x.astype(self.dtype)
-
-
 # --- config --------------------------------------------------------------------------------
-
-
-def flatten_config(config: ml_collections.ConfigDict) -> dict[str, Any]:
-    """{'a.b': value} for every leaf field."""
-    out: dict[str, Any] = {}
-
-    def walk(node: Any, prefix: str) -> None:
-        for key, value in node.items():
-            name = f"{prefix}{key}"
-            if isinstance(value, ml_collections.ConfigDict | dict):
-                walk(value, name + ".")
-            else:
-                out[name] = list(value) if isinstance(value, tuple) else value
-
-    walk(config, "")
-    return out
 
 
 def check_config(config: ml_collections.ConfigDict, workdir: Path) -> None:
@@ -173,32 +147,6 @@ def store_config(config: ml_collections.ConfigDict, workdir: Path) -> None:
         workdir.mkdir(parents=True, exist_ok=True)
         with atomic_path(workdir / "config.json") as tmp:
             tmp.write_text(json.dumps(flatten_config(config), indent=2, sort_keys=True))
-
-
-def config_from_json(path: Path) -> ml_collections.ConfigDict:
-    """Rebuilds a ConfigDict from WORKDIR/config.json."""
-    if not path.is_file():
-        raise TrainingError(f"{path}: not found; is {path.parent} a pcam-train --workdir?")
-    nested: dict[str, Any] = {}
-    for key, value in json.loads(path.read_text()).items():
-        node = nested
-        *parents, leaf = key.split(".")
-        for p in parents:
-            node = node.setdefault(p, {})
-        node[leaf] = value
-    return ml_collections.ConfigDict(nested)
-
-
-def create_model(config: ml_collections.ConfigDict) -> nn.Module:
-    """The model named by config.model.name with the other model.* fields as overrides."""
-    overrides = {k: v for k, v in config.model.items() if k != "name"}
-    try:
-        model = models.create(config.model.name, **overrides)
-    except (ValueError, TypeError) as e:
-        raise TrainingError(f"config.model: {e}") from e
-    if "axis_name" in {f.name for f in dataclasses.fields(model)} and "axis_name" not in overrides:
-        model = model.clone(axis_name=AXIS)  # BatchNorm statistics over the whole global batch
-    return model
 
 
 def initial_variables(
@@ -234,17 +182,6 @@ def trainable_mask(model: nn.Module, params: Any) -> Any:
     return None
 
 
-def make_preprocess(config: ml_collections.ConfigDict, norm: pipeline.NormStats) -> Preprocess:
-    """The device-side input transform of `config` with normalisation statistics `norm`."""
-    dtypes = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
-    if config.compute_dtype not in dtypes:
-        raise TrainingError(
-            f"config.compute_dtype={config.compute_dtype!r}: expected float32 or bfloat16"
-        )
-    size = models.input_size(config.model.name)
-    return Preprocess(tuple(norm.mean), tuple(norm.std), size, dtypes[config.compute_dtype])
-
-
 # --- data ----------------------------------------------------------------------------------
 
 
@@ -276,16 +213,6 @@ def norm_stats(config: ml_collections.ConfigDict, train_source: Any) -> pipeline
     return pipeline.dataset_norm_stats(train_source)
 
 
-def make_mesh() -> jax.sharding.Mesh:
-    """A 1-D mesh over every device of every process, axis 'data'."""
-    return jax.make_mesh((jax.device_count(),), (AXIS,))
-
-
-def to_global(mesh: jax.sharding.Mesh, local: np.ndarray) -> jax.Array:
-    """This process's part of a batch -> a global array split over the data axis."""
-    return jax.make_array_from_process_local_data(NamedSharding(mesh, P(AXIS)), local)
-
-
 def global_batch(mesh: jax.sharding.Mesh, batch: dict[str, np.ndarray]) -> dict[str, jax.Array]:
     """A training batch (this process's share) as the step's global image and label arrays."""
     return {"image": to_global(mesh, batch["image"]), "label": to_global(mesh, batch["label"])}
@@ -305,21 +232,6 @@ def replicate(tree: Any, mesh: jax.sharding.Mesh) -> Any:
 
 
 # --- steps ---------------------------------------------------------------------------------
-
-
-def _split_outputs(out: Any) -> tuple[jax.Array, jax.Array | None]:
-    if isinstance(out, tuple):
-        return out[0], out[1]
-    return out, None
-
-
-def cast_floats(tree: Any, dtype: Any) -> Any:
-    """Casts floating leaves to the compute dtype (a no-op for float32); masters stay float32."""
-    if dtype == jnp.float32:
-        return tree
-    return jax.tree_util.tree_map(
-        lambda x: x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x, tree
-    )
 
 
 def cross_entropy(logits: jax.Array, labels: jax.Array, smoothing: float = 0.0) -> jax.Array:
@@ -365,7 +277,7 @@ def train_step(
         out, mutated = state.apply_fn(
             variables, images, train=True, mutable=["batch_stats"], rngs={"dropout": rng}, **kwargs
         )
-        logits, aux = _split_outputs(out)
+        logits, aux = split_outputs(out)
         loss = cross_entropy(logits, labels, label_smoothing)
         if aux is not None:
             loss = loss + aux_loss_weight * cross_entropy(aux, labels, label_smoothing)
@@ -394,156 +306,7 @@ def train_step(
     return new_state, step_metrics
 
 
-def predict_step(
-    variables: dict[str, Any],
-    images: jax.Array,
-    *,
-    apply_fn: Any,
-    preprocess: Preprocess,
-    tta: bool,
-) -> jax.Array:
-    """p(tumour) (B,) of this device's images; with tta, averaged over the 8 D4 transforms."""
-    x = preprocess(images)
-    variables = {**variables, "params": cast_floats(variables["params"], preprocess.dtype)}
-    views = [x]
-    if tta:
-        views = [
-            jnp.flip(jnp.rot90(x, k, axes=(1, 2)), axis=2) if flip else jnp.rot90(x, k, axes=(1, 2))
-            for k in range(4)
-            for flip in (False, True)
-        ]
-    probs = [
-        jax.nn.softmax(_split_outputs(apply_fn(variables, v, train=False))[0], -1) for v in views
-    ]
-    return jnp.mean(jnp.stack(probs), axis=0)[:, 1].astype(jnp.float32)
-
-
-def make_predict_fn(
-    model: nn.Module, preprocess: Preprocess, mesh: jax.sharding.Mesh, tta: bool = False
-) -> Any:
-    """jit(shard_map(predict_step)): (variables, global images) -> global p(tumour)."""
-    fn = partial(predict_step, apply_fn=model.apply, preprocess=preprocess, tta=tta)
-    return jax.jit(
-        jax.shard_map(fn, mesh=mesh, in_specs=(P(), P(AXIS)), out_specs=P(AXIS)),
-        compiler_options=compiler_options(),
-    )
-
-
-def make_eval_loader(config: ml_collections.ConfigDict, source: Any) -> grain.DataLoader:
-    """One pass over `source` in order; each process reads a contiguous share of it.
-
-    config.eval_batch_size is the global batch: each of P processes reads
-    ceil(eval_batch_size / P) patches per batch.
-    """
-    if len(source) < jax.process_count():
-        raise TrainingError(
-            f"{source.name}/{source.split} holds {len(source)} patches, fewer than the "
-            f"{jax.process_count()} processes"
-        )
-    return pipeline.make_loader(
-        source,
-        batch_size=-(-config.eval_batch_size // jax.process_count()),
-        train=False,
-        read_threads=config.data.read_threads,
-        shard_options=pipeline.process_shard_options(drop_remainder=False),
-    )
-
-
-def _pad_to_local_devices(images: np.ndarray) -> np.ndarray:
-    """images padded along axis 0 to a multiple of the local device count."""
-    n = images.shape[0]
-    return _pad_rows(images, n + (-n) % jax.local_device_count())
-
-
-def _pad_rows(x: np.ndarray, rows: int, fill: Any = 0) -> np.ndarray:
-    """x padded along axis 0 to `rows` rows with `fill`."""
-    pad = np.full((rows - x.shape[0], *x.shape[1:]), fill, x.dtype)
-    return np.concatenate([x, pad]) if len(pad) else x
-
-
-def predict(
-    predict_fn: Any,
-    variables: dict[str, Any],
-    loader: grain.DataLoader,
-    mesh: jax.sharding.Mesh,
-) -> dict[str, np.ndarray]:
-    """Runs `predict_fn` over an eval loader; returns index, label, p_tumour for every patch.
-
-    Each batch is padded to a multiple of the local device count and the
-    padding dropped. With several processes every process reads its share
-    (see `make_eval_loader`); each round the processes agree on a common batch
-    width (a process whose share is done sends padding), and the predictions
-    of all of them are gathered, so every process returns the whole split in
-    index order.
-    """
-    local_devices = jax.local_device_count()
-    out: dict[str, list[np.ndarray]] = {"index": [], "label": [], "p_tumour": []}
-    if jax.process_count() == 1:
-        for batch in loader:
-            n = batch["label"].shape[0]
-            images = _pad_to_local_devices(batch["image"])
-            p = np.asarray(predict_fn(variables, to_global(mesh, images)))[:n]
-            out["index"].append(np.asarray(batch["index"]))
-            out["label"].append(np.asarray(batch["label"]))
-            out["p_tumour"].append(p)
-        return {k: np.concatenate(v) if v else np.zeros(0) for k, v in out.items()}
-
-    it = iter(loader)
-    last: dict[str, np.ndarray] | None = None
-    while True:
-        batch = next(it, None)
-        n = 0 if batch is None else batch["label"].shape[0]
-        widest = int(multihost_utils.process_allgather(np.asarray(n)).max())
-        if widest == 0:
-            break
-        width = widest + (-widest) % local_devices
-        if batch is None:  # this process's share is done: an empty batch like the last one
-            if last is None:
-                raise TrainingError("a process received no eval records; use fewer processes")
-            batch = {k: np.zeros((0, *v.shape[1:]), v.dtype) for k, v in last.items()}
-        last = {k: np.asarray(batch[k]) for k in ("image", "label", "index")}
-        p = predict_fn(variables, to_global(mesh, _pad_rows(batch["image"], width)))
-        out["p_tumour"].append(np.asarray(multihost_utils.process_allgather(p, tiled=True)))
-        for key, fill in (("index", -1), ("label", 0)):
-            local = _pad_rows(np.asarray(batch[key]), width, fill)
-            out[key].append(np.asarray(multihost_utils.process_allgather(local, tiled=True)))
-    got = {k: np.concatenate(v) for k, v in out.items()}
-    order = np.argsort(got["index"], kind="stable")
-    order = order[got["index"][order] >= 0]  # drop the padding
-    return {k: v[order] for k, v in got.items()}
-
-
 # --- checkpoints ---------------------------------------------------------------------------
-
-
-def checkpoint_manager(workdir: Path, keep: int) -> ocp.CheckpointManager:
-    """Keeps the last `keep` checkpoints and the best by validation AUC."""
-    policy = ocp.checkpoint_managers.AnyPreservationPolicy(
-        [
-            ocp.checkpoint_managers.LatestN(n=keep),
-            ocp.checkpoint_managers.BestN(
-                get_metric_fn=lambda m: m["val_auc"], n=1, keep_checkpoints_without_metrics=False
-            ),
-        ]
-    )
-    options = ocp.CheckpointManagerOptions(
-        best_fn=lambda m: m["val_auc"],
-        best_mode="max",
-        preservation_policy=policy,
-        enable_async_checkpointing=False,
-        create=True,
-    )
-    return ocp.CheckpointManager(
-        (workdir / "checkpoints").absolute(),
-        options=options,
-        item_handlers={
-            "model": ocp.StandardCheckpointHandler(),
-            "opt": ocp.StandardCheckpointHandler(),
-            "ema": ocp.StandardCheckpointHandler(),
-            "data": grain.checkpoint.CheckpointHandler(),
-            "record": ocp.JsonCheckpointHandler(),
-        },
-    )
 
 
 def _checkpoint_items(state: TrainState) -> dict[str, Any]:
@@ -556,59 +319,6 @@ def _checkpoint_items(state: TrainState) -> dict[str, Any]:
     if state.ema is not None:
         items["ema"] = state.ema
     return items
-
-
-def checkpoint_has_ema(mngr: ocp.CheckpointManager, step: int) -> bool:
-    """Whether checkpoint `step` holds EMA weights (written by a run with ema_decay > 0)."""
-    return (Path(mngr.directory) / str(step) / "ema").is_dir()
-
-
-def resolve_checkpoint(mngr: ocp.CheckpointManager, which: str) -> int:
-    """'best' | 'last' | a step number -> a saved step."""
-    steps = list(mngr.all_steps())
-    if not steps:
-        raise TrainingError(f"{mngr.directory}: no checkpoints; train first with pcam-train")
-    if which == "last":
-        return max(steps)
-    if which == "best":
-        best = mngr.best_step()
-        return best if best is not None else max(steps)
-    if not which.isdigit() or int(which) not in steps:
-        raise TrainingError(
-            f"--checkpoint={which!r}: expected best, last or one of the saved steps {sorted(steps)}"
-        )
-    return int(which)
-
-
-WEIGHTS = ("ema", "raw")
-
-
-def restore_model(
-    mngr: ocp.CheckpointManager, step: int, abstract_model: Any, weights: str = "ema"
-) -> tuple[Any, dict[str, Any]]:
-    """The model variables and the JSON record of checkpoint `step` (no optimizer state).
-
-    weights: "ema" gives the EMA variables when the checkpoint holds them and the raw ones
-    otherwise; "raw" always gives the raw ones. ``record["weights"]`` says which came back.
-    The variables are restored replicated over this process's mesh, whatever
-    the devices that saved them.
-    """
-    if weights not in WEIGHTS:
-        raise TrainingError(f"weights={weights!r}: expected one of {WEIGHTS}")
-    item = "ema" if weights == "ema" and checkpoint_has_ema(mngr, step) else "model"
-    replicated = NamedSharding(make_mesh(), P())
-    abstract_model = jax.tree_util.tree_map(
-        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated), abstract_model
-    )
-    restored = mngr.restore(
-        step,
-        args=ocp.args.Composite(
-            **{item: ocp.args.StandardRestore(abstract_model)}, record=ocp.args.JsonRestore()
-        ),
-    )
-    record = dict(restored["record"])
-    record["weights"] = "ema" if item == "ema" else "raw"
-    return restored[item], record
 
 
 def _restore_for_training(
@@ -713,10 +423,17 @@ def steps_for_budget(
 
 PROBE_STEPS = 25  # timed training steps of the speed probe (after one compiling step)
 CHECKPOINT_SECONDS = 2.0  # allowance per checkpoint save in the budget
-# Share of the time left after the probe that the plan fills: the probe's rate ran up to 12%
-# faster than a whole 28-minute run on the 2-core machine (0.233 vs 0.26 s/step), the rest is
-# margin for that.
+# Share of the time left after the probe that the provisional plan fills: a 25-step probe's
+# rate was off by -12% to +15% from a whole 28-minute run's on the 2-core machine.
 BUDGET_FILL = 0.88
+# The re-plan: at step REPLAN_STEPS (at most a quarter of the provisional plan) the run measures
+# its own rate from step REPLAN_FROM on, validations and checkpoints excluded, and fixes its
+# length to fill REPLAN_FILL of the time left. Until then the learning rate is held at its peak
+# after the warm-up (make_schedule's hold_steps), so the schedule before it is the same
+# whatever length is chosen.
+REPLAN_STEPS = 500
+REPLAN_FROM = 25
+REPLAN_FILL = 0.95
 
 
 def plan_steps_for_budget(
@@ -759,7 +476,7 @@ def plan_steps_for_budget(
     eval_loader = make_eval_loader(config, eval_src)
     first = next(iter(eval_loader))["image"]  # compile the predict function outside the timing
     jax.block_until_ready(
-        predict_fn(eval_variables(probe_state), to_global(mesh, _pad_to_local_devices(first)))
+        predict_fn(eval_variables(probe_state), to_global(mesh, pad_to_local_devices(first)))
     )
     t = time.perf_counter()
     predict(predict_fn, eval_variables(probe_state), eval_loader, mesh)
@@ -785,9 +502,15 @@ def plan_steps_for_budget(
         CHECKPOINT_SECONDS,
         config.checkpoint_every_steps,
     )
+    hold = min(REPLAN_STEPS, steps // 4)
+    replan = length_free_before_hold(config.schedule) and hold > REPLAN_FROM
     plan = {
         "train_minutes": config.train_minutes,
         "num_train_steps": steps,
+        # the step at which the run fixes its length (see REPLAN_STEPS); 0: never, the plan is
+        # final (a schedule that needs its length from the start, or a run too short to measure)
+        "hold_steps": hold if replan else 0,
+        "replanned": False,
         "step_seconds": step_seconds,
         "compile_seconds": compile_seconds,
         "eval_seconds": eval_seconds,
@@ -796,14 +519,67 @@ def plan_steps_for_budget(
         "device_kind": jax.devices()[0].device_kind,
     }
     logging.info(
-        "train_minutes=%s: %.3f s/step, %.1f s per validation, compile %.1f s -> %d steps",
+        "train_minutes=%s: %.3f s/step, %.1f s per validation, compile %.1f s -> %d steps "
+        "(provisional until step %d)",
         config.train_minutes,
         step_seconds,
         eval_seconds,
         compile_seconds,
         steps,
+        plan["hold_steps"],
     )
     return plan
+
+
+def replan_steps_for_budget(
+    config: ml_collections.ConfigDict,
+    plan: dict[str, Any],
+    step: int,
+    step_seconds: float,
+    eval_seconds: float,
+    elapsed: float,
+) -> dict[str, Any]:
+    """The final plan of a timed run at step ``plan["hold_steps"]``: from its measured rate
+    (`step_seconds`, `eval_seconds`) and the `elapsed` seconds since it started, the most steps
+    whose training, validations, checkpoints and one more compile fill REPLAN_FILL of what is
+    left of config.train_minutes (at least `step`). Every process uses process 0's figures."""
+    figures = np.asarray([step_seconds, eval_seconds, elapsed], np.float64)
+    if jax.process_count() > 1:
+        figures = np.asarray(multihost_utils.broadcast_one_to_all(figures))
+    step_seconds, eval_seconds, elapsed = (float(v) for v in figures)
+    left = (config.train_minutes * 60.0 - elapsed - plan["compile_seconds"]) * REPLAN_FILL
+    more = 0
+    if left > step_seconds + eval_seconds:
+        more = steps_for_budget(
+            left,
+            step_seconds,
+            eval_seconds,
+            config.eval_every_steps,
+            CHECKPOINT_SECONDS,
+            config.checkpoint_every_steps,
+        )
+    final = {
+        **plan,
+        "num_train_steps": step + more,
+        "replanned": True,
+        "provisional_num_train_steps": plan["num_train_steps"],
+        "measured_step_seconds": step_seconds,
+        "measured_eval_seconds": eval_seconds,
+        "elapsed_at_replan": elapsed,
+    }
+    logging.info(
+        "train_minutes=%s: measured %.3f s/step and %.1f s per validation over steps %d-%d; "
+        "%.0f s elapsed -> %d steps (provisional plan: %d)",
+        config.train_minutes,
+        step_seconds,
+        eval_seconds,
+        REPLAN_FROM,
+        step,
+        elapsed,
+        final["num_train_steps"],
+        plan["num_train_steps"],
+    )
+    return final
 
 
 # --- the loop ------------------------------------------------------------------------------
@@ -886,7 +662,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
     if plan is not None and plan.get("train_minutes") != config.train_minutes:
         plan = None  # left by a start that failed before its first checkpoint: plan again
     num_train_steps = plan["num_train_steps"] if plan else config.num_train_steps
-    schedule = make_schedule(config.schedule, num_train_steps, config.optimizer.learning_rate)
+
+    def schedule_for(steps: int, plan: dict[str, Any] | None) -> optax.Schedule:
+        hold = plan.get("hold_steps", 0) if plan else 0
+        return make_schedule(config.schedule, steps, config.optimizer.learning_rate, hold)
+
+    schedule = schedule_for(num_train_steps, plan)
     variables = initial_variables(config, model, jax.random.key(config.seed))
     mask = trainable_mask(model, variables["params"])
     tx = make_optimizer(config.optimizer, schedule, mask)
@@ -943,12 +724,23 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
             config, t_start, step_fn, state, loader, mesh, key, predict_fn, eval_src
         )
         num_train_steps = plan["num_train_steps"]
-        schedule = make_schedule(config.schedule, num_train_steps, config.optimizer.learning_rate)
+        schedule = schedule_for(num_train_steps, plan)
         state = state.replace(tx=make_optimizer(config.optimizer, schedule, mask))
         step_fn = compile_step(schedule)
         write_train_plan(workdir, plan)
 
     start = int(jax.device_get(state.step))
+    # A timed run fixes its length at step plan["hold_steps"] from its own measured rate
+    # (replan_steps_for_budget). A run resumed before that step cannot know how long its first
+    # start ran, so it keeps the provisional plan.
+    replan_at = 0
+    if plan is not None and not plan.get("replanned", True) and plan.get("hold_steps", 0):
+        if start < REPLAN_FROM:
+            replan_at = plan["hold_steps"]
+        elif start < plan["hold_steps"]:
+            plan = {**plan, "replanned": "skipped: resumed before the re-plan step"}
+            write_train_plan(workdir, plan)
+    t_measure = paused_measure = 0.0
     if start == 0 and is_primary():
         writer.write_hparams({k: v for k, v in flatten_config(config).items()})
         logging.info(
@@ -976,11 +768,34 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
     val: dict[str, Any] = {}
     t_last = time.perf_counter()
     paused = 0.0  # seconds of validation and checkpointing inside the current log window
-    for step in range(start + 1, num_train_steps + 1):
+    paused_total = 0.0  # and since the start
+    eval_seconds = plan.get("eval_seconds", 0.0) if plan else 0.0  # the last validation's
+    step = start
+    while step < num_train_steps:
+        step += 1
         with jax.profiler.StepTraceAnnotation("train", step_num=step):
             state, step_metrics = step_fn(state, global_batch(mesh, next(train_iter)), key)
         pending.steps.append(step)
         pending.values.append(step_metrics)
+        if step == REPLAN_FROM and replan_at:
+            jax.block_until_ready(state)
+            t_measure, paused_measure = time.perf_counter(), paused_total
+        if step == replan_at:
+            jax.block_until_ready(state)
+            measured = (time.perf_counter() - t_measure - (paused_total - paused_measure)) / (
+                step - REPLAN_FROM
+            )
+            plan = replan_steps_for_budget(
+                config, plan, step, measured, eval_seconds, time.perf_counter() - t_start
+            )
+            num_train_steps = plan["num_train_steps"]
+            schedule = schedule_for(num_train_steps, plan)
+            state = state.replace(tx=make_optimizer(config.optimizer, schedule, mask))
+            step_fn = compile_step(schedule)
+            write_train_plan(workdir, plan)
+            hooks[0] = periodic_actions.ReportProgress(
+                num_train_steps=num_train_steps, writer=writer, every_steps=config.log_every_steps
+            )
         for hook in hooks:
             hook(step)
         is_last = step == num_train_steps
@@ -1009,6 +824,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
             val = binary_metrics(pred["label"], pred["p_tumour"], n_bootstrap=0)
             eval_seconds = time.perf_counter() - t_eval
             paused += eval_seconds
+            paused_total += eval_seconds
             scalars = {f"val_{k}": val[k] for k in ("auc", "accuracy", "nll")}
             writer.write_scalars(step, {**scalars, "val_seconds": eval_seconds})
             evaluated = True
@@ -1039,6 +855,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
             mngr.wait_until_finished()
             last_good = step
             paused += time.perf_counter() - t_save
+            paused_total += time.perf_counter() - t_save
     writer.flush()
     mngr.close()
     return val

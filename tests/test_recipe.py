@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+from types import SimpleNamespace
 
 import jax
 import jax.numpy as jnp
@@ -12,9 +13,11 @@ import numpy as np
 import optax
 import pytest
 
-from pcam_jax import train
+from pcam_jax import checkpoints, train
+from pcam_jax.config_base import config_from_json
+from pcam_jax.errors import ModelError
 from pcam_jax.evaluate import evaluate
-from pcam_jax.optim import kernels_only, make_optimizer
+from pcam_jax.optim import kernels_only, length_free_before_hold, make_optimizer, make_schedule
 from tests.test_train import REPO, load_config, tiny_config
 
 TINY_RESNET = {"widths": (2, 4, 4, 4)}
@@ -79,19 +82,19 @@ def test_ema_is_checkpointed_validated_and_evaluated_by_default(synthetic_root, 
     c, workdir = _ema_run(synthetic_root, tmp_path)
     for step in (3, 6):
         assert (workdir / "checkpoints" / str(step) / "ema").is_dir()
-    config = train.config_from_json(workdir / "config.json")
+    config = config_from_json(workdir / "config.json")
     ema = evaluate(config, workdir, checkpoint="last", split="valid", n_bootstrap=0)
     raw = evaluate(config, workdir, checkpoint="last", split="valid", n_bootstrap=0, weights="raw")
     assert (ema["weights"], raw["weights"]) == ("ema", "raw")
     assert ema["auc"] != raw["auc"] or ema["nll"] != raw["nll"]  # different weights
     # the periodic validation (the best-checkpoint metric) scored the EMA weights
-    mngr = train.checkpoint_manager(workdir, 3)
+    mngr = checkpoints.checkpoint_manager(workdir, 3)
     record = mngr.restore(6, args=train.ocp.args.Composite(record=train.ocp.args.JsonRestore()))
     mngr.close()
     assert record["record"]["val"]["nll"] == pytest.approx(ema["nll"], rel=1e-5)
     assert record["record"]["ema_decay"] == 0.9
-    with pytest.raises(train.TrainingError, match="weights='best'"):
-        train.restore_model(train.checkpoint_manager(workdir, 3), 6, None, "best")
+    with pytest.raises(ModelError, match="weights='best'"):
+        checkpoints.restore_model(checkpoints.checkpoint_manager(workdir, 3), 6, None, "best")
 
 
 def test_a_run_without_ema_evaluates_its_raw_weights(synthetic_root, tmp_path):
@@ -100,7 +103,7 @@ def test_a_run_without_ema_evaluates_its_raw_weights(synthetic_root, tmp_path):
     workdir = tmp_path / "run"
     train.train_and_evaluate(c, workdir)
     assert not (workdir / "checkpoints" / "2" / "ema").exists()
-    config = train.config_from_json(workdir / "config.json")
+    config = config_from_json(workdir / "config.json")
     assert evaluate(config, workdir, split="valid", n_bootstrap=0)["weights"] == "raw"
 
 
@@ -118,6 +121,7 @@ def test_train_minutes_plans_the_steps_and_a_restart_keeps_them(synthetic_root, 
     c = tiny_config(synthetic_root, "resnet", **TINY_RESNET)
     c.train_minutes = 1.0
     c.num_train_steps = 3  # provisional only
+    c.eval_every_steps = c.checkpoint_every_steps = 40  # long enough to re-plan (> 4 x 25 steps)
     workdir = tmp_path / "run"
     train.train_and_evaluate(c, workdir)
     plan = json.loads((workdir / "train_plan.json").read_text())
@@ -125,6 +129,10 @@ def test_train_minutes_plans_the_steps_and_a_restart_keeps_them(synthetic_root, 
     assert plan["eval_seconds"] > 0 and plan["num_train_steps"] >= 1
     steps = sorted(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit())
     assert steps[-1] == plan["num_train_steps"]  # the run went exactly to the planned step
+    # the probe's plan was provisional; the run fixed its length at the hold step from its own
+    # measured rate
+    assert plan["replanned"] is True and 25 < plan["hold_steps"] <= plan["num_train_steps"]
+    assert plan["provisional_num_train_steps"] >= 1 and plan["measured_step_seconds"] > 0
 
     # A restart reads the stored plan instead of planning again: a hand-written plan of 5
     # steps is what a fresh workdir with that file runs, whatever train_minutes would give.
@@ -138,3 +146,43 @@ def test_train_minutes_plans_the_steps_and_a_restart_keeps_them(synthetic_root, 
     (other / "train_plan.json").write_text(json.dumps({"num_train_steps": "many"}))
     with pytest.raises(train.TrainingError, match="train_plan.json: no valid num_train_steps"):
         train.train_and_evaluate(c, other)
+
+
+def test_a_provisional_plan_is_fixed_at_its_hold_step(synthetic_root, tmp_path):
+    # A provisional plan (as the probe writes it) of 40 steps, fixed at step 30. The budget
+    # (3 s) is spent by then, so the re-plan ends the run there.
+    c = tiny_config(synthetic_root, "resnet", **TINY_RESNET)
+    c.train_minutes, c.eval_every_steps, c.checkpoint_every_steps = 0.05, 1000, 1000
+    workdir = tmp_path / "run"
+    workdir.mkdir()
+    provisional = {
+        "num_train_steps": 40,
+        "train_minutes": 0.05,
+        "hold_steps": 30,
+        "replanned": False,
+        "compile_seconds": 1.0,
+        "eval_seconds": 0.1,
+    }
+    (workdir / "train_plan.json").write_text(json.dumps(provisional))
+    train.train_and_evaluate(c, workdir)
+    plan = json.loads((workdir / "train_plan.json").read_text())
+    assert plan["replanned"] is True and plan["provisional_num_train_steps"] == 40
+    assert plan["num_train_steps"] == 30
+    steps = sorted(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit())
+    assert steps[-1] == 30
+
+
+def test_cosine_hold_makes_the_schedule_length_free_before_the_hold():
+    cfg = SimpleNamespace(name="cosine", warmup_steps=10, final_fraction=0.0)
+    short = make_schedule(cfg, 100, 1.0, hold_steps=40)
+    long = make_schedule(cfg, 1000, 1.0, hold_steps=40)
+    before = np.arange(0, 41)
+    np.testing.assert_allclose([short(t) for t in before], [long(t) for t in before])
+    assert float(short(5)) == pytest.approx(0.5) and float(short(25)) == pytest.approx(1.0)
+    assert float(short(70)) == pytest.approx(0.5) and float(short(100)) == pytest.approx(0.0)
+    assert float(long(70)) > 0.99  # after the hold the two lengths differ
+    # without a hold (or one inside the warm-up) the schedule is optax's warm-up cosine
+    plain = make_schedule(cfg, 100, 1.0)
+    assert float(plain(55)) == pytest.approx(0.5) and float(plain(25)) < 1.0
+    assert length_free_before_hold(cfg)
+    assert not length_free_before_hold(SimpleNamespace(name="one_cycle"))

@@ -15,8 +15,9 @@ import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from pcam_jax import models, train
-from pcam_jax.config_base import load_config_file
+from pcam_jax import checkpoints, inference, models, train
+from pcam_jax.config_base import config_from_json, load_config_file
+from pcam_jax.errors import ModelError
 from pcam_jax.evaluate import apply_overrides, evaluate
 
 REPO = Path(__file__).resolve().parents[1]
@@ -73,7 +74,7 @@ def test_every_config_loads_and_names_a_model(path):
         assert isinstance(c[field], int) and c[field] > 0
     assert isinstance(c.seed, int)
     assert c.data.source in ("pcam_hdf5", "folder", "kaggle")
-    train.create_model(c)  # the model overrides are accepted
+    inference.create_model(c)  # the model overrides are accepted
 
 
 def test_config_overrides_and_unknown_fields():
@@ -141,7 +142,7 @@ def test_train_then_eval_end_to_end(synthetic_root, tmp_path):
     assert list(workdir.glob("events.out.tfevents.*"))  # TensorBoard event file
     assert json.loads((workdir / "config.json").read_text())["model.name"] == "cnn"
 
-    config = train.config_from_json(workdir / "config.json")
+    config = config_from_json(workdir / "config.json")
     result = evaluate(config, workdir, checkpoint="last", split="test", n_bootstrap=200)
     out = workdir / "eval"
     summary = json.loads((out / "test.json").read_text())
@@ -177,7 +178,7 @@ def test_eval_on_a_root_holding_only_the_test_split(synthetic_root, tmp_path):
     only_test.mkdir()
     for name in ("x.h5", "y.h5", "meta.csv"):
         shutil.copy(synthetic_root / f"camelyonpatch_level_2_split_test_{name}", only_test)
-    config = train.config_from_json(workdir / "config.json")
+    config = config_from_json(workdir / "config.json")
     config.data.root = str(only_test)
     result = evaluate(config, workdir, split="test", n_bootstrap=0)
     assert result["n"] == 64
@@ -190,7 +191,7 @@ def test_tta_on_a_p4m_model_changes_nothing_but_float_error(synthetic_root, tmp_
     c = tiny_config(synthetic_root, "p4mcnn", **TINY_P4M)
     c.num_train_steps = c.eval_every_steps = c.checkpoint_every_steps = 4
     train.train_and_evaluate(c, workdir)
-    config = train.config_from_json(workdir / "config.json")
+    config = config_from_json(workdir / "config.json")
     plain = evaluate(config, workdir, split="valid", n_bootstrap=0)
     tta = evaluate(config, workdir, split="valid", tta=True, n_bootstrap=0)
 
@@ -205,7 +206,7 @@ def test_tta_on_a_p4m_model_changes_nothing_but_float_error(synthetic_root, tmp_
     c2 = tiny_config(synthetic_root, **TINY_CNN)
     c2.num_train_steps = c2.eval_every_steps = c2.checkpoint_every_steps = 4
     train.train_and_evaluate(c2, workdir2)
-    config2 = train.config_from_json(workdir2 / "config.json")
+    config2 = config_from_json(workdir2 / "config.json")
     evaluate(config2, workdir2, split="valid", n_bootstrap=0)
     evaluate(config2, workdir2, split="valid", tta=True, n_bootstrap=0)
     with open(workdir2 / "eval" / "valid_predictions.csv", newline="") as f:
@@ -217,7 +218,7 @@ def test_tta_on_a_p4m_model_changes_nothing_but_float_error(synthetic_root, tmp_
 
 def test_changed_config_is_refused_and_neutral_fields_are_not(synthetic_root, tmp_path):
     workdir = tmp_path / "run"
-    with pytest.raises(train.TrainingError, match="unknown model 'resnet50'"):
+    with pytest.raises(ModelError, match="unknown model 'resnet50'"):
         train.train_and_evaluate(tiny_config(synthetic_root, "resnet50"), workdir)
     assert not (workdir / "config.json").exists()  # a failed start binds nothing
     c = tiny_config(synthetic_root, **TINY_CNN)
@@ -256,7 +257,7 @@ def test_nan_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(synthet
     assert "last good checkpoint (step 2) is untouched" in str(e.value)
     saved = sorted(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit())
     assert saved == [1, 2]
-    config = train.config_from_json(workdir / "config.json")
+    config = config_from_json(workdir / "config.json")
     result = evaluate(config, workdir, checkpoint="2", split="valid", n_bootstrap=0)
     assert np.isfinite(result["nll"]) and np.isfinite(result["auc"])
 
@@ -286,14 +287,14 @@ def _env(devices: int = 1) -> dict[str, str]:
 def _final_params(workdir: Path, weights: str = "raw") -> dict[str, np.ndarray]:
     import jax
 
-    config = train.config_from_json(workdir / "config.json")
-    mngr = train.checkpoint_manager(workdir, 3)
+    config = config_from_json(workdir / "config.json")
+    mngr = checkpoints.checkpoint_manager(workdir, 3)
     step = max(mngr.all_steps())
-    model = train.create_model(config)
+    model = inference.create_model(config)
     abstract = jax.eval_shape(
         lambda: model.init(jax.random.key(0), np.zeros((2, 96, 96, 3), np.float32))
     )
-    variables, record = train.restore_model(
+    variables, record = checkpoints.restore_model(
         mngr, step, {"params": abstract["params"], "batch_stats": abstract["batch_stats"]}, weights
     )
     assert record["weights"] == weights
@@ -456,7 +457,7 @@ def test_pcam_eval_bad_input(synthetic_root, tmp_path):
 def test_checkpoints_keep_the_last_k_and_the_best_by_validation_auc(tmp_path):
     import orbax.checkpoint as ocp
 
-    mngr = train.checkpoint_manager(tmp_path, keep=2)
+    mngr = checkpoints.checkpoint_manager(tmp_path, keep=2)
     aucs = {1: 0.61, 2: 0.93, 3: 0.70, 4: None, 5: 0.80, 6: 0.75}
     for step, auc in aucs.items():
         mngr.save(
@@ -467,11 +468,11 @@ def test_checkpoints_keep_the_last_k_and_the_best_by_validation_auc(tmp_path):
         )
         mngr.wait_until_finished()
     assert sorted(mngr.all_steps()) == [2, 5, 6]  # best (0.93) and the last two
-    assert train.resolve_checkpoint(mngr, "best") == 2
-    assert train.resolve_checkpoint(mngr, "last") == 6
-    assert train.resolve_checkpoint(mngr, "5") == 5
-    with pytest.raises(train.TrainingError, match=r"one of the saved steps \[2, 5, 6\]"):
-        train.resolve_checkpoint(mngr, "3")
+    assert checkpoints.resolve_checkpoint(mngr, "best") == 2
+    assert checkpoints.resolve_checkpoint(mngr, "last") == 6
+    assert checkpoints.resolve_checkpoint(mngr, "5") == 5
+    with pytest.raises(ModelError, match=r"one of the saved steps \[2, 5, 6\]"):
+        checkpoints.resolve_checkpoint(mngr, "3")
     mngr.close()
 
 

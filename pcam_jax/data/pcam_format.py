@@ -16,6 +16,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from pcam_jax.errors import PcamError
+
 SPLITS: tuple[str, ...] = ("train", "valid", "test")
 SPLIT_SIZES: dict[str, int] = {"train": 262_144, "valid": 32_768, "test": 32_768}
 PATCH_SHAPE: tuple[int, int, int] = (96, 96, 3)
@@ -39,7 +41,7 @@ PCAM_MD5: dict[str, str] = {
 }
 
 
-class DataError(Exception):
+class DataError(PcamError):
     """Bad or missing input data. The message names the file or field and what to do."""
 
 

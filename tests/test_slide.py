@@ -1,0 +1,259 @@
+"""pcam-slide on synthetic whole-slide images made of REAL PCam patches.
+
+Each slide is a mosaic of 96x96 patches from the subset's valid split (tumour patches inside a
+known square, normal ones around it) with a white margin, written by tifffile as a tiled,
+pyramidal TIFF with its resolution, which OpenSlide reads as a generic tiled TIFF.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import jax
+import ml_collections
+import numpy as np
+import pytest
+import tifffile
+from PIL import Image
+
+from pcam_jax import inference, models
+from pcam_jax.data import pipeline
+from pcam_jax.metrics import binary_metrics
+from pcam_jax.slide import (
+    SlideError,
+    cell_polygons,
+    open_slide,
+    otsu_threshold,
+    predict_slide,
+    run_slide,
+)
+
+GRID = 8  # patches per side of the mosaic
+MARGIN = 96  # white border, a multiple of the 32-pixel cell
+TUMOUR = (slice(2, 6), slice(3, 7))  # the tumour patches: rows 2-5, columns 3-6
+
+
+def real_patches(root: Path) -> tuple[np.ndarray, np.ndarray]:
+    """(GRID*GRID, 96, 96, 3) real valid patches laid out row by row, and their labels: tumour
+    patches inside TUMOUR, normal ones elsewhere."""
+    labels = np.zeros((GRID, GRID), int)
+    labels[TUMOUR] = 1
+    files = {y: sorted((root / "valid" / str(y)).iterdir()) for y in (0, 1)}
+    taken = {0: 0, 1: 0}
+    out = []
+    for y in labels.ravel():
+        out.append(np.asarray(Image.open(files[y][taken[y]]).convert("RGB")))
+        taken[y] += 1
+    return np.stack(out), labels
+
+
+def mosaic(patches: np.ndarray) -> np.ndarray:
+    side = GRID * 96 + 2 * MARGIN
+    image = np.full((side, side, 3), 255, np.uint8)
+    for k, patch in enumerate(patches):
+        r, c = divmod(k, GRID)
+        image[MARGIN + r * 96 : MARGIN + (r + 1) * 96, MARGIN + c * 96 : MARGIN + (c + 1) * 96] = (
+            patch
+        )
+    return image
+
+
+def write_slide(
+    path: Path, image: np.ndarray, mpp: float | None, compression: str | None = None
+) -> Path:
+    """A tiled pyramidal TIFF: level 0 and a 4x-reduced level, 256-pixel tiles."""
+    with tifffile.TiffWriter(path) as tif:
+        for level, ds in enumerate((1, 4)):
+            extra = {}
+            if mpp is not None:
+                res = 1e4 / (mpp * ds)
+                extra = {"resolution": (res, res), "resolutionunit": "CENTIMETER"}
+            reduced = np.asarray(
+                Image.fromarray(image).reduce(ds) if ds > 1 else Image.fromarray(image)
+            )
+            tif.write(
+                reduced,
+                tile=(256, 256),
+                photometric="rgb",
+                compression=compression,
+                subfiletype=1 if level else 0,
+                **extra,
+            )
+    return path
+
+
+def centre_cells() -> tuple[np.ndarray, np.ndarray]:
+    """Cell (row, column) of the labelled centre of each mosaic patch (32-pixel cells)."""
+    r, c = np.divmod(np.arange(GRID * GRID), GRID)
+    return (MARGIN + r * 96 + 32) // 32, (MARGIN + c * 96 + 32) // 32
+
+
+def random_model(name: str) -> inference.LoadedModel:
+    """An untrained narrow model of `name` with PCam-like normalisation (for geometry tests)."""
+    config = ml_collections.ConfigDict(
+        {"model": {"name": name, "widths": (2, 2, 2, 2)}, "compute_dtype": "float32"}
+    )
+    model = inference.create_model(config)
+    variables = models.init_variables(model, jax.random.key(3), (2, 96, 96, 3))
+    variables = {"params": variables["params"], "batch_stats": variables["batch_stats"]}
+    norm = pipeline.NormStats(mean=(180.0, 140.0, 180.0), std=(50.0, 55.0, 45.0), n=1)
+    info = {"patch_size": 96, "mpp": 0.972, "norm": norm.to_json(), "model": {"name": name}}
+    return inference.LoadedModel(
+        config, model, variables, inference.make_preprocess(config, norm), info
+    )
+
+
+@pytest.fixture(scope="module")
+def patches(subset_root):
+    return real_patches(subset_root)
+
+
+@pytest.fixture(scope="module")
+def bundled():
+    return inference.load_model(None)
+
+
+def test_aligned_lossless_slide_equals_patch_predictions(patches, bundled, tmp_path):
+    images, labels = patches
+    path = write_slide(tmp_path / "aligned.tif", mosaic(images), mpp=0.972, compression="zlib")
+    slide = open_slide(path)
+    result = predict_slide(slide, path, bundled)
+    slide.close()
+    g = result.geometry
+    assert (g.level, g.scale, g.cell0) == (0, 1.0, 32.0)
+    rows, cols = centre_cells()
+    from_slide = result.probabilities[rows, cols]
+    predicted = np.isfinite(from_slide)  # centre cells that are mostly tissue (not pale fat)
+    assert predicted.mean() > 0.7
+    from_patches = bundled.predict_images(images)
+    np.testing.assert_allclose(from_slide[predicted], from_patches[predicted], rtol=1e-5, atol=1e-6)
+    # the background margin is not predicted; the mosaic is (but for pale cells)
+    m = MARGIN // 32
+    probs = result.probabilities
+    assert np.isnan(probs[:m]).all() and np.isnan(probs[:, -m:]).all()
+    assert np.isnan(probs[-m:]).all() and np.isnan(probs[:, :m]).all()
+    assert np.isfinite(probs[m:-m, m:-m]).mean() > 0.7
+
+
+def test_jpeg_slide_at_twice_the_resolution_finds_the_tumour(patches, bundled, tmp_path):
+    images, labels = patches
+    image = mosaic(images)
+    big = np.asarray(Image.fromarray(image).resize((image.shape[1] * 2,) * 2, Image.BICUBIC))
+    path = write_slide(tmp_path / "x20.tif", big, mpp=0.486, compression="jpeg")
+    out = tmp_path / "out"
+    summary = run_slide(path, out, bundled)
+    assert summary["level"] == 0 and summary["resample_factor"] == pytest.approx(2.0)
+    assert summary["cell_size_level0_px"] == pytest.approx(64.0)
+    probs = np.load(out / "probabilities.npy")
+    rows, cols = centre_cells()
+    keep = np.isfinite(probs[rows, cols])
+    auc = binary_metrics(labels.ravel()[keep], probs[rows, cols][keep], n_bootstrap=0)["auc"]
+    print(f"cell-level AUC on the 20x-like JPEG slide: {auc:.3f}")
+    assert auc > 0.8
+    # tiles.csv: level-0 pixels of 64-pixel cells; one row per tissue cell
+    with open(out / "tiles.csv") as f:
+        tiles = list(csv.DictReader(f))
+    assert len(tiles) == int(np.isfinite(probs).sum()) == summary["tissue_cells"]
+    first = tiles[0]
+    assert int(first["width"]) == 64 and int(first["x"]) % 64 == 0
+    geo = json.loads((out / "tumour.geojson").read_text())
+    assert geo["type"] == "FeatureCollection"
+    for feature in geo["features"]:
+        ring = np.array(feature["geometry"]["coordinates"][0])
+        assert ring.min() >= 0 and ring.max() <= big.shape[0]
+        assert feature["properties"]["classification"]["name"] == "Tumor"
+    assert (out / "heatmap.png").stat().st_size > 10_000
+    assert summary["score_max"] >= summary["score_top10_mean"] > 0
+    assert sorted(p.name for p in out.iterdir()) == [
+        "heatmap.png",
+        "probabilities.npy",
+        "summary.json",
+        "tiles.csv",
+        "tumour.geojson",
+    ]
+
+
+@pytest.mark.parametrize("name, equivariant", [("p4mresnet", True), ("resnet", False)])
+def test_rotated_slide_gives_the_rotated_map(patches, tmp_path, name, equivariant):
+    model = random_model(name)
+    image = mosaic(patches[0])
+    maps = []
+    for k in (0, 1):
+        path = write_slide(tmp_path / f"rot{k}.tif", np.rot90(image, k).copy(), mpp=0.972)
+        slide = open_slide(path)
+        maps.append(predict_slide(slide, path, model).probabilities)
+        slide.close()
+    rotated = np.rot90(maps[0], 1)
+    assert np.array_equal(np.isnan(rotated), np.isnan(maps[1]))
+    finite = np.isfinite(rotated)
+    assert maps[0][np.isfinite(maps[0])].std() > 1e-4  # the map is not flat
+    diff = np.abs(rotated[finite] - maps[1][finite]).max()
+    if equivariant:
+        assert diff < 1e-5
+    else:  # negative control: a plain CNN's map does not follow the rotation
+        assert diff > 1e-3
+
+
+def test_bad_inputs_give_clear_errors_and_no_outputs(patches, bundled, tmp_path):
+    image = mosaic(patches[0])
+    text = tmp_path / "notes.txt"
+    text.write_text("not a slide")
+    with pytest.raises(SlideError, match="notes.txt: not a slide OpenSlide can read"):
+        run_slide(text, tmp_path / "a", bundled)
+    no_mpp = write_slide(tmp_path / "nompp.tif", image, mpp=None)
+    with pytest.raises(SlideError, match="does not record its resolution.*--mpp"):
+        run_slide(no_mpp, tmp_path / "b", bundled)
+    blank = write_slide(tmp_path / "blank.tif", np.full_like(image, 250), mpp=0.972)
+    with pytest.raises(SlideError, match="no tissue found"):
+        run_slide(blank, tmp_path / "c", bundled)
+    good = write_slide(tmp_path / "good.tif", image, mpp=0.972)
+    busy = tmp_path / "busy"
+    busy.mkdir()
+    (busy / "keep.txt").write_text("x")
+    with pytest.raises(SlideError, match="exists and is not an empty folder"):
+        run_slide(good, busy, bundled)
+    with pytest.raises(SlideError, match="parent folder"):
+        run_slide(good, tmp_path / "no" / "such", bundled)
+    with pytest.raises(SlideError, match="--stride=33"):
+        run_slide(good, tmp_path / "d", bundled, stride=33)
+    for name in "abcd":
+        assert not (tmp_path / name).exists()
+    assert not list(tmp_path.glob(".*"))  # no temporary folders left
+    # --mpp supplies what the slide lacks
+    summary = run_slide(no_mpp, tmp_path / "e", bundled, mpp=0.972)
+    assert summary["level0_mpp"] == 0.972 and summary["tissue_cells"] > 0
+
+
+def test_pcam_slide_cli(patches, tmp_path):
+    path = write_slide(tmp_path / "s.tif", mosaic(patches[0]), mpp=0.972, compression="jpeg")
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "pcam_jax.slide_main", str(path), f"--out={out}", "--noprogress"]
+    r = subprocess.run(cmd, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert "tissue cells" in r.stdout and (out / "summary.json").is_file()
+    r = subprocess.run(cmd, capture_output=True, text=True)  # out is not empty now
+    assert r.returncode != 0 and "not an empty folder" in r.stderr
+
+
+def test_otsu_and_polygons():
+    rng = np.random.default_rng(0)
+    values = np.clip(
+        np.concatenate([rng.normal(0.05, 0.01, 500), rng.normal(0.6, 0.05, 500)]), 0, 1
+    )
+    t = otsu_threshold(values)
+    assert (values[:500] < t).all() and (values[500:] >= t).all()  # it separates the modes
+    mask = np.zeros((6, 7), bool)
+    mask[1:5, 1:5] = True
+    mask[2:3, 2:3] = False  # a hole
+    mask[5, 6] = True  # a separate cell touching nothing
+    mask[0, 0] = True  # touches the square only at a corner: its own region (4-connectivity)
+    polygons = cell_polygons(mask)
+    assert len(polygons) == 3
+    square = max(polygons, key=len)
+    assert len(square) == 2  # exterior and one hole
+    assert sorted(square[0][:-1]) == [(1, 1), (1, 5), (5, 1), (5, 5)]
+    assert sorted(square[1][:-1]) == [(2, 2), (2, 3), (3, 2), (3, 3)]
