@@ -23,6 +23,7 @@ from pathlib import Path
 from absl import app, flags, logging
 
 from pcam_jax import distributed, train
+from pcam_jax.binaries import run_binary
 from pcam_jax.config_base import config_from_json
 from pcam_jax.errors import PcamError
 from pcam_jax.evaluate import apply_overrides, evaluate
@@ -88,7 +89,12 @@ def run() -> None:
     argv = sys.argv
     passthrough = [a for a in argv[1:] if a.startswith("--config.")]
     absl_argv = [argv[0], *[a for a in argv[1:] if not a.startswith("--config.")]]
-    app.run(lambda remaining: main([remaining[0], *remaining[1:], *passthrough]), argv=absl_argv)
+    run_binary(
+        lambda remaining: main([remaining[0], *remaining[1:], *passthrough]),
+        __doc__,
+        [__name__, "pcam_jax.distributed"],
+        argv=absl_argv,
+    )
 
 
 if __name__ == "__main__":

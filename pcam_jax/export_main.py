@@ -17,6 +17,7 @@ from collections.abc import Sequence
 
 from absl import app, flags
 
+from pcam_jax.binaries import run_binary
 from pcam_jax.errors import PcamError
 from pcam_jax.export import export
 
@@ -42,7 +43,7 @@ def main(argv: Sequence[str]) -> None:
 
 def run() -> None:
     """Console-script entry point."""
-    app.run(main)
+    run_binary(main, __doc__, [__name__])
 
 
 if __name__ == "__main__":

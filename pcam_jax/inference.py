@@ -284,33 +284,41 @@ class LoadedModel:
         One process: the batches are split over its local devices. Every batch is padded to
         ``batch_size`` rows (a multiple of the device count), so the function compiles once.
         """
-        return np.concatenate(
-            list(self.predict_batches([images], batch_size=batch_size, tta=tta)) or [np.zeros(0)]
-        ).astype(np.float32)
+        return next(self.predict_batches([images], batch_size=batch_size, tta=tta))
 
     def predict_batches(
         self, batches: Iterable[np.ndarray], *, batch_size: int = 256, tta: bool = False
     ) -> Iterator[np.ndarray]:
-        """p(tumour) of each array of patches in `batches`, in order (a stream: one batch of
-        at most `batch_size` patches is on the devices at a time, the next one is queued)."""
+        """p(tumour) float32 (len(a),) for each array `a` of patches in `batches`, in order.
+
+        A stream: an array's device batches are dispatched before the previous array's
+        results are fetched, so reading the next input overlaps the computation.
+        """
         if jax.process_count() > 1:
             raise ModelError("predicting from arrays runs in one process; use pcam-eval's loader")
-        check_patches(np.zeros((0, self.patch_size, self.patch_size, 3), np.uint8), self)
         mesh = make_mesh()
         width = batch_size + (-batch_size) % jax.local_device_count()
         fn = self.predict_fn(mesh, tta)
-        pending: list[tuple[Any, int]] = []
+
+        def fetch(dispatched: list[tuple[Any, int]]) -> np.ndarray:
+            parts = [np.asarray(p)[:n] for p, n in dispatched]
+            return np.concatenate(parts).astype(np.float32) if parts else np.zeros(0, np.float32)
+
+        previous: list[tuple[Any, int]] | None = None
         for images in batches:
             check_patches(images, self)
-            for lo in range(0, len(images), width):
-                chunk = images[lo : lo + width]
-                p = fn(self.variables, to_global(mesh, _pad_rows(chunk, width)))
-                pending.append((p, len(chunk)))
-                if len(pending) > 1:  # the device works on this batch while we fetch the last
-                    q, n = pending.pop(0)
-                    yield np.asarray(q)[:n]
-        for q, n in pending:
-            yield np.asarray(q)[:n]
+            current = [
+                (
+                    fn(self.variables, to_global(mesh, _pad_rows(images[lo : lo + width], width))),
+                    len(images[lo : lo + width]),
+                )
+                for lo in range(0, len(images), width)
+            ]
+            if previous is not None:
+                yield fetch(previous)
+            previous = current
+        if previous is not None:
+            yield fetch(previous)
 
 
 def check_patches(images: np.ndarray, model: LoadedModel) -> None:

@@ -2,6 +2,9 @@
 
 pcam-train --config=configs/quickstart.py --workdir=runs/quickstart [--config.a.b=value ...]
 
+Exit status: 0 done, 1 error, 75 stopped by SIGTERM/SIGINT after saving a checkpoint (run the
+same command again to resume; see pcam_jax/preemption.py).
+
 Several processes (one per host or per GPU; see launch/README.md) add
 --coordinator_address=HOST:PORT --num_processes=N --process_id=I, or run
 under srun / on a Cloud TPU VM (see pcam_jax/distributed.py).
@@ -16,7 +19,9 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from pcam_jax import distributed
+from pcam_jax.binaries import run_binary
 from pcam_jax.errors import PcamError
+from pcam_jax.preemption import EXIT_PREEMPTED, Preempted
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Training config file (configs/*.py).", lock_config=True
@@ -38,6 +43,10 @@ def main(argv: Sequence[str]) -> None:
     logging.info("config:\n%s", _CONFIG.value)
     try:
         metrics = train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+    except Preempted as e:
+        logging.warning("%s", e)
+        print(f"pcam-train: {e}", file=sys.stderr)
+        sys.exit(EXIT_PREEMPTED)
     except PcamError as e:
         logging.error("%s", e)
         sys.exit(f"pcam-train: error: {e}")
@@ -51,7 +60,7 @@ def main(argv: Sequence[str]) -> None:
 
 def run() -> None:
     """Console-script entry point."""
-    app.run(main)
+    run_binary(main, __doc__, [__name__, "pcam_jax.distributed"])
 
 
 if __name__ == "__main__":

@@ -33,9 +33,10 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-from absl import app, flags
+from absl import flags
 
 from pcam_jax import inference
+from pcam_jax.binaries import run_binary
 from pcam_jax.errors import PcamError
 from pcam_jax.metrics import binary_metrics
 from pcam_jax.patches import InputError, collect_inputs, predict_patches, write_csv
@@ -79,7 +80,7 @@ def main(argv: Sequence[str]) -> None:
 
 def run() -> None:
     """Console-script entry point."""
-    app.run(main)
+    run_binary(main, __doc__, [__name__])
 
 
 if __name__ == "__main__":

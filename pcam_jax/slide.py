@@ -15,8 +15,9 @@ on the slide's pixel grid reaches the model bit for bit.
 
 Tissue. Otsu's threshold on the HSV saturation of a thumbnail (at most THUMBNAIL_SIZE pixels a
 side, read from a low pyramid level), clipped to SATURATION_RANGE, separates stained tissue from
-glass; a cell is predicted when at least ``tissue_threshold`` of its area is tissue. Background is never read at full
-resolution, and background cells hold NaN in the map and are absent from tiles.csv.
+glass; a cell is predicted when at least ``tissue_threshold`` of its area is tissue. Background
+is never read at full resolution; background cells hold NaN in the map and are absent from
+tiles.csv.
 
 Throughput and memory. Cells are read in blocks of BLOCK x BLOCK (one OpenSlide read_region of
 the block plus its window margin), on threads, a bounded number ahead of the model; windows go

@@ -20,9 +20,10 @@ from __future__ import annotations
 import sys
 from collections.abc import Sequence
 
-from absl import app, flags
+from absl import flags
 
 from pcam_jax import inference
+from pcam_jax.binaries import run_binary
 from pcam_jax.errors import PcamError
 from pcam_jax.slide import run_slide
 
@@ -73,7 +74,7 @@ def main(argv: Sequence[str]) -> None:
 
 def run() -> None:
     """Console-script entry point."""
-    app.run(main)
+    run_binary(main, __doc__, [__name__])
 
 
 if __name__ == "__main__":

@@ -6,10 +6,14 @@ split across devices, parameters and optimizer state are replicated, the
 gradient and the BatchNorm statistics are averaged over ``data``, and the whole
 step is jit-compiled. It is a pure function of (state, batch, rng).
 
-Checkpoints (Orbax) hold the model variables, the optimizer state and step,
-the exponential moving average of the variables when ``ema_decay > 0`` (item
-``ema``), the grain iterator state and a JSON record (normalisation statistics,
-seed, validation metrics); the run resumes from the latest one in WORKDIR.
+Checkpoints (Orbax; layout in pcam_jax.checkpoints) hold the model variables,
+the optimizer state and step, the exponential moving average of the variables
+when ``ema_decay > 0`` (item ``ema``), the grain iterator state and a JSON
+record (normalisation statistics, seed, validation metrics); the run resumes
+from the latest one in WORKDIR. One run per workdir (pcam_jax.workdir_lock);
+SIGTERM/SIGINT save a checkpoint and stop (pcam_jax.preemption). Validation
+uses the prediction path every binary shares (pcam_jax.inference); this module
+holds only training.
 With EMA on, the periodic validation (and so the best checkpoint) uses the
 EMA weights, and so does pcam-eval unless asked for the raw ones. Metrics
 go through CLU metric writers (TensorBoard event files and the console).
@@ -60,6 +64,8 @@ from pcam_jax.inference import (
 )
 from pcam_jax.metrics import binary_metrics
 from pcam_jax.optim import length_free_before_hold, make_optimizer, make_schedule
+from pcam_jax.preemption import Preempted, preemption_watcher
+from pcam_jax.workdir_lock import workdir_lock
 from pcam_jax.xla_options import compiler_options
 
 
@@ -433,7 +439,7 @@ BUDGET_FILL = 0.88
 # whatever length is chosen.
 REPLAN_STEPS = 500
 REPLAN_FROM = 25
-REPLAN_FILL = 0.95
+REPLAN_FILL = 0.97
 
 
 def plan_steps_for_budget(
@@ -620,10 +626,17 @@ def _check_finite(fetched: list[tuple[int, dict[str, Any]]], last_good: int | No
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, Any]:
     """Trains `config` in `workdir` (resuming from its latest checkpoint) and evaluates it.
 
-    Returns the last validation metrics.
+    Holds the workdir's lock (``workdir_lock``: one run per workdir) throughout. Returns the
+    last validation metrics.
     """
     t_start = time.perf_counter()
-    workdir = Path(workdir)
+    with workdir_lock(workdir):
+        return _train_and_evaluate(config, Path(workdir), t_start)
+
+
+def _train_and_evaluate(
+    config: ml_collections.ConfigDict, workdir: Path, t_start: float
+) -> dict[str, Any]:
     check_config(config, workdir)
     if config.ema_decay < 0 or config.ema_decay >= 1:
         raise TrainingError(f"config.ema_decay={config.ema_decay}: expected 0 (off) or in (0, 1)")
@@ -770,92 +783,104 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
     paused = 0.0  # seconds of validation and checkpointing inside the current log window
     paused_total = 0.0  # and since the start
     eval_seconds = plan.get("eval_seconds", 0.0) if plan else 0.0  # the last validation's
-    step = start
-    while step < num_train_steps:
-        step += 1
-        with jax.profiler.StepTraceAnnotation("train", step_num=step):
-            state, step_metrics = step_fn(state, global_batch(mesh, next(train_iter)), key)
-        pending.steps.append(step)
-        pending.values.append(step_metrics)
-        if step == REPLAN_FROM and replan_at:
-            jax.block_until_ready(state)
-            t_measure, paused_measure = time.perf_counter(), paused_total
-        if step == replan_at:
-            jax.block_until_ready(state)
-            measured = (time.perf_counter() - t_measure - (paused_total - paused_measure)) / (
-                step - REPLAN_FROM
-            )
-            plan = replan_steps_for_budget(
-                config, plan, step, measured, eval_seconds, time.perf_counter() - t_start
-            )
-            num_train_steps = plan["num_train_steps"]
-            schedule = schedule_for(num_train_steps, plan)
-            state = state.replace(tx=make_optimizer(config.optimizer, schedule, mask))
-            step_fn = compile_step(schedule)
-            write_train_plan(workdir, plan)
-            hooks[0] = periodic_actions.ReportProgress(
-                num_train_steps=num_train_steps, writer=writer, every_steps=config.log_every_steps
-            )
-        for hook in hooks:
-            hook(step)
-        is_last = step == num_train_steps
-        if step % config.log_every_steps == 0 or is_last:
-            fetched = pending.fetch()
-            _check_finite(fetched, last_good)
-            for _, values in fetched:
-                update = TrainMetrics.single_from_model_output(
-                    loss=np.asarray(values["loss"]), accuracy=np.asarray(values["accuracy"])
+    with preemption_watcher() as watcher:
+        step = start
+        while step < num_train_steps:
+            step += 1
+            with jax.profiler.StepTraceAnnotation("train", step_num=step):
+                state, step_metrics = step_fn(state, global_batch(mesh, next(train_iter)), key)
+            pending.steps.append(step)
+            pending.values.append(step_metrics)
+            if step == REPLAN_FROM and replan_at:
+                jax.block_until_ready(state)
+                t_measure, paused_measure = time.perf_counter(), paused_total
+            if step == replan_at:
+                jax.block_until_ready(state)
+                measured = (time.perf_counter() - t_measure - (paused_total - paused_measure)) / (
+                    step - REPLAN_FROM
                 )
-                train_metrics = update if train_metrics is None else train_metrics.merge(update)
-            if train_metrics is not None:
-                scalars = {f"train_{k}": v for k, v in train_metrics.compute().items()}
-                scalars["learning_rate"] = float(fetched[-1][1]["learning_rate"])
-                # training steps only: validation and checkpoint time is logged on its own
-                elapsed = time.perf_counter() - t_last - paused
-                scalars["images_per_second"] = len(fetched) * config.batch_size / elapsed
-                writer.write_scalars(step, scalars)
-            train_metrics, t_last, paused = None, time.perf_counter(), 0.0
-        evaluated = False
-        if step % config.eval_every_steps == 0 or is_last:
-            jax.block_until_ready(state)  # the queued steps count as training, not validation
-            t_eval = time.perf_counter()
-            eval_loader = make_eval_loader(config, eval_src)
-            pred = predict(predict_fn, eval_variables(state), eval_loader, mesh)
-            val = binary_metrics(pred["label"], pred["p_tumour"], n_bootstrap=0)
-            eval_seconds = time.perf_counter() - t_eval
-            paused += eval_seconds
-            paused_total += eval_seconds
-            scalars = {f"val_{k}": val[k] for k in ("auc", "accuracy", "nll")}
-            writer.write_scalars(step, {**scalars, "val_seconds": eval_seconds})
-            evaluated = True
-        if step % config.checkpoint_every_steps == 0 or is_last:
-            jax.block_until_ready(state)
-            t_save = time.perf_counter()
-            _check_finite(pending.fetch(), last_good)
-            record = {
-                "step": step,
-                "norm": norm.to_json(),
-                "seed": config.seed,
-                "model": config.model.to_dict(),
-                "layout": layout,
-                "ema_decay": config.ema_decay,
-                "num_train_steps": num_train_steps,
-                "val": {k: val[k] for k in ("auc", "accuracy", "nll", "n")} if evaluated else None,
-            }
-            mngr.save(
-                step,
-                args=ocp.args.Composite(
-                    **{k: ocp.args.StandardSave(v) for k, v in _checkpoint_items(state).items()},
-                    data=grain.checkpoint.CheckpointSave(train_iter),
-                    record=ocp.args.JsonSave(record),
-                ),
-                metrics={"val_auc": val["auc"]} if evaluated else None,
-                force=True,
-            )
-            mngr.wait_until_finished()
-            last_good = step
-            paused += time.perf_counter() - t_save
-            paused_total += time.perf_counter() - t_save
+                plan = replan_steps_for_budget(
+                    config, plan, step, measured, eval_seconds, time.perf_counter() - t_start
+                )
+                num_train_steps = plan["num_train_steps"]
+                schedule = schedule_for(num_train_steps, plan)
+                state = state.replace(tx=make_optimizer(config.optimizer, schedule, mask))
+                step_fn = compile_step(schedule)
+                write_train_plan(workdir, plan)
+                hooks[0] = periodic_actions.ReportProgress(
+                    num_train_steps=num_train_steps,
+                    writer=writer,
+                    every_steps=config.log_every_steps,
+                )
+            for hook in hooks:
+                hook(step)
+            is_last = step == num_train_steps
+            if step % config.log_every_steps == 0 or is_last:
+                fetched = pending.fetch()
+                _check_finite(fetched, last_good)
+                for _, values in fetched:
+                    update = TrainMetrics.single_from_model_output(
+                        loss=np.asarray(values["loss"]), accuracy=np.asarray(values["accuracy"])
+                    )
+                    train_metrics = update if train_metrics is None else train_metrics.merge(update)
+                if train_metrics is not None:
+                    scalars = {f"train_{k}": v for k, v in train_metrics.compute().items()}
+                    scalars["learning_rate"] = float(fetched[-1][1]["learning_rate"])
+                    # training steps only: validation and checkpoint time is logged on its own
+                    elapsed = time.perf_counter() - t_last - paused
+                    scalars["images_per_second"] = len(fetched) * config.batch_size / elapsed
+                    writer.write_scalars(step, scalars)
+                train_metrics, t_last, paused = None, time.perf_counter(), 0.0
+            evaluated = False
+            if step % config.eval_every_steps == 0 or is_last:
+                jax.block_until_ready(state)  # the queued steps count as training, not validation
+                t_eval = time.perf_counter()
+                eval_loader = make_eval_loader(config, eval_src)
+                pred = predict(predict_fn, eval_variables(state), eval_loader, mesh)
+                val = binary_metrics(pred["label"], pred["p_tumour"], n_bootstrap=0)
+                eval_seconds = time.perf_counter() - t_eval
+                paused += eval_seconds
+                paused_total += eval_seconds
+                scalars = {f"val_{k}": val[k] for k in ("auc", "accuracy", "nll")}
+                writer.write_scalars(step, {**scalars, "val_seconds": eval_seconds})
+                evaluated = True
+            preempted = watcher.stop(step)
+            if step % config.checkpoint_every_steps == 0 or is_last or preempted:
+                jax.block_until_ready(state)
+                t_save = time.perf_counter()
+                _check_finite(pending.fetch(), last_good)
+                record = {
+                    "step": step,
+                    "norm": norm.to_json(),
+                    "seed": config.seed,
+                    "model": config.model.to_dict(),
+                    "layout": layout,
+                    "ema_decay": config.ema_decay,
+                    "num_train_steps": num_train_steps,
+                    "val": {k: val[k] for k in ("auc", "accuracy", "nll", "n")}
+                    if evaluated
+                    else None,
+                }
+                mngr.save(
+                    step,
+                    args=ocp.args.Composite(
+                        **{
+                            k: ocp.args.StandardSave(v) for k, v in _checkpoint_items(state).items()
+                        },
+                        data=grain.checkpoint.CheckpointSave(train_iter),
+                        record=ocp.args.JsonSave(record),
+                    ),
+                    metrics={"val_auc": val["auc"]} if evaluated else None,
+                    force=True,
+                )
+                mngr.wait_until_finished()
+                last_good = step
+                paused += time.perf_counter() - t_save
+                paused_total += time.perf_counter() - t_save
+            if preempted and not is_last:
+                writer.flush()
+                mngr.close()
+                raise Preempted(step, watcher.signal_name or "signal")
     writer.flush()
     mngr.close()
     return val

@@ -11,13 +11,11 @@ import csv
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import jax
 import ml_collections
 import numpy as np
 import pytest
-import tifffile
 from PIL import Image
 
 from pcam_jax import inference, models
@@ -31,59 +29,7 @@ from pcam_jax.slide import (
     predict_slide,
     run_slide,
 )
-
-GRID = 8  # patches per side of the mosaic
-MARGIN = 96  # white border, a multiple of the 32-pixel cell
-TUMOUR = (slice(2, 6), slice(3, 7))  # the tumour patches: rows 2-5, columns 3-6
-
-
-def real_patches(root: Path) -> tuple[np.ndarray, np.ndarray]:
-    """(GRID*GRID, 96, 96, 3) real valid patches laid out row by row, and their labels: tumour
-    patches inside TUMOUR, normal ones elsewhere."""
-    labels = np.zeros((GRID, GRID), int)
-    labels[TUMOUR] = 1
-    files = {y: sorted((root / "valid" / str(y)).iterdir()) for y in (0, 1)}
-    taken = {0: 0, 1: 0}
-    out = []
-    for y in labels.ravel():
-        out.append(np.asarray(Image.open(files[y][taken[y]]).convert("RGB")))
-        taken[y] += 1
-    return np.stack(out), labels
-
-
-def mosaic(patches: np.ndarray) -> np.ndarray:
-    side = GRID * 96 + 2 * MARGIN
-    image = np.full((side, side, 3), 255, np.uint8)
-    for k, patch in enumerate(patches):
-        r, c = divmod(k, GRID)
-        image[MARGIN + r * 96 : MARGIN + (r + 1) * 96, MARGIN + c * 96 : MARGIN + (c + 1) * 96] = (
-            patch
-        )
-    return image
-
-
-def write_slide(
-    path: Path, image: np.ndarray, mpp: float | None, compression: str | None = None
-) -> Path:
-    """A tiled pyramidal TIFF: level 0 and a 4x-reduced level, 256-pixel tiles."""
-    with tifffile.TiffWriter(path) as tif:
-        for level, ds in enumerate((1, 4)):
-            extra = {}
-            if mpp is not None:
-                res = 1e4 / (mpp * ds)
-                extra = {"resolution": (res, res), "resolutionunit": "CENTIMETER"}
-            reduced = np.asarray(
-                Image.fromarray(image).reduce(ds) if ds > 1 else Image.fromarray(image)
-            )
-            tif.write(
-                reduced,
-                tile=(256, 256),
-                photometric="rgb",
-                compression=compression,
-                subfiletype=1 if level else 0,
-                **extra,
-            )
-    return path
+from tests.synthetic_slides import GRID, MARGIN, mosaic, real_patches, write_slide
 
 
 def centre_cells() -> tuple[np.ndarray, np.ndarray]:

@@ -1,0 +1,143 @@
+"""Preemption: SIGTERM/SIGINT save a checkpoint at the next step, exit 75, and a restart ends
+bitwise equal to an uninterrupted run; two processes stop at the same step."""
+
+from __future__ import annotations
+
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pcam_jax.preemption import EXIT_PREEMPTED
+from tests.test_distributed import QUICKSTART, _assert_params_equal, _free_port
+from tests.test_distributed import _env as _dist_env
+from tests.test_train import _env, _final_params, _train_cmd, resume_config  # noqa: F401
+
+LONG = ["--config.num_train_steps=40"]
+
+
+def _steps(workdir: Path) -> list[int]:
+    return sorted(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit())
+
+
+def _wait_for_checkpoint(workdir: Path, step: int, procs: list[subprocess.Popen]) -> None:
+    deadline = time.time() + 600
+    while not (workdir / "checkpoints" / str(step) / "commit_success.txt").exists():
+        assert all(p.poll() is None for p in procs), "a run ended before the signal"
+        assert time.time() < deadline
+        time.sleep(0.02)
+
+
+@pytest.fixture(scope="module")
+def straight(synthetic_root, resume_config, tmp_path_factory):  # noqa: F811
+    workdir = tmp_path_factory.mktemp("straight") / "run"
+    cmd = _train_cmd(resume_config, workdir, synthetic_root, *LONG)
+    subprocess.run(cmd, env=_env(), check=True, capture_output=True, timeout=600)
+    return workdir
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_signal_saves_exits_75_and_resumes_bitwise(
+    synthetic_root,
+    resume_config,  # noqa: F811
+    straight,
+    tmp_path,
+    sig,
+):
+    workdir = tmp_path / "run"
+    cmd = _train_cmd(resume_config, workdir, synthetic_root, *LONG)
+    proc = subprocess.Popen(cmd, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    _wait_for_checkpoint(workdir, 2, [proc])
+    time.sleep(random.Random(sig).uniform(0.0, 0.3))  # a step after the first checkpoint
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=600)
+    err = err.decode()
+    assert proc.returncode == EXIT_PREEMPTED, err[-2000:]
+    stopped = max(_steps(workdir))
+    assert 2 <= stopped < 40  # interrupted, with the step it reached saved
+    assert f"{sig.name}: saved a checkpoint at step {stopped} and stopped" in err
+    subprocess.run(cmd, env=_env(), check=True, capture_output=True, timeout=600)
+    for weights in ("raw", "ema"):
+        a, b = _final_params(straight, weights), _final_params(workdir, weights)
+        for k in a:
+            np.testing.assert_array_equal(a[k], b[k], err_msg=f"{weights} {k}")
+
+
+def test_a_second_signal_during_the_save_leaves_a_restorable_checkpoint(
+    synthetic_root,
+    resume_config,  # noqa: F811
+    straight,
+    tmp_path,
+):
+    workdir = tmp_path / "run"
+    cmd = _train_cmd(resume_config, workdir, synthetic_root, *LONG)
+    proc = subprocess.Popen(cmd, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    _wait_for_checkpoint(workdir, 2, [proc])
+    proc.send_signal(signal.SIGTERM)
+    while proc.poll() is None:  # keep signalling while it saves
+        proc.send_signal(signal.SIGTERM)
+        time.sleep(0.005)
+    err = proc.stderr.read().decode()
+    assert proc.returncode == EXIT_PREEMPTED, err[-2000:]
+    assert "SIGTERM received again" in err
+    subprocess.run(cmd, env=_env(), check=True, capture_output=True, timeout=600)
+    a, b = _final_params(straight), _final_params(workdir)
+    for k in a:
+        np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+
+
+@pytest.mark.slow
+def test_sigterm_to_one_of_two_processes_stops_both_at_the_same_step(synthetic_root, tmp_path):
+    args = [
+        f"--config={QUICKSTART}",
+        f"--config.data.root={synthetic_root}",
+        "--config.num_train_steps=60",
+        "--config.eval_every_steps=30",
+        "--config.checkpoint_every_steps=5",
+        "--config.log_every_steps=5",
+    ]
+    one = tmp_path / "one"
+    subprocess.run(
+        [sys.executable, "-m", "pcam_jax.main", *args, f"--workdir={one}"],
+        env=_dist_env(2),
+        check=True,
+        capture_output=True,
+        timeout=900,
+    )
+
+    def launch(workdir: Path) -> list[subprocess.Popen]:
+        port = _free_port()
+        return [
+            subprocess.Popen(
+                [sys.executable, "-m", "pcam_jax.main", *args, f"--workdir={workdir}"]
+                + [f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2"]
+                + [f"--process_id={i}"],
+                env=_dist_env(1),
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
+            )
+            for i in range(2)
+        ]
+
+    two = tmp_path / "two"
+    procs = launch(two)
+    _wait_for_checkpoint(two, 5, procs)
+    procs[1].send_signal(signal.SIGTERM)  # only process 1 is told
+    errs = [p.communicate(timeout=600)[1].decode() for p in procs]
+    assert [p.returncode for p in procs] == [EXIT_PREEMPTED] * 2, errs[0][-2000:]
+    stopped = max(_steps(two))
+    assert 5 < stopped < 60 and stopped % 10 == 0  # the agreed step, saved by both
+    data = sorted(p.name for p in (two / "checkpoints" / str(stopped) / "data").iterdir())
+    assert "process_0-of-2.json" in data and "process_1-of-2.json" in data
+    for err in errs:
+        assert f"saved a checkpoint at step {stopped} and stopped" in err
+    procs = launch(two)  # resume on two processes to the end
+    for p in procs:
+        p.wait(timeout=900)
+    assert [p.returncode for p in procs] == [0, 0]
+    _assert_params_equal(_final_params(two), _final_params(one))
