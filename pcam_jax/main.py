@@ -12,6 +12,7 @@ under srun / on a Cloud TPU VM (see pcam_jax/distributed.py).
 
 from __future__ import annotations
 
+import signal
 import sys
 from collections.abc import Sequence
 
@@ -44,6 +45,10 @@ def main(argv: Sequence[str]) -> None:
     try:
         metrics = train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
     except Preempted as e:
+        # more signals while the interpreter shuts down must not turn status 75 into a kill:
+        # ignored handlers survive finalisation (Python resets only its own to the default)
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, signal.SIG_IGN)
         logging.warning("%s", e)
         print(f"pcam-train: {e}", file=sys.stderr)
         sys.exit(EXIT_PREEMPTED)

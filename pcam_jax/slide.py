@@ -216,8 +216,9 @@ def read_block(slide: Any, geom: SlideGeometry, row0: int, col0: int, n: int) ->
     region = slide.read_region((x0, y0), geom.level, (read, read))
     rgb = Image.new("RGB", region.size, (255, 255, 255))
     rgb.paste(region, mask=region.split()[3])
-    if read != side:
-        rgb = rgb.resize((side, side), Image.Resampling.BILINEAR)
+    if read != side:  # to model resolution; the read's rounding-up is cropped off, not squeezed
+        full = max(side, round(read / geom.scale))
+        rgb = rgb.resize((full, full), Image.Resampling.BILINEAR).crop((0, 0, side, side))
     return np.asarray(rgb)
 
 

@@ -18,7 +18,9 @@ def test_every_subcommand_has_help(name, capsys):
     assert main(["pcam-data", name, "--help"]) == 0
     out = capsys.readouterr().out
     assert f"usage: pcam-data {name}" in out and SUBCOMMANDS[name].summary in out
-    assert "--" in out  # lists its flags
+    assert f"example:\n  pcam-data {name} --" in out
+    assert "\n  --" in out and "cli.py" not in out  # its own flags, no module headers
+    assert "--logtostderr" not in out and "--jax_" not in out  # and nothing else
 
 
 def test_top_level_help_and_unknown_subcommand(capsys):

@@ -74,6 +74,8 @@ def test_slurm_dry_run_one_process_per_node_owns_every_gpu():
         "--workdir=/shared/runs/p4m --config.data.root=/shared/pcam",
         f"{srun} .venv/bin/pcam-eval --distributed=on --workdir=/shared/runs/p4m --split=valid "
         "--config.data.root=/shared/pcam",
+        "# preemption: --signal=TERM@120 --requeue -> pcam-train saves and exits 75 -> "
+        "scontrol requeue $SLURM_JOB_ID",
     ]
 
 

@@ -17,7 +17,7 @@ from sklearn.metrics import roc_auc_score
 
 from pcam_jax import checkpoints, inference, models, train
 from pcam_jax.config_base import config_from_json, load_config_file
-from pcam_jax.errors import ModelError
+from pcam_jax.errors import ModelError, PcamError
 from pcam_jax.evaluate import apply_overrides, evaluate
 
 REPO = Path(__file__).resolve().parents[1]
@@ -122,9 +122,9 @@ def test_apply_overrides_types_and_errors():
             ],
         )
     assert (c.data.root, c.batch_size, c.augment.d4, c.optimizer.eps) == ("/x", 8, False, 0.5)
-    with pytest.raises(train.TrainingError, match="unknown config field 'data.rot'"):
+    with pytest.raises(PcamError, match="unknown config field 'data.rot'"):
         apply_overrides(c, ["--config.data.rot=/x"])
-    with pytest.raises(train.TrainingError, match="'eight' is not a valid int"):
+    with pytest.raises(PcamError, match="'eight' is not a valid int"):
         apply_overrides(c, ["--config.batch_size=eight"])
 
 

@@ -25,6 +25,7 @@ class Subcommand:
     summary: str
     define: Callable[[flags.FlagValues], None]
     main: Callable[[flags.FlagValues], int]
+    example: str = ""
 
 
 def _define_download(fv: flags.FlagValues) -> None:
@@ -185,20 +186,31 @@ SUBCOMMANDS: dict[str, Subcommand] = {
         "Download the nine PCam files, resumably, gunzip and check md5.",
         _define_download,
         _main_download,
+        "pcam-data download --out=data/pcam",
     ),
     "verify": Subcommand(
         "Check presence, md5, shapes, dtypes, labels and lengths; exit 0 only if all is well.",
         _define_verify,
         _main_verify,
+        "pcam-data verify --root=data/pcam",
     ),
     "stats": Subcommand(
-        "Patches per split and class, WSIs per split, figures.", _define_stats, _main_stats
+        "Patches per split and class, WSIs per split, figures.",
+        _define_stats,
+        _main_stats,
+        "pcam-data stats --root=data/pcam --out=runs/pcam-stats",
     ),
     "convert": Subcommand(
-        "Folder or Kaggle layout -> PCam HDF5, in constant memory.", _define_convert, _main_convert
+        "Folder or Kaggle layout -> PCam HDF5, in constant memory.",
+        _define_convert,
+        _main_convert,
+        "pcam-data convert --source=folder --root=../shared/data/pcam-subset --out=data/subset",
     ),
     "synth": Subcommand(
-        "Write a synthetic dataset in the exact PCam HDF5 format.", _define_synth, _main_synth
+        "Write a synthetic dataset in the exact PCam HDF5 format.",
+        _define_synth,
+        _main_synth,
+        "pcam-data synth --out=data/synthetic",
     ),
 }
 
@@ -224,7 +236,10 @@ def main(argv: list[str]) -> int:
     sub.define(fv)
     prog = f"pcam-data {name}"
     if any(a in ("-h", "--help", "-help", "--helpfull") for a in argv[2:]):
-        print(f"usage: {prog} [--flag=value ...]\n\n{sub.summary}\n\n{fv.get_help()}")
+        own = [line for line in fv.get_help().splitlines() if line.startswith(" ")]
+        example = f"\n\nexample:\n  {sub.example}" if sub.example else ""
+        print(f"usage: {prog} [--flag=value ...]\n\n{sub.summary}{example}\n\nflags:")
+        print("\n".join(own))
         return 0
     try:
         fv([prog, *argv[2:]])
