@@ -442,6 +442,20 @@ REPLAN_FROM = 25
 REPLAN_FILL = 0.97
 
 
+def _steps_within(
+    config: ml_collections.ConfigDict, seconds: float, step_seconds: float, eval_seconds: float
+) -> int:
+    """``steps_for_budget`` with the config's validation and checkpoint cadence."""
+    return steps_for_budget(
+        seconds,
+        step_seconds,
+        eval_seconds,
+        config.eval_every_steps,
+        CHECKPOINT_SECONDS,
+        config.checkpoint_every_steps,
+    )
+
+
 def plan_steps_for_budget(
     config: ml_collections.ConfigDict,
     t_start: float,
@@ -500,14 +514,7 @@ def plan_steps_for_budget(
             f"{elapsed:.0f} s; not enough left for one step and one validation. Raise "
             "train_minutes."
         )
-    steps = steps_for_budget(
-        left,
-        step_seconds,
-        eval_seconds,
-        config.eval_every_steps,
-        CHECKPOINT_SECONDS,
-        config.checkpoint_every_steps,
-    )
+    steps = _steps_within(config, left, step_seconds, eval_seconds)
     hold = min(REPLAN_STEPS, steps // 4)
     replan = length_free_before_hold(config.schedule) and hold > REPLAN_FROM
     plan = {
@@ -554,16 +561,8 @@ def replan_steps_for_budget(
         figures = np.asarray(multihost_utils.broadcast_one_to_all(figures))
     step_seconds, eval_seconds, elapsed = (float(v) for v in figures)
     left = (config.train_minutes * 60.0 - elapsed - plan["compile_seconds"]) * REPLAN_FILL
-    more = 0
-    if left > step_seconds + eval_seconds:
-        more = steps_for_budget(
-            left,
-            step_seconds,
-            eval_seconds,
-            config.eval_every_steps,
-            CHECKPOINT_SECONDS,
-            config.checkpoint_every_steps,
-        )
+    more = _steps_within(config, left, step_seconds, eval_seconds)
+    more = more if left > step_seconds + eval_seconds else 0
     final = {
         **plan,
         "num_train_steps": step + more,
