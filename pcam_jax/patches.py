@@ -19,14 +19,18 @@ from pathlib import Path
 
 import h5py
 import numpy as np
-from PIL import Image, UnidentifiedImageError
 
 from pcam_jax import inference
+from pcam_jax.data import sources
 from pcam_jax.data.fileio import atomic_path
 from pcam_jax.errors import PcamError
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
-LABEL_FOLDERS = {"0": 0, "normal": 0, "1": 1, "tumor": 1, "tumour": 1}
+# the folder source's image types and class folders, plus .bmp and the British "tumour"
+IMAGE_SUFFIXES = (*sources.IMAGE_SUFFIXES, ".bmp")
+LABEL_FOLDERS = {
+    **{name: label for label, names in sources.CLASS_FOLDERS.items() for name in names},
+    "tumour": 1,
+}
 
 
 class InputError(PcamError):
@@ -102,12 +106,7 @@ def fit_patch(image: np.ndarray, where: str, size: int = 96) -> np.ndarray:
 
 def read_image_patch(path: Path, size: int = 96) -> np.ndarray:
     """uint8 (size, size, 3) of an image file under the documented policy."""
-    try:
-        with Image.open(path) as im:
-            image = np.asarray(im.convert("RGB"))
-    except (OSError, UnidentifiedImageError, ValueError) as e:
-        raise InputError(f"{path}: unreadable image ({e}); remove or replace the file") from None
-    return fit_patch(image, str(path), size)
+    return fit_patch(sources.decode_rgb(path, InputError), str(path), size)
 
 
 def read_batches(refs: list[PatchRef], batch: int, size: int = 96) -> Iterator[np.ndarray]:

@@ -234,13 +234,18 @@ def read_meta_csv(path: Path, expected_rows: int | None = None) -> dict[str, np.
     return cols
 
 
-def _load_image_file(path: Path) -> np.ndarray:
+def decode_rgb(path: Path, error: type[Exception] = DataError) -> np.ndarray:
+    """uint8 (H, W, 3) of an image file, decoded by Pillow and converted to RGB (greyscale and
+    palette expanded, alpha dropped); `error` naming the file when it cannot be read."""
     try:
         with Image.open(path) as im:
-            image = np.asarray(im.convert("RGB"))
+            return np.asarray(im.convert("RGB"))
     except (OSError, UnidentifiedImageError, ValueError) as e:
-        raise DataError(f"{path}: unreadable image ({e}); remove or replace the file") from e
-    return _check_patch(image, str(path))
+        raise error(f"{path}: unreadable image ({e}); remove or replace the file") from e
+
+
+def _load_image_file(path: Path) -> np.ndarray:
+    return _check_patch(decode_rgb(path), str(path))
 
 
 class _FileListSource(PatchSource):
