@@ -33,6 +33,13 @@ def _wait_for_checkpoint(workdir: Path, step: int, procs: list[subprocess.Popen]
         time.sleep(0.02)
 
 
+def _start_past_first_checkpoint(cmd: list[str], workdir: Path) -> subprocess.Popen:
+    """pcam-train started with `cmd`, returned once its step-2 checkpoint is committed."""
+    proc = subprocess.Popen(cmd, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    _wait_for_checkpoint(workdir, 2, [proc])
+    return proc
+
+
 @pytest.fixture(scope="module")
 def straight(synthetic_root, resume_config, tmp_path_factory):  # noqa: F811
     workdir = tmp_path_factory.mktemp("straight") / "run"
@@ -51,8 +58,7 @@ def test_signal_saves_exits_75_and_resumes_bitwise(
 ):
     workdir = tmp_path / "run"
     cmd = _train_cmd(resume_config, workdir, synthetic_root, *LONG)
-    proc = subprocess.Popen(cmd, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    _wait_for_checkpoint(workdir, 2, [proc])
+    proc = _start_past_first_checkpoint(cmd, workdir)
     time.sleep(random.Random(sig).uniform(0.0, 0.3))  # a step after the first checkpoint
     proc.send_signal(sig)
     _, err = proc.communicate(timeout=600)
@@ -76,8 +82,7 @@ def test_a_second_signal_during_the_save_leaves_a_restorable_checkpoint(
 ):
     workdir = tmp_path / "run"
     cmd = _train_cmd(resume_config, workdir, synthetic_root, *LONG)
-    proc = subprocess.Popen(cmd, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    _wait_for_checkpoint(workdir, 2, [proc])
+    proc = _start_past_first_checkpoint(cmd, workdir)
     proc.send_signal(signal.SIGTERM)
     while proc.poll() is None:  # keep signalling while it saves
         proc.send_signal(signal.SIGTERM)
