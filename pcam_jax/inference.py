@@ -259,6 +259,8 @@ class LoadedModel:
     preprocess: Preprocess
     info: dict[str, Any]
     _predict_fns: dict[bool, Any] = dataclasses.field(default_factory=dict, repr=False)
+    # compiled attribution functions (pcam_jax.attribution.attribute), per method and settings
+    attribution_fns: dict[tuple, Any] = dataclasses.field(default_factory=dict, repr=False)
 
     @property
     def mpp(self) -> float:

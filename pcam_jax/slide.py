@@ -33,10 +33,7 @@ from __future__ import annotations
 import csv
 import json
 import math
-import os
-import shutil
 import sys
-import tempfile
 import time
 from collections import deque
 from collections.abc import Iterator
@@ -49,6 +46,7 @@ import numpy as np
 from PIL import Image
 
 from pcam_jax import inference
+from pcam_jax.data.fileio import atomic_dir, check_new_dir
 from pcam_jax.errors import PcamError
 
 THUMBNAIL_SIZE = 2048  # longest side of the tissue-detection image, in pixels
@@ -556,15 +554,7 @@ def write_heatmap(path: Path, result: SlideResult, title: str) -> None:
 
 def prepare_out_dir(out: str | Path) -> Path:
     """Checks that DIR can be created (absent or empty, parent writable)."""
-    out = Path(out)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise SlideError(f"--out={out}: exists and is not an empty folder; choose a new one")
-    parent = out.parent if str(out.parent) else Path(".")
-    if not parent.is_dir():
-        raise SlideError(f"--out={out}: parent folder {parent} does not exist")
-    if not os.access(parent, os.W_OK):
-        raise SlideError(f"--out={out}: cannot write in {parent}")
-    return out
+    return check_new_dir(out, SlideError)
 
 
 def write_outputs(
@@ -577,19 +567,12 @@ def write_outputs(
 ) -> dict[str, Any]:
     """Writes the five outputs to a temporary folder beside `out` and renames it to `out`."""
     summary = slide_summary(result, path, model, threshold, top_k)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent if str(out.parent) else "."))
-    try:
+    with atomic_dir(out) as tmp:
         write_tiles_csv(tmp / "tiles.csv", result)
         np.save(tmp / "probabilities.npy", result.probabilities)
         write_heatmap(tmp / "heatmap.png", result, f"{Path(path).name}: p(tumour)")
         (tmp / "tumour.geojson").write_text(json.dumps(tumour_geojson(result, threshold)))
         (tmp / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-        if out.exists():
-            out.rmdir()  # empty, checked by prepare_out_dir
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return summary
 
 

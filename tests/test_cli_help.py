@@ -15,6 +15,7 @@ BINARIES = {
     "pcam_jax.export_main": ["--workdir", "--checkpoint", "--out", "--weights"],
     "pcam_jax.predict_main": ["--out", "--model", "--tta", "--batch_size"],
     "pcam_jax.slide_main": ["--out", "--model", "--mpp", "--stride", "--tissue_threshold"],
+    "pcam_jax.explain_main": ["--out", "--model", "--method", "--predictions", "--group_views"],
 }
 
 
