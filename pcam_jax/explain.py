@@ -132,6 +132,7 @@ def save_gallery(
     rows: dict[str, np.ndarray],
     method: str,
     title: str = "",
+    dpi: int = 100,
 ) -> None:
     """PNG sheet: per row of `rows`, its patches (top) above their `method` maps (bottom).
 
@@ -139,12 +140,19 @@ def save_gallery(
     plt = _plt()
     k = max([len(v) for v in rows.values()] + [1])
     names = dict(GALLERY_ROWS) | {"highest_p": "highest p", "lowest_p": "lowest p"}
-    fig, axes = plt.subplots(
-        2 * len(rows), k, figsize=(1.5 * k, 3.2 * len(rows)), dpi=100, squeeze=False
+    fig = plt.figure(figsize=(1.35 * k, 2.95 * len(rows) + 0.3), dpi=dpi)
+    heading, *sections = fig.subfigures(
+        len(rows) + 1, 1, height_ratios=[0.3] + [2.95] * len(rows), squeeze=False
+    )[:, 0]
+    heading.text(
+        0.5, 0.5, title or f"{method.replace('_', ' ')} maps", ha="center", va="center", fontsize=9
     )
-    for r, (name, idx) in enumerate(rows.items()):
+    for section, (name, idx) in zip(sections, rows.items(), strict=True):
+        section.suptitle(f"{names.get(name, name)}: {len(idx)}", fontsize=8, fontweight="bold")
+        axes = section.subplots(2, k, squeeze=False)
+        section.subplots_adjust(left=0.02, right=0.98, top=0.84, bottom=0.02, hspace=0.25)
         for c in range(k):
-            top, bottom = axes[2 * r, c], axes[2 * r + 1, c]
+            top, bottom = axes[0, c], axes[1, c]
             top.set_axis_off()
             bottom.set_axis_off()
             if c >= len(idx):
@@ -152,21 +160,9 @@ def save_gallery(
             i = int(idx[c])
             top.imshow(images[i], interpolation="nearest")
             _centre_box(top, images.shape[1])
-            top.set_title(
-                _caption(float(p[i]), None if labels is None else int(labels[i])), fontsize=7
-            )
+            label = None if labels is None else int(labels[i])
+            top.set_title(_caption(float(p[i]), label), fontsize=7)
             _overlay(bottom, images[i], maps[i])
-        axes[2 * r, 0].text(
-            0,
-            -0.32,
-            f"{names.get(name, name)} ({len(idx)})",
-            transform=axes[2 * r, 0].transAxes,
-            fontsize=9,
-            fontweight="bold",
-            va="bottom",
-        )
-    fig.suptitle(title or f"{method.replace('_', ' ')} maps", fontsize=10)
-    fig.tight_layout(rect=(0, 0, 1, 0.98))
     fig.savefig(path)
     plt.close(fig)
 

@@ -58,6 +58,7 @@ _PREDICTIONS = flags.DEFINE_string(
     "predictions", None, "A pcam-predict or pcam-eval predictions CSV: make a gallery of it."
 )
 _PER_ROW = flags.DEFINE_integer("per_row", 6, "Gallery: patches per row.")
+_DPI = flags.DEFINE_integer("dpi", 100, "Gallery: resolution (dots per inch of the sheet).")
 _GROUP_VIEWS = flags.DEFINE_bool(
     "group_views", False, "Lifting filters in their poses and a feature orbit of one patch."
 )
@@ -207,6 +208,7 @@ def explain_predictions(csv_path: Path, out: Path, model_spec: str | None) -> di
             local,
             methods[0],
             title=f"{csv_path.name}: {methods[0].replace('_', ' ')} maps",
+            dpi=_DPI.value,
         )
         with open(tmp / "gallery.csv", "w", newline="") as f:
             writer = csv.writer(f)
