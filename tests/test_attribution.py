@@ -292,6 +292,35 @@ def test_pcam_explain_panels_gallery_and_group_views(models_pair, data, tmp_path
     tumour = [float(p["p_tumour"]) for p in picked if p["row"] == "confident_tumour"]
     assert len(tumour) == 4 and tumour == sorted(tumour, reverse=True)
 
+    # a gallery from pcam-predict's CSV: the patches are read back from its paths
+    predictions = tmp_path / "predictions.csv"
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pcam_jax.predict_main",
+            str(folder),
+            f"--model={workdir}",
+            "--checkpoint=last",
+            f"--out={predictions}",
+            "--noprogress",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert r.returncode == 0, r.stderr
+    r = _explain(
+        f"--predictions={predictions}",
+        f"--model={workdir}",
+        "--checkpoint=last",
+        f"--out={tmp_path / 'gallery2'}",
+        "--method=gradient",
+    )
+    assert r.returncode == 0, r.stderr
+    picked = list(csv.DictReader(open(tmp_path / "gallery2" / "gallery.csv")))
+    assert {p["row"] for p in picked} >= {"confident_tumour", "confident_normal"}
+
     r = _explain(
         str(folder / "1" / next(iter(sorted(p.name for p in (folder / "1").iterdir())))),
         "--group_views",
@@ -332,3 +361,16 @@ def test_orbit_views_exact_for_group_models_not_for_plain(tumour_patches):
     poses = explain.lifting_filter_poses(p4m)
     assert poses.shape[1] == 8
     np.testing.assert_array_equal(poses[:, 1], np.rot90(poses[:, 0], 1, axes=(1, 2)))
+
+
+def test_gallery_selection_rows():
+    p = np.array([0.9, 0.2, 0.6, 0.1, 0.8, 0.4])
+    labels = np.array([1, 0, 0, 1, 1, 0])
+    rows = explain.gallery_selection(p, labels, k=2)
+    assert rows["confident_tumour"].tolist() == [0, 4]
+    assert rows["confident_normal"].tolist() == [1, 5]
+    assert rows["false_positives"].tolist() == [2]  # normal with p >= 0.5
+    assert rows["false_negatives"].tolist() == [3]  # tumour with p < 0.5
+    unlabelled = explain.gallery_selection(p, None, k=2)
+    assert unlabelled["highest_p"].tolist() == [0, 4]
+    assert unlabelled["lowest_p"].tolist() == [3, 1]
