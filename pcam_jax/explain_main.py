@@ -41,7 +41,7 @@ from pcam_jax.attribution import METHODS, attribute, default_gradcam_layer
 from pcam_jax.binaries import run_binary
 from pcam_jax.data.fileio import atomic_dir, check_new_dir
 from pcam_jax.errors import PcamError
-from pcam_jax.patches import InputError, PatchRef, collect_inputs, predict_patches, read_batches
+from pcam_jax.patches import InputError, PatchRef, collect_inputs, read_batches
 
 _OUT = flags.DEFINE_string("out", None, "The folder to write (new or empty).")
 _MODEL = flags.DEFINE_string(
@@ -118,9 +118,15 @@ def _panel_name(ref: PatchRef, used: set[str]) -> str:
 def explain_patches(inputs: Sequence[str], out: Path, model: inference.LoadedModel) -> int:
     """Panels and explanations.csv for the INPUT patches; returns how many."""
     methods = parse_methods(_METHOD.value)
-    refs = collect_inputs(inputs)[: _LIMIT.value]
+    refs = collect_inputs(inputs)
+    if len(refs) > _LIMIT.value:
+        print(
+            f"pcam-explain: {len(refs)} patches given; the first {_LIMIT.value} are explained "
+            "(--limit)"
+        )
+        refs = refs[: _LIMIT.value]
     images = np.concatenate(list(read_batches(refs, 256, model.patch_size)))
-    p = predict_patches(model, refs, batch_size=256)
+    p = model.predict_images(images)
     maps = _maps(model, images, methods)
     with atomic_dir(out) as tmp:
         used: set[str] = set()
