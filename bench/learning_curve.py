@@ -61,7 +61,12 @@ CANDIDATES.update(
 )
 # the same models on the centre 64x64 crop with the global + centre head
 CROP = ["model.input_crop=64", "model.head_pool=mean+centre"]
-CANDIDATES.update({f"{k}-c64": (c, o + CROP) for k, (c, o) in list(CANDIDATES.items())})
+# and with a 4e-3 peak learning rate (the H100 screen of 2026-11-27, BENCHMARKS.md)
+LR4 = ["optimizer.learning_rate=4e-3"]
+CANDIDATES.update(
+    {f"{k}-c64": (c, o + CROP) for k, (c, o) in list(CANDIDATES.items())}
+    | {f"{k}-lr4e-3": (c, o + LR4) for k, (c, o) in list(CANDIDATES.items())}
+)
 
 
 def parse_candidate(spec: str) -> tuple[str, str, list[str]]:
