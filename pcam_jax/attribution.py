@@ -57,7 +57,8 @@ expectation: its noise is drawn for the patch as given, not transformed with it.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import flax.linen as nn
@@ -80,7 +81,8 @@ METHOD_NOTES: dict[str, str] = {
 }
 
 
-def _float_preprocess(preprocess: Preprocess) -> Preprocess:
+def float_preprocess(preprocess: Preprocess) -> Preprocess:
+    """`preprocess` computing in float32 (attributions are not taken in bfloat16)."""
     return preprocess.replace(dtype=jnp.float32)
 
 
@@ -88,7 +90,7 @@ def tumour_log_odds(
     model: nn.Module, variables: dict[str, Any], preprocess: Preprocess, x: jax.Array
 ) -> jax.Array:
     """s(x) = logit_tumour - logit_normal, (N,), of float RGB patches x (N, H, W, 3) in [0, 255]."""
-    logits, _ = split_outputs(model.apply(variables, _float_preprocess(preprocess)(x), train=False))
+    logits, _ = split_outputs(model.apply(variables, float_preprocess(preprocess)(x), train=False))
     return logits[:, 1] - logits[:, 0]
 
 
@@ -199,6 +201,37 @@ def default_gradcam_layer(model: nn.Module, variables: dict[str, Any], size: int
     return (fine or convs)[-1]["layer"]
 
 
+@contextmanager
+def tap_layer(layer: str, delta: jax.Array | None = None) -> Iterator[list[jax.Array]]:
+    """Within the block, every model call records the output of module `layer` (a
+    ``feature_layers`` name) in the yielded list, after adding `delta` to it when given (so
+    ``jax.grad`` with respect to `delta` is the gradient with respect to that output)."""
+    captured: list[jax.Array] = []
+
+    def tap(next_fun: Callable, args: tuple, kwargs: dict, context: Any) -> Any:
+        out = next_fun(*args, **kwargs)
+        if context.method_name == "__call__" and _module_path(context.module) == layer:
+            if delta is not None:
+                out = out + delta
+            captured.append(out)
+        return out
+
+    with nn.intercept_methods(tap):
+        yield captured
+
+
+def spatial_layer_shapes(
+    model: nn.Module, variables: dict[str, Any], layer: str, size: int = 96
+) -> tuple[int, ...]:
+    """(h, w, C) of `layer`'s output; ModelError naming the valid layers if it is not one."""
+    shapes = {e["layer"]: e["shape"] for e in feature_layers(model, variables, size)}
+    if layer not in shapes:
+        raise ModelError(
+            f"layer {layer!r} is not a spatial layer of this model; choose one of {list(shapes)}"
+        )
+    return shapes[layer]
+
+
 def gradcam(
     model: nn.Module,
     variables: dict[str, Any],
@@ -210,28 +243,14 @@ def gradcam(
     x = images.astype(jnp.float32)
 
     def score(delta: jax.Array) -> tuple[jax.Array, jax.Array]:
-        captured: list[jax.Array] = []
-
-        def tap(next_fun: Callable, args: tuple, kwargs: dict, context: Any) -> Any:
-            out = next_fun(*args, **kwargs)
-            if context.method_name == "__call__" and _module_path(context.module) == layer:
-                out = out + delta
-                captured.append(out)
-            return out
-
-        with nn.intercept_methods(tap):
+        with tap_layer(layer, delta) as captured:
             s = tumour_log_odds(model, variables, preprocess, x)
         if len(captured) != 1:
             raise ModelError(f"Grad-CAM layer {layer!r} was called {len(captured)} times, not once")
         return jnp.sum(s), captured[0]
 
-    shapes = {e["layer"]: e["shape"] for e in feature_layers(model, variables, x.shape[1])}
-    if layer not in shapes:
-        raise ModelError(
-            f"Grad-CAM layer {layer!r} is not a spatial layer of this model; choose one of "
-            f"{list(shapes)}"
-        )
-    delta = jnp.zeros((x.shape[0], *shapes[layer]), jnp.float32)
+    shape = spatial_layer_shapes(model, variables, layer, x.shape[1])
+    delta = jnp.zeros((x.shape[0], *shape), jnp.float32)
     grads, activations = jax.grad(score, has_aux=True)(delta)
     weights = jnp.mean(grads, axis=(1, 2), keepdims=True)  # (N, 1, 1, K)
     cam = jax.nn.relu(jnp.sum(weights * activations, axis=-1))  # (N, h, w)

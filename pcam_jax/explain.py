@@ -33,7 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from pcam_jax import groups
-from pcam_jax.attribution import feature_layers
+from pcam_jax.attribution import float_preprocess, spatial_layer_shapes, tap_layer
 from pcam_jax.errors import ModelError
 from pcam_jax.inference import LoadedModel
 
@@ -271,25 +271,13 @@ def save_filter_poses(path: Path, poses: np.ndarray, group: str, count: int = 8)
 
 def layer_features(loaded: LoadedModel, images: np.ndarray, layer: str) -> np.ndarray:
     """float32 (N, h, w, C*|G|): the output of module `layer` for uint8 patches `images`."""
-    from flax import linen as nn
-
-    captured: list[jax.Array] = []
-
-    def tap(next_fun: Any, args: tuple, kwargs: dict, context: Any) -> Any:
-        out = next_fun(*args, **kwargs)
-        if context.method_name == "__call__" and "/".join(context.module.path) == layer:
-            captured.append(out)
-        return out
-
-    with nn.intercept_methods(tap):
+    spatial_layer_shapes(loaded.model, loaded.variables, layer, images.shape[1])
+    with tap_layer(layer) as captured:
         loaded.model.apply(
             loaded.variables,
-            loaded.preprocess.replace(dtype=jnp.float32)(jnp.asarray(images)),
+            float_preprocess(loaded.preprocess)(jnp.asarray(images)),
             train=False,
         )
-    if len(captured) != 1:
-        known = [e["layer"] for e in feature_layers(loaded.model, loaded.variables)]
-        raise ModelError(f"layer {layer!r} is not a spatial layer of this model; one of {known}")
     return np.asarray(captured[0], np.float32)
 
 
