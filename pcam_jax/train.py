@@ -440,6 +440,13 @@ BUDGET_FILL = 0.88
 REPLAN_STEPS = 500
 REPLAN_FROM = 25
 REPLAN_FILL = 0.97
+# The late check: at LATE_CHECK_AT of the way from the re-plan to the planned end, a run that
+# re-planned in the same process measures its rate again (since the re-plan, validations and
+# checkpoints included) and, if the rest would not fit in REPLAN_FILL of what is left of the
+# budget (the machine slowed down), shortens its schedule so that it does. It never lengthens
+# it: train_minutes is a ceiling. The cosine then decays over the shorter rest, a small drop
+# in the learning rate, with no jump upwards.
+LATE_CHECK_AT = 0.75
 
 
 def _steps_within(
@@ -585,6 +592,50 @@ def replan_steps_for_budget(
         plan["num_train_steps"],
     )
     return final
+
+
+def late_check_steps(
+    config: ml_collections.ConfigDict,
+    plan: dict[str, Any],
+    step: int,
+    step_seconds: float,
+    eval_seconds: float,
+    elapsed: float,
+) -> dict[str, Any]:
+    """The plan after the late check at ``step`` (see LATE_CHECK_AT): num_train_steps cut to
+    the most steps that fill REPLAN_FILL of what is left of config.train_minutes at the
+    measured `step_seconds` (validations and checkpoints counted in), if that is fewer than
+    planned; otherwise unchanged. Records the check under "late_check". Every process uses
+    process 0's figures."""
+    figures = np.asarray([step_seconds, eval_seconds, elapsed], np.float64)
+    if jax.process_count() > 1:
+        figures = np.asarray(multihost_utils.broadcast_one_to_all(figures))
+    step_seconds, eval_seconds, elapsed = (float(v) for v in figures)
+    left = (config.train_minutes * 60.0 - elapsed - plan["compile_seconds"]) * REPLAN_FILL
+    more = _steps_within(config, left, step_seconds, eval_seconds)
+    more = more if left > step_seconds + eval_seconds else 0
+    planned = plan["num_train_steps"]
+    steps = min(planned, step + more)
+    logging.info(
+        "train_minutes=%s: late check at step %d: %.3f s/step since the re-plan, %.0f s "
+        "elapsed -> %d steps (%s)",
+        config.train_minutes,
+        step,
+        step_seconds,
+        elapsed,
+        steps,
+        "shortened" if steps < planned else "as planned",
+    )
+    return {
+        **plan,
+        "num_train_steps": steps,
+        "late_check": {
+            "step": step,
+            "step_seconds": step_seconds,
+            "elapsed": elapsed,
+            "planned_num_train_steps": planned,
+        },
+    }
 
 
 # --- the loop ------------------------------------------------------------------------------
@@ -753,6 +804,7 @@ def _train_and_evaluate(
             plan = {**plan, "replanned": "skipped: resumed before the re-plan step"}
             write_train_plan(workdir, plan)
     t_measure = paused_measure = 0.0
+    late_at = replan_step = 0  # the late check's step, armed by this process's re-plan
     if start == 0 and is_primary():
         writer.write_hparams({k: v for k, v in flatten_config(config).items()})
         logging.info(
@@ -793,24 +845,33 @@ def _train_and_evaluate(
             if step == REPLAN_FROM and replan_at:
                 jax.block_until_ready(state)
                 t_measure, paused_measure = time.perf_counter(), paused_total
-            if step == replan_at:
+            if step in (replan_at, late_at):
                 jax.block_until_ready(state)
-                measured = (time.perf_counter() - t_measure - (paused_total - paused_measure)) / (
-                    step - REPLAN_FROM
-                )
-                plan = replan_steps_for_budget(
-                    config, plan, step, measured, eval_seconds, time.perf_counter() - t_start
-                )
-                num_train_steps = plan["num_train_steps"]
-                schedule = schedule_for(num_train_steps, plan)
-                state = state.replace(tx=make_optimizer(config.optimizer, schedule, mask))
-                step_fn = compile_step(schedule)
+                now = time.perf_counter()
+                if step == replan_at:
+                    measured = (now - t_measure - (paused_total - paused_measure)) / (
+                        step - REPLAN_FROM
+                    )
+                    plan = replan_steps_for_budget(
+                        config, plan, step, measured, eval_seconds, now - t_start
+                    )
+                    late_at = step + round(LATE_CHECK_AT * (plan["num_train_steps"] - step))
+                    late_at = late_at if step < late_at < plan["num_train_steps"] else 0
+                    t_measure, paused_measure, replan_step = now, paused_total, step
+                else:  # the late check: the rate since the re-plan, pauses included
+                    measured = (now - t_measure) / (step - replan_step)
+                    plan = late_check_steps(config, plan, step, measured, 0.0, now - t_start)
                 write_train_plan(workdir, plan)
-                hooks[0] = periodic_actions.ReportProgress(
-                    num_train_steps=num_train_steps,
-                    writer=writer,
-                    every_steps=config.log_every_steps,
-                )
+                if plan["num_train_steps"] != num_train_steps:
+                    num_train_steps = plan["num_train_steps"]
+                    schedule = schedule_for(num_train_steps, plan)
+                    state = state.replace(tx=make_optimizer(config.optimizer, schedule, mask))
+                    step_fn = compile_step(schedule)
+                    hooks[0] = periodic_actions.ReportProgress(
+                        num_train_steps=num_train_steps,
+                        writer=writer,
+                        every_steps=config.log_every_steps,
+                    )
             for hook in hooks:
                 hook(step)
             is_last = step == num_train_steps

@@ -172,6 +172,39 @@ def test_a_provisional_plan_is_fixed_at_its_hold_step(synthetic_root, tmp_path):
     assert steps[-1] == 30
 
 
+def test_the_late_check_shortens_a_run_that_fell_behind(synthetic_root, tmp_path, monkeypatch):
+    # The re-plan at step 30 is made to choose 100 steps whatever the clock says; the late
+    # check at 30 + 0.75 x 70 = 82 measures again. With 3 s of budget (spent by then) it cuts the
+    # run at 82; with an hour it leaves the 100 steps alone (it never lengthens a run).
+    def replan_to_100(config, plan, step, *args):
+        return {**plan, "num_train_steps": 100, "replanned": True}
+
+    monkeypatch.setattr(train, "replan_steps_for_budget", replan_to_100)
+    c = tiny_config(synthetic_root, "resnet", **TINY_RESNET)
+    c.eval_every_steps, c.checkpoint_every_steps = 1000, 1000
+    provisional = {
+        "num_train_steps": 40,
+        "hold_steps": 30,
+        "replanned": False,
+        "compile_seconds": 1.0,
+        "eval_seconds": 0.1,
+    }
+    for minutes, end in ((0.05, 82), (60.0, 100)):
+        c.train_minutes = minutes
+        workdir = tmp_path / f"run{minutes}"
+        workdir.mkdir()
+        (workdir / "train_plan.json").write_text(
+            json.dumps({**provisional, "train_minutes": minutes})
+        )
+        train.train_and_evaluate(c, workdir)
+        plan = json.loads((workdir / "train_plan.json").read_text())
+        assert plan["late_check"]["step"] == 82
+        assert plan["late_check"]["planned_num_train_steps"] == 100
+        assert plan["num_train_steps"] == end
+        steps = sorted(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit())
+        assert steps[-1] == end
+
+
 def test_cosine_hold_makes_the_schedule_length_free_before_the_hold():
     cfg = SimpleNamespace(name="cosine", warmup_steps=10, final_fraction=0.0)
     short = make_schedule(cfg, 100, 1.0, hold_steps=40)
