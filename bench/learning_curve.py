@@ -21,7 +21,8 @@ the PNG (AUC against minutes, one line per candidate and seed) at --plot (defaul
 OUT/learning_curve.png). The workdirs stay in OUT/runs/ for pcam-eval.
 
 Finished runs are kept: rerunning with the same --out reads them back (OUT/runs/*/bench_run.json)
-and trains only what is missing, so candidates and seeds can be added one invocation at a time.
+and trains only what is missing, so candidates and seeds can be added one invocation at a time;
+``--report-only`` trains nothing and tabulates the finished runs among those asked.
 
 A candidate is a name below (CANDIDATES) or LABEL=CONFIG[:FIELD=VALUE,...], for example
 ``wide=configs/cpu_subset.py:model.widths=(8,16,32,64)``.
@@ -46,10 +47,12 @@ SUBSET = Path(os.environ.get("PCAM_SUBSET_ROOT", REPO.parent / "shared/data/pcam
 CPU_SUBSET = "configs/cpu_subset.py"
 
 # label -> (config file, overrides). The three ResNets share the cpu_subset recipe and budget.
+# Each label names its widths: "-2x" is twice the plain model's total channels (4x its FLOPs),
+# "-cm" the same channels and FLOPs (what configs/cpu_subset.py runs for p4resnet).
 CANDIDATES: dict[str, tuple[str, list[str]]] = {
     "resnet": (CPU_SUBSET, ["model.name=resnet", "model.widths=(16,32,64,128)"]),
     "resnet-wide": (CPU_SUBSET, ["model.name=resnet", "model.widths=(24,48,96,192)"]),
-    "p4resnet": (CPU_SUBSET, ["model.name=p4resnet", "model.widths=(8,16,32,64)"]),
+    "p4resnet-2x": (CPU_SUBSET, ["model.name=p4resnet", "model.widths=(8,16,32,64)"]),
     "p4mresnet": (CPU_SUBSET, ["model.name=p4mresnet", "model.widths=(4,8,16,32)"]),
 }
 # group models with the plain model's total channels (widths x |G| = 16 ... 128): its FLOPs
@@ -116,10 +119,15 @@ def model_figures(config_path: str, overrides: list[str]) -> dict[str, float]:
     return {"params": params, "gflops": flops_per_image(model, variables, 96) / 1e9}
 
 
+def run_dir(out: Path, label: str, seed: int) -> Path:
+    """The workdir of one candidate and seed under --out."""
+    return out / "runs" / f"{label}-s{seed}"
+
+
 def run_candidate(
     label: str, config: str, overrides: list[str], seed: int, minutes: float, out: Path
 ) -> dict:
-    workdir = out / "runs" / f"{label}-s{seed}"
+    workdir = run_dir(out, label, seed)
     done = workdir / "bench_run.json"
     if done.is_file():  # finished by an earlier invocation: read it back, do not rerun
         meta = json.loads(done.read_text())
@@ -279,6 +287,11 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=Path("runs/learning_curve"))
     ap.add_argument("--plot", type=Path, default=None)
     ap.add_argument("--skip-floor", action="store_true")
+    ap.add_argument(
+        "--report-only",
+        action="store_true",
+        help="train nothing: tabulate the finished runs among the candidates x seeds asked",
+    )
     args = ap.parse_args()
     if not (SUBSET / "train").is_dir():
         raise SystemExit(f"the real PCam subset is not at {SUBSET}; set PCAM_SUBSET_ROOT")
@@ -296,10 +309,20 @@ def main() -> None:
         label, config, overrides = parse_candidate(spec)
         figures = model_figures(config, overrides)
         for seed in args.seeds:
+            if (
+                args.report_only
+                and not (run_dir(args.out, label, seed) / "bench_run.json").is_file()
+            ):
+                print(f"  {label} seed {seed}: no finished run, left out (--report-only)")
+                continue
             result = run_candidate(label, config, overrides, seed, args.minutes, args.out)
             curves += result.pop("curve")
             rows.append({"candidate": label, "seed": seed, **figures, **result})
             write_outputs(args, curves, rows, floor)
+    if not rows:
+        raise SystemExit(
+            f"no finished runs of {args.candidates} x seeds {args.seeds} in {args.out}"
+        )
     write_outputs(args, curves, rows, floor)
 
 
