@@ -551,6 +551,25 @@ def plan_steps_for_budget(
     return plan
 
 
+def _steps_left(
+    config: ml_collections.ConfigDict,
+    plan: dict[str, Any],
+    step_seconds: float,
+    eval_seconds: float,
+    elapsed: float,
+) -> tuple[int, float, float, float]:
+    """(steps that fill REPLAN_FILL of what is left of the budget after `elapsed` seconds and
+    one more compile, and the step_seconds, eval_seconds and elapsed used), from process 0's
+    figures on every process."""
+    figures = np.asarray([step_seconds, eval_seconds, elapsed], np.float64)
+    if jax.process_count() > 1:
+        figures = np.asarray(multihost_utils.broadcast_one_to_all(figures))
+    step_seconds, eval_seconds, elapsed = (float(v) for v in figures)
+    left = (config.train_minutes * 60.0 - elapsed - plan["compile_seconds"]) * REPLAN_FILL
+    more = _steps_within(config, left, step_seconds, eval_seconds)
+    return (more if left > step_seconds + eval_seconds else 0), step_seconds, eval_seconds, elapsed
+
+
 def replan_steps_for_budget(
     config: ml_collections.ConfigDict,
     plan: dict[str, Any],
@@ -563,13 +582,9 @@ def replan_steps_for_budget(
     (`step_seconds`, `eval_seconds`) and the `elapsed` seconds since it started, the most steps
     whose training, validations, checkpoints and one more compile fill REPLAN_FILL of what is
     left of config.train_minutes (at least `step`). Every process uses process 0's figures."""
-    figures = np.asarray([step_seconds, eval_seconds, elapsed], np.float64)
-    if jax.process_count() > 1:
-        figures = np.asarray(multihost_utils.broadcast_one_to_all(figures))
-    step_seconds, eval_seconds, elapsed = (float(v) for v in figures)
-    left = (config.train_minutes * 60.0 - elapsed - plan["compile_seconds"]) * REPLAN_FILL
-    more = _steps_within(config, left, step_seconds, eval_seconds)
-    more = more if left > step_seconds + eval_seconds else 0
+    more, step_seconds, eval_seconds, elapsed = _steps_left(
+        config, plan, step_seconds, eval_seconds, elapsed
+    )
     final = {
         **plan,
         "num_train_steps": step + more,
@@ -607,13 +622,9 @@ def late_check_steps(
     measured `step_seconds` (validations and checkpoints counted in), if that is fewer than
     planned; otherwise unchanged. Records the check under "late_check". Every process uses
     process 0's figures."""
-    figures = np.asarray([step_seconds, eval_seconds, elapsed], np.float64)
-    if jax.process_count() > 1:
-        figures = np.asarray(multihost_utils.broadcast_one_to_all(figures))
-    step_seconds, eval_seconds, elapsed = (float(v) for v in figures)
-    left = (config.train_minutes * 60.0 - elapsed - plan["compile_seconds"]) * REPLAN_FILL
-    more = _steps_within(config, left, step_seconds, eval_seconds)
-    more = more if left > step_seconds + eval_seconds else 0
+    more, step_seconds, eval_seconds, elapsed = _steps_left(
+        config, plan, step_seconds, eval_seconds, elapsed
+    )
     planned = plan["num_train_steps"]
     steps = min(planned, step + more)
     logging.info(
