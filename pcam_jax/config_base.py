@@ -295,8 +295,8 @@ def cpu_subset_config(model_name: str = "p4resnet") -> ml_collections.ConfigDict
     c.eval_every_steps = 250
     c.checkpoint_every_steps = 500
     c.optimizer.name = "adamw"
-    # peak 4e-3: +0.008 over 2e-3 at 5,000 steps (H100 screen), and 0.9427 / 0.9443 (seeds 0, 1)
-    # in 28 CPU minutes against 0.9414 / 0.9349 at 2e-3 (BENCHMARKS.md); 6e-3 gave 0.9400
+    # peak 4e-3: +0.008 over 2e-3 at 5,000 steps (H100 screen), and 0.9427 / 0.9443 / 0.9425
+    # (seeds 0-2) in 28 CPU minutes against 0.9414 / 0.9349 at 2e-3 (BENCHMARKS.md); 6e-3: 0.9400
     c.optimizer.learning_rate = 4e-3
     c.optimizer.weight_decay = 0.05
     c.schedule.name = "cosine"

@@ -614,17 +614,14 @@ def late_check_steps(
     plan: dict[str, Any],
     step: int,
     step_seconds: float,
-    eval_seconds: float,
     elapsed: float,
 ) -> dict[str, Any]:
     """The plan after the late check at ``step`` (see LATE_CHECK_AT): num_train_steps cut to
     the most steps that fill REPLAN_FILL of what is left of config.train_minutes at the
     measured `step_seconds` (validations and checkpoints counted in), if that is fewer than
     planned; otherwise unchanged. Records the check under "late_check". Every process uses
-    process 0's figures."""
-    more, step_seconds, eval_seconds, elapsed = _steps_left(
-        config, plan, step_seconds, eval_seconds, elapsed
-    )
+    process 0's figures. `step_seconds` already includes the validations and checkpoints."""
+    more, step_seconds, _, elapsed = _steps_left(config, plan, step_seconds, 0.0, elapsed)
     planned = plan["num_train_steps"]
     steps = min(planned, step + more)
     logging.info(
@@ -871,7 +868,7 @@ def _train_and_evaluate(
                     t_measure, paused_measure, replan_step = now, paused_total, step
                 else:  # the late check: the rate since the re-plan, pauses included
                     measured = (now - t_measure) / (step - replan_step)
-                    plan = late_check_steps(config, plan, step, measured, 0.0, now - t_start)
+                    plan = late_check_steps(config, plan, step, measured, now - t_start)
                 write_train_plan(workdir, plan)
                 if plan["num_train_steps"] != num_train_steps:
                     num_train_steps = plan["num_train_steps"]
