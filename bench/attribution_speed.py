@@ -1,4 +1,4 @@
-"""Benchmark (not a test): time per patch of each attribution method (pcam_jax.attribution).
+"""Benchmark (not a test): time per patch of each attribution method (pcam_jax.explain.attribution).
 
     python bench/attribution_speed.py [--model=bundled] [--patches 64] [--reps 3]
 
@@ -35,13 +35,14 @@ def main() -> None:
     import jax
     from PIL import Image
 
-    from pcam_jax import attribution, inference
+    from pcam_jax import infer
+    from pcam_jax.explain import attribution
 
     files = sorted((SUBSET / "valid" / "1").glob("*.jpg"))[: args.patches]
     if len(files) < args.patches:
         raise SystemExit(f"{SUBSET}/valid/1: fewer than {args.patches} patches")
     images = np.stack([np.asarray(Image.open(f).convert("RGB")) for f in files])
-    model = inference.load_model(args.model)
+    model = infer.load_model(args.model)
     print(
         f"model {model.config.model.name} ({args.model or 'bundled'}), "
         f"{len(images)} patches, jax {jax.__version__} on {jax.devices()[0].platform}, "

@@ -71,7 +71,7 @@ def run_escnn(ref_python, *args):
 
 def element_map(group, plane_action, flip_rotation=False):
     """pcam index g -> escnn element index, matched by the action on a 5x5 marker image."""
-    from pcam_jax import groups as G
+    from pcam_jax.equivariant import groups as G
 
     marker = np.arange(25, dtype=np.float32).reshape(5, 5)
     n = G.group_order(group)
@@ -91,7 +91,7 @@ def element_map(group, plane_action, flip_rotation=False):
 
 def regular_repr_error(group, emap, regular):
     """max |rho_escnn(e(g)) - P L_g P^-1| over g (P: pcam group index h -> escnn index)."""
-    from pcam_jax import groups as G
+    from pcam_jax.equivariant import groups as G
 
     n = G.group_order(group)
     worst = 0.0
@@ -106,7 +106,7 @@ def regular_repr_error(group, emap, regular):
 
 def to_escnn(filt_hwio, group, emap, in_regular, out_regular):
     """HWIO, group axis inner (pcam) -> OIHW in escnn's channel order."""
-    from pcam_jax import groups as G
+    from pcam_jax.equivariant import groups as G
 
     n = G.group_order(group)
     k0, k1, cin, cout = filt_hwio.shape
@@ -144,7 +144,7 @@ def projection_residual(filt_oihw, basis, n, in_regular):
 def check_kernels(basis, group, rng):
     import jax.numpy as jnp
 
-    from pcam_jax import groups as G
+    from pcam_jax.equivariant import groups as G
 
     n = G.group_order(group)
     plane = basis[f"{group}/plane_action"]
@@ -215,7 +215,7 @@ def build_network(group, emap, rng, widths=(4, 3, 2), size=32):
     import jax
     import jax.numpy as jnp
 
-    from pcam_jax import groups as G
+    from pcam_jax.equivariant import groups as G
 
     n = G.group_order(group)
     c1, c2, c3 = widths

@@ -22,8 +22,8 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-from pcam_jax import groups as G  # noqa: E402
-from pcam_jax.xla_options import compiler_options  # noqa: E402
+from pcam_jax.equivariant import groups as G  # noqa: E402
+from pcam_jax.runtime.xla_options import compiler_options  # noqa: E402
 
 # (group, kind, batch, size, c_in, c_out): c_* are channels per group copy
 CASES = [

@@ -109,11 +109,11 @@ def model_figures(config_path: str, overrides: list[str]) -> dict[str, float]:
     import numpy as np
     from models import flops_per_image, numpy_variables
 
-    from pcam_jax import inference
-    from pcam_jax.config_base import load_config_file
+    from pcam_jax import infer
+    from pcam_jax.config import load_config_file
 
     config = load_config_file(REPO / config_path, *[f"--config.{o}" for o in overrides])
-    model = inference.create_model(config).clone(axis_name=None)
+    model = infer.create_model(config).clone(axis_name=None)
     variables = numpy_variables(model, jnp.zeros((1, 96, 96, 3)))
     params = sum(int(np.prod(v.shape)) for v in jax.tree.leaves(variables["params"]))
     return {"params": params, "gflops": flops_per_image(model, variables, 96) / 1e9}
@@ -139,7 +139,7 @@ def run_candidate(
     cmd = [
         sys.executable,
         "-m",
-        "pcam_jax.main",
+        "pcam_jax.cli.train",
         f"--config={REPO / config}",
         f"--workdir={workdir}",
         f"--config.data.root={SUBSET}",
@@ -199,7 +199,7 @@ def tta_auc(workdir: Path, step: int) -> float:
     the mirror images; for the plain model all 8 views."""
     result = workdir / "eval" / "valid_tta.json"
     if not (result.is_file() and json.loads(result.read_text())["checkpoint_step"] == step):
-        cmd = [sys.executable, "-m", "pcam_jax.eval_main", f"--workdir={workdir}"]
+        cmd = [sys.executable, "-m", "pcam_jax.cli.eval", f"--workdir={workdir}"]
         cmd += [f"--checkpoint={step}", "--split=valid", "--tta", "--bootstrap=0"]
         subprocess.run(cmd, check=True, capture_output=True, cwd=REPO)
     return float(json.loads(result.read_text())["auc"])

@@ -28,7 +28,7 @@ import numpy as np  # noqa: E402
 import optax  # noqa: E402
 
 from pcam_jax import models  # noqa: E402
-from pcam_jax.xla_options import compiler_options  # noqa: E402
+from pcam_jax.runtime.xla_options import compiler_options  # noqa: E402
 
 
 def numpy_variables(model, x, seed=0):

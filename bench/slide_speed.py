@@ -7,7 +7,7 @@ Builds two synthetic slides from REAL PCam valid patches (tests/synthetic_slides
 grid x grid mosaic, tumour patches in a central rectangle, white margin): one at the model's
 0.972 um/px with lossless tiles (read without resampling) and one 20x-like at 0.486 um/px with
 JPEG tiles (read at level 0 and resampled by 2). Each is run twice through
-``pcam_jax.slide.run_slide`` with the same loaded model: the first run includes compiling the
+``pcam_jax.infer.slide.run_slide`` with the same loaded model: the first run includes compiling the
 predict function, the second is the steady state. Prints a markdown table (cells, seconds,
 cells/s, and the time a CAMELYON16-size slide of 300,000 tissue cells would take at that rate)
 and the cell-level AUC against the known tumour rectangle, and copies the 20x slide's
@@ -44,9 +44,9 @@ def main() -> None:
 
     import jax
 
-    from pcam_jax import inference
-    from pcam_jax.metrics import binary_metrics
-    from pcam_jax.slide import run_slide
+    from pcam_jax import infer
+    from pcam_jax.infer.metrics import binary_metrics
+    from pcam_jax.infer.slide import run_slide
     from tests.conftest import SUBSET_ROOT
     from tests.synthetic_slides import MARGIN, mosaic, real_patches, write_slide
 
@@ -54,7 +54,7 @@ def main() -> None:
     lo, hi = g // 4, g - g // 4
     patches, labels = real_patches(SUBSET_ROOT, grid=g, tumour=(slice(lo, hi), slice(lo, hi)))
     image = mosaic(patches)
-    model = inference.load_model(args.model)
+    model = infer.load_model(args.model)
     work = args.out or Path(tempfile.mkdtemp(prefix="slide_speed."))
     work.mkdir(parents=True, exist_ok=True)
     big = np.asarray(Image.fromarray(image).resize((image.shape[1] * 2,) * 2, Image.BICUBIC))

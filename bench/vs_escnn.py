@@ -94,7 +94,7 @@ def jax_child(args) -> None:
 
     sys.path.insert(0, str(ROOT))
     from pcam_jax import models
-    from pcam_jax.xla_options import compiler_options
+    from pcam_jax.runtime.xla_options import compiler_options
 
     import_s = time.perf_counter() - t_import
     name, overrides = args.jax_model, json.loads(args.jax_overrides)

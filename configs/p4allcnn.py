@@ -1,9 +1,9 @@
-"""p4allcnn: All-CNN-C on PCam (see pcam_jax.config_base.allcnn_config)."""
+"""p4allcnn: All-CNN-C as a p4 G-CNN, with the recipe of configs/allcnn.py."""
 
 import ml_collections
 
-from pcam_jax.config_base import allcnn_config
+from pcam_jax.config import sibling_config
 
 
 def get_config() -> ml_collections.ConfigDict:
-    return allcnn_config("p4allcnn")
+    return sibling_config(__file__, "allcnn.py", "p4allcnn")

@@ -1,9 +1,9 @@
-"""p4densenet: Veeling et al.'s PCam DenseNet (see pcam_jax.config_base.densenet_config)."""
+"""p4densenet: the PCam DenseNet as a p4 G-CNN, with the recipe of configs/densenet.py."""
 
 import ml_collections
 
-from pcam_jax.config_base import densenet_config
+from pcam_jax.config import sibling_config
 
 
 def get_config() -> ml_collections.ConfigDict:
-    return densenet_config("p4densenet")
+    return sibling_config(__file__, "densenet.py", "p4densenet")

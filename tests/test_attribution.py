@@ -23,11 +23,14 @@ import pytest
 from PIL import Image
 from sklearn.metrics import roc_auc_score
 
-from pcam_jax import attribution, explain, groups, inference, models, train
-from pcam_jax.config_base import config_from_json
+from pcam_jax import infer, models, train
 from pcam_jax.data import synth
+from pcam_jax.equivariant import groups
 from pcam_jax.errors import ModelError
-from pcam_jax.evaluate import evaluate
+from pcam_jax.explain import attribution
+from pcam_jax.explain import figures as explain
+from pcam_jax.infer.evaluate import evaluate
+from pcam_jax.workdir import read_config
 from tests.test_train import tiny_config
 
 SIZES = {"train": 512, "valid": 128, "test": 16}
@@ -71,12 +74,12 @@ def _train(root: Path, workdir: Path) -> Path:
 
 
 @pytest.fixture(scope="module")
-def models_pair(data) -> dict[str, inference.LoadedModel]:
+def models_pair(data) -> dict[str, infer.LoadedModel]:
     trained = _train(data["root"], data["base"] / "trained")
     shuffled = _train(data["shuffled"], data["base"] / "shuffled")
     return {
-        "trained": inference.load_model(str(trained), "last"),
-        "shuffled": inference.load_model(str(shuffled), "last"),
+        "trained": infer.load_model(str(trained), "last"),
+        "shuffled": infer.load_model(str(shuffled), "last"),
         "trained_workdir": trained,
     }
 
@@ -96,7 +99,7 @@ def edge_map(images: np.ndarray) -> np.ndarray:
     return np.hypot(ndimage.sobel(grey, axis=1), ndimage.sobel(grey, axis=2))
 
 
-def _ig_magnitude(loaded: inference.LoadedModel, images: np.ndarray) -> np.ndarray:
+def _ig_magnitude(loaded: infer.LoadedModel, images: np.ndarray) -> np.ndarray:
     """sum_c |IG_c|, the magnitude form that keeps an image of the input."""
     key = ("ig magnitude",)
     if key not in loaded.attribution_fns:
@@ -108,7 +111,7 @@ def _ig_magnitude(loaded: inference.LoadedModel, images: np.ndarray) -> np.ndarr
     return np.abs(np.asarray(loaded.attribution_fns[key](loaded.variables, images))).sum(-1)
 
 
-def _randomised(loaded: inference.LoadedModel, top: set[str]) -> inference.LoadedModel:
+def _randomised(loaded: infer.LoadedModel, top: set[str]) -> infer.LoadedModel:
     """`loaded` with the parameters and statistics of the modules in `top` re-initialised (the
     compiled attribution functions are shared: same shapes, new values)."""
     fresh = models.init_variables(loaded.model, jax.random.key(123), (1, 96, 96, 3))
@@ -184,7 +187,7 @@ def test_trained_maps_concentrate_in_the_centre_and_shuffled_labels_do_not(
         assert mass["shuffled"][m] < mass["trained"][m] / 1.5, (m, mass)
 
 
-def _random_model(name: str, **fields) -> inference.LoadedModel:
+def _random_model(name: str, **fields) -> infer.LoadedModel:
     """A LoadedModel of an untrained `name` with every weight and statistic perturbed (no
     zero-initialised scale hides a branch)."""
     model = models.create(name, **fields)
@@ -195,8 +198,8 @@ def _random_model(name: str, **fields) -> inference.LoadedModel:
     v = jax.tree_util.tree_unflatten(tree, leaves)
     v = {**v, "batch_stats": jax.tree_util.tree_map(jnp.abs, v["batch_stats"])}
     config = ml_collections.ConfigDict({"model": {"name": name, **fields}})
-    pre = inference.Preprocess((180.0, 140.0, 180.0), (50.0, 50.0, 50.0))
-    return inference.LoadedModel(config, model, v, pre, {"patch_size": 96, "mpp": 0.972})
+    pre = infer.Preprocess((180.0, 140.0, 180.0), (50.0, 50.0, 50.0))
+    return infer.LoadedModel(config, model, v, pre, {"patch_size": 96, "mpp": 0.972})
 
 
 def _equivariance_errors(loaded, images, method, group) -> list[float]:
@@ -249,7 +252,7 @@ def test_layer_choice_and_bad_requests(models_pair, tumour_patches):
 
 
 def _explain(*args: str) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "pcam_jax.explain_main", *args]
+    cmd = [sys.executable, "-m", "pcam_jax.cli.explain", *args]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=600)
 
 
@@ -280,7 +283,7 @@ def test_pcam_explain_panels_gallery_and_group_views(models_pair, data, tmp_path
             assert im.size[0] > 3 * im.size[1] / 2  # patch and two maps side by side
 
     # a gallery from pcam-eval's predictions: the patches come from the workdir's data
-    evaluate(config_from_json(workdir / "config.json"), workdir, split="valid", n_bootstrap=0)
+    evaluate(read_config(workdir), workdir, split="valid", n_bootstrap=0)
     r = _explain(
         f"--predictions={workdir / 'eval' / 'valid_predictions.csv'}",
         f"--out={tmp_path / 'gallery'}",
@@ -298,7 +301,7 @@ def test_pcam_explain_panels_gallery_and_group_views(models_pair, data, tmp_path
         [
             sys.executable,
             "-m",
-            "pcam_jax.predict_main",
+            "pcam_jax.cli.predict",
             str(folder),
             f"--model={workdir}",
             "--checkpoint=last",

@@ -8,8 +8,8 @@ import sys
 import numpy as np
 import pytest
 
+from pcam_jax.cli.data import SUBCOMMANDS, main
 from pcam_jax.data import sources
-from pcam_jax.data.cli import SUBCOMMANDS, main
 from pcam_jax.data.pcam_format import split_paths
 
 
@@ -90,7 +90,7 @@ def test_console_script_runs_as_a_process(tmp_path):
         [
             sys.executable,
             "-m",
-            "pcam_jax.data.cli",
+            "pcam_jax.cli.data",
             "synth",
             f"--out={tmp_path}",
             "--n_train=4",

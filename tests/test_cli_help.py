@@ -10,12 +10,12 @@ import pytest
 from tests.test_train import REPO
 
 BINARIES = {
-    "pcam_jax.main": ["--config", "--workdir", "--coordinator_address", "--distributed"],
-    "pcam_jax.eval_main": ["--workdir", "--checkpoint", "--split", "--tta", "--weights"],
-    "pcam_jax.export_main": ["--workdir", "--checkpoint", "--out", "--weights"],
-    "pcam_jax.predict_main": ["--out", "--model", "--tta", "--batch_size"],
-    "pcam_jax.slide_main": ["--out", "--model", "--mpp", "--stride", "--tissue_threshold"],
-    "pcam_jax.explain_main": ["--out", "--model", "--method", "--predictions", "--group_views"],
+    "pcam_jax.cli.train": ["--config", "--workdir", "--coordinator_address", "--distributed"],
+    "pcam_jax.cli.eval": ["--workdir", "--checkpoint", "--split", "--tta", "--weights"],
+    "pcam_jax.cli.export": ["--workdir", "--checkpoint", "--out", "--weights"],
+    "pcam_jax.cli.predict": ["--out", "--model", "--tta", "--batch_size"],
+    "pcam_jax.cli.slide": ["--out", "--model", "--mpp", "--stride", "--tissue_threshold"],
+    "pcam_jax.cli.explain": ["--out", "--model", "--method", "--predictions", "--group_views"],
 }
 
 

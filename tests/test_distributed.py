@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pcam_jax import distributed
+from pcam_jax.runtime import distributed
 from tests.test_train import _final_params
 
 REPO = Path(__file__).resolve().parents[1]
@@ -105,13 +105,13 @@ def test_two_processes_equal_one_process_with_two_devices_and_resume_on_one_or_t
     two, one = tmp_path / "two", tmp_path / "one"
     # two processes x 1 device, one grain worker each; against 1 process x 2 devices, none
     _launch(
-        "pcam_jax.main",
+        "pcam_jax.cli.train",
         [*_train_args(two, synthetic_root), "--config.data.worker_count=1"],
         2,
         tmp_path,
         "train2",
     )
-    out = _launch("pcam_jax.main", _train_args(one, synthetic_root), 1, tmp_path, "train1")
+    out = _launch("pcam_jax.cli.train", _train_args(one, synthetic_root), 1, tmp_path, "train1")
     assert "4 devices" not in out[0]
     data_files = sorted(p.name for p in (two / "checkpoints" / "6" / "data").iterdir())
     assert "process_0-of-2.json" in data_files and "process_1-of-2.json" in data_files
@@ -121,7 +121,7 @@ def test_two_processes_equal_one_process_with_two_devices_and_resume_on_one_or_t
 
     # one process (2 devices, no workers) resumes from the two processes' step-3 checkpoint
     resumed = _stopped_at_step_3(two, tmp_path / "resumed")
-    out = _launch("pcam_jax.main", _train_args(resumed, synthetic_root), 1, tmp_path, "resume")
+    out = _launch("pcam_jax.cli.train", _train_args(resumed, synthetic_root), 1, tmp_path, "resume")
     assert "resumed from checkpoint 3" in out[0]
     assert "'processes': 2" in out[0]  # it knew the checkpoint came from two processes
     _assert_params_equal(_final_params(resumed), a)
@@ -129,7 +129,7 @@ def test_two_processes_equal_one_process_with_two_devices_and_resume_on_one_or_t
     # two processes resume from their own step-3 checkpoint (each its grain state)
     again = _stopped_at_step_3(two, tmp_path / "again")
     out = _launch(
-        "pcam_jax.main",
+        "pcam_jax.cli.train",
         [*_train_args(again, synthetic_root), "--config.data.worker_count=1"],
         2,
         tmp_path,
@@ -149,14 +149,14 @@ def test_two_processes_equal_one_process_with_two_devices_and_resume_on_one_or_t
     record = json.loads((ckpt / "record" / "metadata").read_text())
     record["layout"] = {"processes": 1, "workers": 0}  # so that the grain state is used as is
     (ckpt / "record" / "metadata").write_text(json.dumps(record))
-    out = _launch("pcam_jax.main", _train_args(naive, synthetic_root), 1, tmp_path, "naive")
+    out = _launch("pcam_jax.cli.train", _train_args(naive, synthetic_root), 1, tmp_path, "naive")
     assert "resumed from checkpoint 3" in out[0] and "'processes': 2" not in out[0]
     d = _final_params(naive)
     assert any(not np.allclose(d[k], a[k], rtol=1e-5, atol=1e-6) for k in a)
 
     # two-process evaluation gathers every prediction; only process 0 reports and writes
     out = _launch(
-        "pcam_jax.eval_main",
+        "pcam_jax.cli.eval",
         [
             f"--workdir={two}",
             "--checkpoint=last",

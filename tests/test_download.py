@@ -16,8 +16,8 @@ import h5py
 import numpy as np
 import pytest
 
+from pcam_jax.cli.data import main
 from pcam_jax.data import download
-from pcam_jax.data.cli import main
 from pcam_jax.data.download import download_pcam, read_checksums
 from pcam_jax.data.pcam_format import META_COLUMNS, PCAM_MD5, SPLITS, DataError
 

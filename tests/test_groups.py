@@ -7,8 +7,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from pcam_jax import groups as G
-from pcam_jax.xla_options import CPU_COMPILER_OPTIONS, DISABLE_ENV, compiler_options
+from pcam_jax.equivariant import groups as G
+from pcam_jax.runtime.xla_options import CPU_COMPILER_OPTIONS, DISABLE_ENV, compiler_options
 
 RTOL = 1e-5
 GROUPS = ["p4", "p4m"]

@@ -13,12 +13,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pcam_jax import inference, train
-from pcam_jax.config_base import config_from_json
+from pcam_jax import infer, train
+from pcam_jax.data import sources
 from pcam_jax.errors import ModelError, PcamError
-from pcam_jax.evaluate import evaluate
-from pcam_jax.export import export
-from pcam_jax.patches import InputError, collect_inputs, predict_patches, write_csv
+from pcam_jax.infer.evaluate import evaluate
+from pcam_jax.infer.export import export
+from pcam_jax.infer.patches import InputError, collect_inputs, predict_patches, write_csv
+from pcam_jax.workdir import read_config
 from tests.test_train import tiny_config
 
 TINY_RESNET = {"widths": (2, 4, 4, 4)}
@@ -31,7 +32,7 @@ def trained(synthetic_root, tmp_path_factory) -> Path:
     c = tiny_config(synthetic_root, "resnet", **TINY_RESNET)
     c.ema_decay = 0.9
     train.train_and_evaluate(c, workdir)
-    evaluate(config_from_json(workdir / "config.json"), workdir, split="valid", n_bootstrap=0)
+    evaluate(read_config(workdir), workdir, split="valid", n_bootstrap=0)
     return workdir
 
 
@@ -51,7 +52,7 @@ def test_bundle_round_trip_predicts_like_the_workdir(trained, synthetic_root, tm
         "variables.msgpack",
     ]
     meta = json.loads((bundle / "bundle.json").read_text())
-    assert meta["format_version"] == inference.BUNDLE_FORMAT_VERSION
+    assert meta["format_version"] == infer.BUNDLE_FORMAT_VERSION
     assert meta["mpp"] == 0.972 and meta["patch_size"] == 96
     assert meta["source"]["weights"] == "ema" and meta["model"]["name"] == "resnet"
     assert meta["metrics"]["valid"]["n"] == 64  # pcam-eval's result for the same step
@@ -59,15 +60,15 @@ def test_bundle_round_trip_predicts_like_the_workdir(trained, synthetic_root, tm
     assert "Not a medical device" in card and "0.972 um/px" in card and "| valid |" in card
 
     images, _ = _valid_images(synthetic_root)
-    from_workdir = inference.load_workdir(trained).predict_images(images, batch_size=16)
-    from_bundle = inference.load_model(bundle).predict_images(images, batch_size=16)
+    from_workdir = infer.load_workdir(trained).predict_images(images, batch_size=16)
+    from_bundle = infer.load_model(bundle).predict_images(images, batch_size=16)
     np.testing.assert_array_equal(from_bundle, from_workdir)  # same weights, same program
     assert from_bundle.shape == (40,) and from_bundle.std() > 0
     # raw weights differ from the EMA
-    raw = inference.load_workdir(trained, weights="raw").predict_images(images, batch_size=16)
+    raw = infer.load_workdir(trained, weights="raw").predict_images(images, batch_size=16)
     assert np.abs(raw - from_workdir).max() > 1e-6
     # the TTA of this plain model averages 8 views: a different function
-    tta = inference.load_model(bundle).predict_images(images, batch_size=16, tta=True)
+    tta = infer.load_model(bundle).predict_images(images, batch_size=16, tta=True)
     assert np.abs(tta - from_bundle).max() > 1e-6
 
 
@@ -92,27 +93,27 @@ def test_bad_bundles_give_clear_errors(trained, tmp_path):
 
     newer = altered("newer", lambda d, m: m.update(format_version=99, pcam_jax_version="9.0"))
     with pytest.raises(ModelError, match=r"format version 99 \(written by pcam_jax 9.0\)"):
-        inference.load_model(newer)
+        infer.load_model(newer)
     damaged = altered("damaged", lambda d, m: (d / "variables.msgpack").write_bytes(b"\x00" * 100))
     with pytest.raises(ModelError, match="checksum differs"):
-        inference.load_model(damaged)
+        infer.load_model(damaged)
     wider = altered("wider", lambda d, m: m["model"].update(widths=[4, 4, 4, 4]))
     with pytest.raises(ModelError, match="do not fit model 'resnet'"):
-        inference.load_model(wider)
+        infer.load_model(wider)
     with pytest.raises(ModelError, match="neither a model bundle"):
-        inference.load_model(tmp_path)
+        infer.load_model(tmp_path)
     with pytest.raises(ModelError, match="no checkpoints"):
         (tmp_path / "empty").mkdir()
         (tmp_path / "empty" / "config.json").write_text((trained / "config.json").read_text())
-        inference.load_model(tmp_path / "empty")
+        infer.load_model(tmp_path / "empty")
 
 
 def test_the_bundled_model_loads_and_has_a_card():
-    assert (inference.BUNDLED_MODEL / "MODEL.md").is_file()
-    model = inference.load_model(None)
+    assert (infer.BUNDLED_MODEL / "MODEL.md").is_file()
+    model = infer.load_model(None)
     assert model.mpp == 0.972 and model.patch_size == 96
     assert model.info["metrics"]  # its validation figures travel with it
-    size = sum(p.stat().st_size for p in inference.BUNDLED_MODEL.iterdir())
+    size = sum(p.stat().st_size for p in infer.BUNDLED_MODEL.iterdir())
     assert size < 5_000_000
 
 
@@ -133,7 +134,7 @@ def test_predict_reads_folders_files_and_hdf5_with_their_labels(trained, synthet
     assert len(refs) == 12 + 1 + 64
     assert [r.label for r in refs[:12]] == sorted(labels.tolist())  # normal/ sorts first
     assert refs[12].label is None and refs[13].index == 0 and refs[13].label is not None
-    model = inference.load_workdir(trained)
+    model = infer.load_workdir(trained)
     p = predict_patches(model, refs, batch_size=16)
     # PNG is lossless: a file and its HDF5 row give the same probability
     direct = model.predict_images(images, batch_size=16)
@@ -149,7 +150,7 @@ def test_predict_reads_folders_files_and_hdf5_with_their_labels(trained, synthet
 
 def test_predict_patch_policy(trained, synthetic_root, tmp_path):
     images, _ = _valid_images(synthetic_root, 2)
-    model = inference.load_workdir(trained)
+    model = infer.load_workdir(trained)
     big = np.full((128, 140, 3), 255, np.uint8)
     big[16:112, 22:118] = images[0]  # the centre 96x96 is the patch
     refs = collect_inputs([_write_png(tmp_path / "big.png", big)])
@@ -176,7 +177,7 @@ def test_pcam_predict_cli_stops_on_a_bad_file_and_writes_nothing(trained, tmp_pa
     (folder / "1").mkdir()
     (folder / "1" / "b.png").write_bytes(b"broken")
     out = tmp_path / "p.csv"
-    cmd = [sys.executable, "-m", "pcam_jax.predict_main", str(folder), f"--out={out}"]
+    cmd = [sys.executable, "-m", "pcam_jax.cli.predict", str(folder), f"--out={out}"]
     r = subprocess.run(cmd + [f"--model={trained}", "--noprogress"], capture_output=True, text=True)
     assert r.returncode != 0 and "b.png: unreadable image" in r.stderr
     assert not out.exists() and not list(tmp_path.glob(".p.csv*"))
@@ -187,12 +188,12 @@ def test_pcam_predict_on_the_real_valid_split_equals_pcam_eval(subset_root, tmp_
     """The bundled model on the subset's valid folders: pcam-predict's AUC and probabilities
     are pcam-eval's (same decoder, same model, same program)."""
     out = tmp_path / "valid.csv"
-    cmd = [sys.executable, "-m", "pcam_jax.predict_main", str(subset_root / "valid")]
+    cmd = [sys.executable, "-m", "pcam_jax.cli.predict", str(subset_root / "valid")]
     r = subprocess.run(cmd + [f"--out={out}", "--noprogress"], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     rows = list(csv.DictReader(out.open()))
     assert len(rows) == 3000
-    model = inference.load_model(None)
+    model = infer.load_model(None)
     import ml_collections
 
     config = ml_collections.ConfigDict(
@@ -207,17 +208,17 @@ def test_pcam_predict_on_the_real_valid_split_equals_pcam_eval(subset_root, tmp_
             "eval_batch_size": 250,
         }
     )
-    source = train.make_source(config, "valid")
-    mesh = inference.make_mesh()
+    source = sources.from_config(config, "valid")
+    mesh = infer.make_mesh()
     fn = model.predict_fn(mesh)
-    pred = inference.predict(fn, model.variables, inference.make_eval_loader(config, source), mesh)
+    pred = infer.predict(fn, model.variables, infer.make_eval_loader(config, source), mesh)
     by_path = {
         str(source.files[i]): q for i, q in zip(pred["index"], pred["p_tumour"], strict=True)
     }
     got = np.array([float(row["p_tumour"]) for row in rows])
     want = np.array([by_path[row["path"]] for row in rows])
     np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-7)
-    from pcam_jax.metrics import binary_metrics
+    from pcam_jax.infer.metrics import binary_metrics
 
     auc = binary_metrics(np.array([int(r["label"]) for r in rows]), got, n_bootstrap=0)["auc"]
     assert f"AUC {auc:.4f}" in r.stdout

@@ -6,8 +6,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from pcam_jax import groups as G
-from pcam_jax import layers as L
+from pcam_jax.equivariant import groups as G
+from pcam_jax.equivariant import layers as L
 
 RTOL = 1e-5
 GROUPS = ["p4", "p4m"]

@@ -15,9 +15,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from pcam_jax import groups as G
 from pcam_jax import models
-from pcam_jax.layers import GroupConv, LiftingConv
+from pcam_jax.equivariant import groups as G
+from pcam_jax.equivariant.layers import GroupConv, LiftingConv
 
 RTOL = 1e-5
 CNN_NAMES = [n for n in models.names() if n != "inception_v3"]

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pcam_jax.preemption import EXIT_PREEMPTED
+from pcam_jax.runtime.preemption import EXIT_PREEMPTED
 from tests.test_distributed import QUICKSTART, _assert_params_equal, _free_port
 from tests.test_distributed import _env as _dist_env
 from tests.test_train import _env, _final_params, _train_cmd, resume_config  # noqa: F401
@@ -108,7 +108,7 @@ def test_sigterm_to_one_of_two_processes_stops_both_at_the_same_step(synthetic_r
     ]
     one = tmp_path / "one"
     subprocess.run(
-        [sys.executable, "-m", "pcam_jax.main", *args, f"--workdir={one}"],
+        [sys.executable, "-m", "pcam_jax.cli.train", *args, f"--workdir={one}"],
         env=_dist_env(2),
         check=True,
         capture_output=True,
@@ -119,7 +119,7 @@ def test_sigterm_to_one_of_two_processes_stops_both_at_the_same_step(synthetic_r
         port = _free_port()
         return [
             subprocess.Popen(
-                [sys.executable, "-m", "pcam_jax.main", *args, f"--workdir={workdir}"]
+                [sys.executable, "-m", "pcam_jax.cli.train", *args, f"--workdir={workdir}"]
                 + [f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2"]
                 + [f"--process_id={i}"],
                 env=_dist_env(1),

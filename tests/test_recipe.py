@@ -11,25 +11,34 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import orbax.checkpoint as ocp
 import pytest
 
-from pcam_jax import checkpoints, train
-from pcam_jax.config_base import config_from_json
-from pcam_jax.errors import ModelError
-from pcam_jax.evaluate import evaluate
-from pcam_jax.optim import kernels_only, length_free_before_hold, make_optimizer, make_schedule
+from pcam_jax import train
+from pcam_jax import workdir as layout
+from pcam_jax.errors import ModelError, TrainingError
+from pcam_jax.infer.evaluate import evaluate
+from pcam_jax.train import budget
+from pcam_jax.train import step as train_step
+from pcam_jax.train.optim import (
+    kernels_only,
+    length_free_before_hold,
+    make_optimizer,
+    make_schedule,
+)
+from pcam_jax.workdir import read_config
 from tests.test_train import REPO, load_config, tiny_config
 
 TINY_RESNET = {"widths": (2, 4, 4, 4)}
 
 
 def test_ema_decay_warms_up_then_holds():
-    got = [float(train.ema_decay_at(0.999, t)) for t in (0, 1, 8, 90, 10**6)]
+    got = [float(train_step.ema_decay_at(0.999, t)) for t in (0, 1, 8, 90, 10**6)]
     assert got[0] == pytest.approx(0.1) and got[1] == pytest.approx(2 / 11)
     assert got[2] == pytest.approx(0.5) and got[3] == pytest.approx(0.91)
     assert got[4] == pytest.approx(0.999)
     ema = {"a": jnp.array([1.0, 3.0])}
-    new = train.update_ema(ema, {"a": jnp.array([3.0, 3.0])}, jnp.float32(0.75))
+    new = train_step.update_ema(ema, {"a": jnp.array([3.0, 3.0])}, jnp.float32(0.75))
     np.testing.assert_allclose(new["a"], [1.5, 3.0])
 
 
@@ -40,9 +49,9 @@ def test_label_smoothing_matches_the_formula():
     s = 0.1
     targets = (1 - s) * jax.nn.one_hot(labels, 2) + s / 2
     want = float(-(targets * logp).sum(-1).mean())
-    assert float(train.cross_entropy(logits, labels, s)) == pytest.approx(want, rel=1e-6)
+    assert float(train_step.cross_entropy(logits, labels, s)) == pytest.approx(want, rel=1e-6)
     plain = float(-logp[jnp.arange(3), labels].mean())
-    assert float(train.cross_entropy(logits, labels)) == pytest.approx(plain, rel=1e-6)
+    assert float(train_step.cross_entropy(logits, labels)) == pytest.approx(plain, rel=1e-6)
     assert abs(want - plain) > 1e-3  # smoothing changes the loss
 
 
@@ -59,10 +68,10 @@ def test_adamw_decays_kernels_only():
 
 
 def test_steps_for_budget_fits_steps_validations_and_checkpoints():
-    steps = train.steps_for_budget(600.0, 0.5, 10.0, 100, 2.0, 200)
+    steps = budget.steps_for_budget(600.0, 0.5, 10.0, 100, 2.0, 200)
     used = lambda s: s * 0.5 + math.ceil(s / 100) * 10.0 + math.ceil(s / 200) * 2.0  # noqa: E731
     assert used(steps) <= 600.0 < used(steps + 1)
-    assert train.steps_for_budget(1.0, 5.0, 10.0, 100, 2.0, 200) == 1
+    assert budget.steps_for_budget(1.0, 5.0, 10.0, 100, 2.0, 200) == 1
 
 
 def _ema_run(root, tmp_path, **extra):
@@ -82,19 +91,19 @@ def test_ema_is_checkpointed_validated_and_evaluated_by_default(synthetic_root, 
     c, workdir = _ema_run(synthetic_root, tmp_path)
     for step in (3, 6):
         assert (workdir / "checkpoints" / str(step) / "ema").is_dir()
-    config = config_from_json(workdir / "config.json")
+    config = read_config(workdir)
     ema = evaluate(config, workdir, checkpoint="last", split="valid", n_bootstrap=0)
     raw = evaluate(config, workdir, checkpoint="last", split="valid", n_bootstrap=0, weights="raw")
     assert (ema["weights"], raw["weights"]) == ("ema", "raw")
     assert ema["auc"] != raw["auc"] or ema["nll"] != raw["nll"]  # different weights
     # the periodic validation (the best-checkpoint metric) scored the EMA weights
-    mngr = checkpoints.checkpoint_manager(workdir, 3)
-    record = mngr.restore(6, args=train.ocp.args.Composite(record=train.ocp.args.JsonRestore()))
+    mngr = layout.checkpoint_manager(workdir, 3)
+    record = mngr.restore(6, args=ocp.args.Composite(record=ocp.args.JsonRestore()))
     mngr.close()
     assert record["record"]["val"]["nll"] == pytest.approx(ema["nll"], rel=1e-5)
     assert record["record"]["ema_decay"] == 0.9
     with pytest.raises(ModelError, match="weights='best'"):
-        checkpoints.restore_model(checkpoints.checkpoint_manager(workdir, 3), 6, None, "best")
+        layout.restore_model(layout.checkpoint_manager(workdir, 3), 6, None, "best")
 
 
 def test_a_run_without_ema_evaluates_its_raw_weights(synthetic_root, tmp_path):
@@ -103,17 +112,17 @@ def test_a_run_without_ema_evaluates_its_raw_weights(synthetic_root, tmp_path):
     workdir = tmp_path / "run"
     train.train_and_evaluate(c, workdir)
     assert not (workdir / "checkpoints" / "2" / "ema").exists()
-    config = config_from_json(workdir / "config.json")
+    config = read_config(workdir)
     assert evaluate(config, workdir, split="valid", n_bootstrap=0)["weights"] == "raw"
 
 
 def test_bad_recipe_fields_are_refused(synthetic_root, tmp_path):
     c = tiny_config(synthetic_root, "resnet", **TINY_RESNET)
     c.ema_decay = 1.0
-    with pytest.raises(train.TrainingError, match="ema_decay=1.0"):
+    with pytest.raises(TrainingError, match="ema_decay=1.0"):
         train.train_and_evaluate(c, tmp_path / "a")
     c.ema_decay, c.label_smoothing = 0.0, 1.5
-    with pytest.raises(train.TrainingError, match="label_smoothing=1.5"):
+    with pytest.raises(TrainingError, match="label_smoothing=1.5"):
         train.train_and_evaluate(c, tmp_path / "b")
 
 
@@ -144,7 +153,7 @@ def test_train_minutes_plans_the_steps_and_a_restart_keeps_them(synthetic_root, 
     steps = sorted(int(p.name) for p in (other / "checkpoints").iterdir() if p.name.isdigit())
     assert steps[-1] == 5
     (other / "train_plan.json").write_text(json.dumps({"num_train_steps": "many"}))
-    with pytest.raises(train.TrainingError, match="train_plan.json: no valid num_train_steps"):
+    with pytest.raises(TrainingError, match="train_plan.json: no valid num_train_steps"):
         train.train_and_evaluate(c, other)
 
 
@@ -179,7 +188,7 @@ def test_the_late_check_shortens_a_run_that_fell_behind(synthetic_root, tmp_path
     def replan_to_100(config, plan, step, *args):
         return {**plan, "num_train_steps": 100, "replanned": True}
 
-    monkeypatch.setattr(train, "replan_steps_for_budget", replan_to_100)
+    monkeypatch.setattr(budget, "replan_steps_for_budget", replan_to_100)
     c = tiny_config(synthetic_root, "resnet", **TINY_RESNET)
     c.eval_every_steps, c.checkpoint_every_steps = 1000, 1000
     provisional = {

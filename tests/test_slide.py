@@ -18,17 +18,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pcam_jax import inference, models
+from pcam_jax import infer, models
 from pcam_jax.data import pipeline
-from pcam_jax.metrics import binary_metrics
-from pcam_jax.slide import (
-    SlideError,
-    cell_polygons,
-    open_slide,
-    otsu_threshold,
-    predict_slide,
-    run_slide,
-)
+from pcam_jax.errors import SlideError
+from pcam_jax.infer.metrics import binary_metrics
+from pcam_jax.infer.slide import open_slide, otsu_threshold, predict_slide
+from pcam_jax.infer.slide_outputs import cell_polygons, run_slide
 from tests.synthetic_slides import GRID, MARGIN, mosaic, real_patches, write_slide
 
 
@@ -38,19 +33,17 @@ def centre_cells() -> tuple[np.ndarray, np.ndarray]:
     return (MARGIN + r * 96 + 32) // 32, (MARGIN + c * 96 + 32) // 32
 
 
-def random_model(name: str) -> inference.LoadedModel:
+def random_model(name: str) -> infer.LoadedModel:
     """An untrained narrow model of `name` with PCam-like normalisation (for geometry tests)."""
     config = ml_collections.ConfigDict(
         {"model": {"name": name, "widths": (2, 2, 2, 2)}, "compute_dtype": "float32"}
     )
-    model = inference.create_model(config)
+    model = infer.create_model(config)
     variables = models.init_variables(model, jax.random.key(3), (2, 96, 96, 3))
     variables = {"params": variables["params"], "batch_stats": variables["batch_stats"]}
     norm = pipeline.NormStats(mean=(180.0, 140.0, 180.0), std=(50.0, 55.0, 45.0), n=1)
     info = {"patch_size": 96, "mpp": 0.972, "norm": norm.to_json(), "model": {"name": name}}
-    return inference.LoadedModel(
-        config, model, variables, inference.make_preprocess(config, norm), info
-    )
+    return infer.LoadedModel(config, model, variables, infer.make_preprocess(config, norm), info)
 
 
 @pytest.fixture(scope="module")
@@ -60,7 +53,7 @@ def patches(subset_root):
 
 @pytest.fixture(scope="module")
 def bundled():
-    return inference.load_model(None)
+    return infer.load_model(None)
 
 
 def test_aligned_lossless_slide_equals_patch_predictions(patches, bundled, tmp_path):
@@ -177,7 +170,7 @@ def test_bad_inputs_give_clear_errors_and_no_outputs(patches, bundled, tmp_path)
 def test_pcam_slide_cli(patches, tmp_path):
     path = write_slide(tmp_path / "s.tif", mosaic(patches[0]), mpp=0.972, compression="jpeg")
     out = tmp_path / "out"
-    cmd = [sys.executable, "-m", "pcam_jax.slide_main", str(path), f"--out={out}", "--noprogress"]
+    cmd = [sys.executable, "-m", "pcam_jax.cli.slide", str(path), f"--out={out}", "--noprogress"]
     r = subprocess.run(cmd, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     assert "tissue cells" in r.stdout and (out / "summary.json").is_file()

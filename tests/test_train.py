@@ -15,10 +15,12 @@ import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from pcam_jax import checkpoints, inference, models, train
-from pcam_jax.config_base import config_from_json, load_config_file
-from pcam_jax.errors import ModelError, PcamError
-from pcam_jax.evaluate import apply_overrides, evaluate
+from pcam_jax import infer, models, train
+from pcam_jax import workdir as layout
+from pcam_jax.config import apply_overrides, load_config_file
+from pcam_jax.errors import ModelError, PcamError, TrainingError
+from pcam_jax.infer.evaluate import evaluate
+from pcam_jax.workdir import read_config
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = sorted((REPO / "configs").glob("*.py"))
@@ -74,7 +76,7 @@ def test_every_config_loads_and_names_a_model(path):
         assert isinstance(c[field], int) and c[field] > 0
     assert isinstance(c.seed, int)
     assert c.data.source in ("pcam_hdf5", "folder", "kaggle")
-    inference.create_model(c)  # the model overrides are accepted
+    infer.create_model(c)  # the model overrides are accepted
 
 
 def test_config_overrides_and_unknown_fields():
@@ -142,7 +144,7 @@ def test_train_then_eval_end_to_end(synthetic_root, tmp_path):
     assert list(workdir.glob("events.out.tfevents.*"))  # TensorBoard event file
     assert json.loads((workdir / "config.json").read_text())["model.name"] == "cnn"
 
-    config = config_from_json(workdir / "config.json")
+    config = read_config(workdir)
     result = evaluate(config, workdir, checkpoint="last", split="test", n_bootstrap=200)
     out = workdir / "eval"
     summary = json.loads((out / "test.json").read_text())
@@ -178,7 +180,7 @@ def test_eval_on_a_root_holding_only_the_test_split(synthetic_root, tmp_path):
     only_test.mkdir()
     for name in ("x.h5", "y.h5", "meta.csv"):
         shutil.copy(synthetic_root / f"camelyonpatch_level_2_split_test_{name}", only_test)
-    config = config_from_json(workdir / "config.json")
+    config = read_config(workdir)
     config.data.root = str(only_test)
     result = evaluate(config, workdir, split="test", n_bootstrap=0)
     assert result["n"] == 64
@@ -191,7 +193,7 @@ def test_tta_on_a_p4m_model_changes_nothing_but_float_error(synthetic_root, tmp_
     c = tiny_config(synthetic_root, "p4mcnn", **TINY_P4M)
     c.num_train_steps = c.eval_every_steps = c.checkpoint_every_steps = 4
     train.train_and_evaluate(c, workdir)
-    config = config_from_json(workdir / "config.json")
+    config = read_config(workdir)
     plain = evaluate(config, workdir, split="valid", n_bootstrap=0)
     tta = evaluate(config, workdir, split="valid", tta=True, n_bootstrap=0)
 
@@ -206,7 +208,7 @@ def test_tta_on_a_p4m_model_changes_nothing_but_float_error(synthetic_root, tmp_
     c2 = tiny_config(synthetic_root, **TINY_CNN)
     c2.num_train_steps = c2.eval_every_steps = c2.checkpoint_every_steps = 4
     train.train_and_evaluate(c2, workdir2)
-    config2 = config_from_json(workdir2 / "config.json")
+    config2 = read_config(workdir2)
     evaluate(config2, workdir2, split="valid", n_bootstrap=0)
     evaluate(config2, workdir2, split="valid", tta=True, n_bootstrap=0)
     with open(workdir2 / "eval" / "valid_predictions.csv", newline="") as f:
@@ -227,9 +229,7 @@ def test_changed_config_is_refused_and_neutral_fields_are_not(synthetic_root, tm
     changed = tiny_config(synthetic_root, **TINY_CNN)
     changed.num_train_steps = changed.eval_every_steps = changed.checkpoint_every_steps = 2
     changed.optimizer.learning_rate = 0.5
-    with pytest.raises(
-        train.TrainingError, match=r"optimizer\.learning_rate: 0\.003 \(stored\) -> 0\.5"
-    ):
+    with pytest.raises(TrainingError, match=r"optimizer\.learning_rate: 0\.003 \(stored\) -> 0\.5"):
         train.train_and_evaluate(changed, workdir)
     longer = tiny_config(synthetic_root, **TINY_CNN)
     longer.num_train_steps = 4
@@ -252,12 +252,12 @@ def test_nan_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(synthet
     c.log_every_steps = 5
     c.checkpoint_every_steps = 1
     c.eval_every_steps = 100
-    with pytest.raises(train.TrainingError, match=r"diverged at step 3: loss .*not finite") as e:
+    with pytest.raises(TrainingError, match=r"diverged at step 3: loss .*not finite") as e:
         train.train_and_evaluate(c, workdir)
     assert "last good checkpoint (step 2) is untouched" in str(e.value)
     saved = sorted(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit())
     assert saved == [1, 2]
-    config = config_from_json(workdir / "config.json")
+    config = read_config(workdir)
     result = evaluate(config, workdir, checkpoint="2", split="valid", n_bootstrap=0)
     assert np.isfinite(result["nll"]) and np.isfinite(result["auc"])
 
@@ -269,7 +269,7 @@ def _train_cmd(config_path: Path, workdir: Path, root: Path, *extra: str) -> lis
     return [
         sys.executable,
         "-m",
-        "pcam_jax.main",
+        "pcam_jax.cli.train",
         f"--config={config_path}",
         f"--workdir={workdir}",
         f"--config.data.root={root}",
@@ -287,14 +287,14 @@ def _env(devices: int = 1) -> dict[str, str]:
 def _final_params(workdir: Path, weights: str = "raw") -> dict[str, np.ndarray]:
     import jax
 
-    config = config_from_json(workdir / "config.json")
-    mngr = checkpoints.checkpoint_manager(workdir, 3)
+    config = read_config(workdir)
+    mngr = layout.checkpoint_manager(workdir, 3)
     step = max(mngr.all_steps())
-    model = inference.create_model(config)
+    model = infer.create_model(config)
     abstract = jax.eval_shape(
         lambda: model.init(jax.random.key(0), np.zeros((2, 96, 96, 3), np.float32))
     )
-    variables, record = checkpoints.restore_model(
+    variables, record = layout.restore_model(
         mngr, step, {"params": abstract["params"], "batch_stats": abstract["batch_stats"]}, weights
     )
     assert record["weights"] == weights
@@ -307,7 +307,7 @@ def resume_config(tmp_path_factory):
     """A small CNN run written as a config file, for the subprocess tests."""
     path = tmp_path_factory.mktemp("cfg") / "resume.py"
     path.write_text(
-        "from pcam_jax.config_base import base_config\n\n"
+        "from pcam_jax.config import base_config\n\n"
         "def get_config():\n"
         "    c = base_config()\n"
         "    c.model.name = 'cnn'\n"
@@ -416,7 +416,12 @@ def test_pcam_train_bad_input(synthetic_root, tmp_path, args, message):
 
 def test_pcam_train_requires_workdir():
     proc = subprocess.run(
-        [sys.executable, "-m", "pcam_jax.main", f"--config={REPO / 'configs' / 'quickstart.py'}"],
+        [
+            sys.executable,
+            "-m",
+            "pcam_jax.cli.train",
+            f"--config={REPO / 'configs' / 'quickstart.py'}",
+        ],
         env=_env(),
         capture_output=True,
         text=True,
@@ -428,7 +433,7 @@ def test_pcam_train_requires_workdir():
 def test_pcam_eval_bad_input(synthetic_root, tmp_path):
     def run(*args):
         return subprocess.run(
-            [sys.executable, "-m", "pcam_jax.eval_main", *args],
+            [sys.executable, "-m", "pcam_jax.cli.eval", *args],
             env=_env(),
             capture_output=True,
             text=True,
@@ -457,7 +462,7 @@ def test_pcam_eval_bad_input(synthetic_root, tmp_path):
 def test_checkpoints_keep_the_last_k_and_the_best_by_validation_auc(tmp_path):
     import orbax.checkpoint as ocp
 
-    mngr = checkpoints.checkpoint_manager(tmp_path, keep=2)
+    mngr = layout.checkpoint_manager(tmp_path, keep=2)
     aucs = {1: 0.61, 2: 0.93, 3: 0.70, 4: None, 5: 0.80, 6: 0.75}
     for step, auc in aucs.items():
         mngr.save(
@@ -468,11 +473,11 @@ def test_checkpoints_keep_the_last_k_and_the_best_by_validation_auc(tmp_path):
         )
         mngr.wait_until_finished()
     assert sorted(mngr.all_steps()) == [2, 5, 6]  # best (0.93) and the last two
-    assert checkpoints.resolve_checkpoint(mngr, "best") == 2
-    assert checkpoints.resolve_checkpoint(mngr, "last") == 6
-    assert checkpoints.resolve_checkpoint(mngr, "5") == 5
+    assert layout.resolve_checkpoint(mngr, "best") == 2
+    assert layout.resolve_checkpoint(mngr, "last") == 6
+    assert layout.resolve_checkpoint(mngr, "5") == 5
     with pytest.raises(ModelError, match=r"one of the saved steps \[2, 5, 6\]"):
-        checkpoints.resolve_checkpoint(mngr, "3")
+        layout.resolve_checkpoint(mngr, "3")
     mngr.close()
 
 

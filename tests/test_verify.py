@@ -11,7 +11,7 @@ import h5py
 import numpy as np
 import pytest
 
-from pcam_jax.data.cli import main
+from pcam_jax.cli.data import main
 from pcam_jax.data.pcam_format import HOW_TO_GET_DATA, META_COLUMNS, meta_name, x_name, y_name
 from pcam_jax.data.verify import VerifyReport, verify_root
 

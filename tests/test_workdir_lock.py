@@ -11,12 +11,12 @@ import pytest
 
 from pcam_jax import train
 from pcam_jax.errors import TrainingError
-from pcam_jax.workdir_lock import lock_path, workdir_lock
+from pcam_jax.workdir import lock_path, workdir_lock
 from tests.test_train import REPO, tiny_config
 
 HOLD = """
 import sys, time
-from pcam_jax.workdir_lock import workdir_lock
+from pcam_jax.workdir import workdir_lock
 with workdir_lock(sys.argv[1]):
     print("locked", flush=True)
     time.sleep(600)
@@ -40,7 +40,7 @@ def test_a_second_run_fails_fast_naming_the_holder(synthetic_root, tmp_path):
         ):
             train.train_and_evaluate(tiny_config(synthetic_root, "cnn"), workdir)
         assert not (workdir / "config.json").exists()  # it stopped before touching the run
-        cmd = [sys.executable, "-m", "pcam_jax.main", "--config=configs/quickstart.py"]
+        cmd = [sys.executable, "-m", "pcam_jax.cli.train", "--config=configs/quickstart.py"]
         r = subprocess.run(
             cmd + [f"--workdir={workdir}", f"--config.data.root={synthetic_root}"],
             capture_output=True,

@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-import json
 from contextlib import ExitStack
 from pathlib import Path
 
 import h5py
 import numpy as np
 
-from pcam_jax.data.fileio import atomic_path
 from pcam_jax.data.pcam_format import PATCH_SHAPE, X_KEY, Y_KEY, split_paths
 from pcam_jax.data.sources import PatchSource
+from pcam_jax.runtime.files import atomic_path, write_json
 
 BLOCK = 256  # patches read and written per step: memory stays at ~7 MB
 
@@ -50,7 +49,6 @@ def write_pcam_split(
     record = getattr(source, "split_record", None)
     if record is not None:
         record_path = out / f"pcam_jax_{split}_split_record.json"
-        with atomic_path(record_path) as tmp:
-            tmp.write_text(json.dumps({**source.describe(), "root": str(source.root)}, indent=2))
+        write_json(record_path, {**source.describe(), "root": str(source.root)})
         written.append(record_path)
     return written

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pcam_jax.errors import PcamError
+from pcam_jax.errors import DataError
 
 SPLITS: tuple[str, ...] = ("train", "valid", "test")
 SPLIT_SIZES: dict[str, int] = {"train": 262_144, "valid": 32_768, "test": 32_768}
@@ -39,10 +39,6 @@ PCAM_MD5: dict[str, str] = {
     "camelyonpatch_level_2_split_valid_meta.csv": "3455fd69135b66734e1008f3af684566",
     "camelyonpatch_level_2_split_test_meta.csv": "67589e00a4a37ec317f2d1932c7502ca",
 }
-
-
-class DataError(PcamError):
-    """Bad or missing input data. The message names the file or field and what to do."""
 
 
 def x_name(split: str) -> str:

@@ -36,8 +36,8 @@ import numpy as np
 from absl import flags
 from scipy import ndimage
 
-from pcam_jax.data.fileio import atomic_path
 from pcam_jax.data.sources import PatchSource
+from pcam_jax.runtime.files import write_json
 
 IMAGENET_MEAN = (0.485 * 255, 0.456 * 255, 0.406 * 255)
 IMAGENET_STD = (0.229 * 255, 0.224 * 255, 0.225 * 255)
@@ -257,8 +257,7 @@ def dataset_norm_stats(source: PatchSource) -> NormStats:
     stats = compute_norm_stats(source)
     for path in candidates:
         try:
-            with atomic_path(path) as tmp:
-                tmp.write_text(json.dumps(stats.to_json(), indent=2))
+            write_json(path, stats.to_json())
             break
         except OSError:
             continue

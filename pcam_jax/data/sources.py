@@ -397,6 +397,17 @@ def make_source(
     return KaggleSource(root, split, kaggle_valid_fraction, kaggle_split_seed)
 
 
+def from_config(config: Any, split: str) -> PatchSource:
+    """The `split` of a training config's data source (its ``data.*`` fields)."""
+    return make_source(
+        config.data.source,
+        config.data.root,
+        split,
+        kaggle_valid_fraction=config.data.kaggle_valid_fraction,
+        kaggle_split_seed=config.data.kaggle_split_seed,
+    )
+
+
 def available_splits(source: str, root: str | Path) -> list[str]:
     """The splits of SPLITS that `root` holds in the `source` layout."""
     root = Path(root)

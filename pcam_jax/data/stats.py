@@ -9,15 +9,15 @@ as tumour slides when any of their patches has ``tumor_patch``.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from pcam_jax.data.fileio import atomic_path
 from pcam_jax.data.pcam_format import HOW_TO_GET_DATA, SPLITS, DataError, split_paths
 from pcam_jax.data.sources import PcamHdf5Source
+from pcam_jax.runtime.files import write_json
+from pcam_jax.runtime.plotting import pyplot, save_figure
 
 
 def slide_kind(wsi: str, has_tumour_patch: bool) -> str:
@@ -80,10 +80,7 @@ def write_figures(
     root: str | Path, stats: dict[str, Any], out_dir: str | Path, *, samples: int = 8, seed: int = 0
 ) -> list[Path]:
     """Writes split bar charts, a sample grid and stats.json into `out_dir`."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -108,8 +105,8 @@ def write_figures(
         axes[2].axis("off")
         axes[2].text(0.5, 0.5, "no meta CSV: no slide counts", ha="center")
     fig.tight_layout()
-    written.append(_save(fig, out / "splits.png"))
-    plt.close(fig)
+    save_figure(fig, out / "splits.png", dpi=110)
+    written.append(out / "splits.png")
 
     src = PcamHdf5Source(root, splits[0])
     rng = np.random.default_rng(seed)
@@ -125,17 +122,10 @@ def write_figures(
                 ax.set_title(f"{name} #{picks[col]}", fontsize=7)
     fig.suptitle(f"random {splits[0]} patches (top: tumour, bottom: normal)")
     fig.tight_layout()
-    written.append(_save(fig, out / "samples.png"))
-    plt.close(fig)
+    save_figure(fig, out / "samples.png", dpi=110)
+    written.append(out / "samples.png")
     src.close()
 
-    with atomic_path(out / "stats.json") as tmp:
-        tmp.write_text(json.dumps(stats, indent=2))
+    write_json(out / "stats.json", stats)
     written.append(out / "stats.json")
     return written
-
-
-def _save(fig: Any, path: Path) -> Path:
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=110)
-    return path

@@ -22,15 +22,14 @@ Deterministic by seed.
 
 from __future__ import annotations
 
-import csv
 from pathlib import Path
 
 import h5py
 import numpy as np
 from scipy import ndimage
 
-from pcam_jax.data.fileio import atomic_path
 from pcam_jax.data.pcam_format import META_COLUMNS, PATCH_SHAPE, SPLITS, X_KEY, Y_KEY, split_paths
+from pcam_jax.runtime.files import atomic_path, write_csv
 
 DEFAULT_SIZES: dict[str, int] = {"train": 2048, "valid": 512, "test": 512}
 X_CHUNKS: tuple[int, int, int, int] = (1, *PATCH_SHAPE)
@@ -164,11 +163,7 @@ def write_pcam_arrays(
             f.create_dataset(Y_KEY, data=labels.reshape(-1, 1, 1, 1).astype(np.uint8))
     written = [x_path, y_path]
     if meta is not None:
-        with atomic_path(meta_path) as tmp:
-            with open(tmp, "w", newline="") as f:
-                w = csv.DictWriter(f, fieldnames=META_COLUMNS)
-                w.writeheader()
-                w.writerows(meta)
+        write_csv(meta_path, META_COLUMNS, ([row[c] for c in META_COLUMNS] for row in meta))
         written.append(meta_path)
     return written
 

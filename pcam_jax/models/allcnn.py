@@ -5,7 +5,7 @@ scores come from a 1x1 convolution to ``num_classes`` maps averaged over space (
 group variants, over the group axis: ``groups.invariant_pool`` with mean/mean), so that group
 logits are exactly invariant.
 
-Geometry on 96x96 (the exactness rule of ``pcam_jax.groups``): the original 3x3 stride-2 'SAME'
+Geometry on 96x96 (the exactness rule of ``equivariant.groups``): the original 3x3 stride-2 'SAME'
 convolution is NOT exact on even sizes (padding (0, 1)), and no symmetric padding fixes a 3x3
 stride-2 window on an even size. The downsampling convolutions therefore use a 4x4 kernel with
 stride 2 and padding (1, 1) (what 'SAME' gives for 4x4/2 on even sizes): 96 -> 48 -> 24, then a
@@ -24,8 +24,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from pcam_jax import groups
-from pcam_jax.layers import GroupBatchNorm, GroupDropout, conv_layer, scaled_width
+from pcam_jax.equivariant import groups
+from pcam_jax.equivariant.layers import GroupBatchNorm, GroupDropout, conv_layer, scaled_width
 
 
 class GroupAllCNN(nn.Module):

@@ -16,8 +16,14 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from pcam_jax import groups
-from pcam_jax.layers import GroupBatchNorm, GroupDropout, conv_layer, scaled_width, spatial_pool
+from pcam_jax.equivariant import groups
+from pcam_jax.equivariant.layers import (
+    GroupBatchNorm,
+    GroupDropout,
+    conv_layer,
+    scaled_width,
+    spatial_pool,
+)
 
 
 class GroupCNN(nn.Module):

@@ -19,8 +19,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from pcam_jax import groups
-from pcam_jax.layers import GroupBatchNorm, conv_layer, spatial_pool
+from pcam_jax.equivariant import groups
+from pcam_jax.equivariant.layers import GroupBatchNorm, conv_layer, spatial_pool
 
 DEFAULT_GROWTH = {"z2": 26, "p4": 13, "p4m": 9}
 

@@ -1,7 +1,7 @@
 """Compute-efficient residual networks for 96x96 patches: ``resnet``, ``p4resnet``, ``p4mresnet``.
 
 Built for accuracy per minute of compute on small hardware, not for parameter parity with the
-study's models. Layout (every window passes the exact-equivariance rule of ``pcam_jax.groups``)::
+study's models. Layout (every window passes the exact-equivariance rule of ``equivariant.groups``)::
 
     stem     4x4 stride-2 'SAME' conv (lifting for p4/p4m), BN, ReLU     96 -> 48
     stage s  ``blocks[s]`` basic residual blocks of ``widths[s]`` features per group copy; every
@@ -21,7 +21,7 @@ tolerance); the z2 model has no such property (it is the plain control).
 ``widths`` are features per group copy. A G-conv layer with ``w`` features per copy runs one
 convolution with ``w * |G|`` channels in and out, so its cost grows as ``(w |G|)^2``. With the
 defaults (``DEFAULT_WIDTHS``) the group models cost about 4x the plain one's FLOPs; the
-``cpu_subset`` recipe picks its own widths (``config_base.CPU_SUBSET_WIDTHS``).
+``cpu_subset`` recipe picks its own widths (``config.CPU_SUBSET_WIDTHS``).
 """
 
 from __future__ import annotations
@@ -30,8 +30,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from pcam_jax import groups
-from pcam_jax.layers import GroupBatchNorm, conv_layer, spatial_pool
+from pcam_jax.equivariant import groups
+from pcam_jax.equivariant.layers import GroupBatchNorm, conv_layer, spatial_pool
 
 # Features per group copy of each stage. p4 and p4m run convolutions of the same total width
 # (widths x |G| = 32 ... 256 channels), twice the plain model's, so they cost about 4x its FLOPs

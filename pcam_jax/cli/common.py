@@ -1,0 +1,144 @@
+"""What the pcam-* binaries share: the flags several of them take, declared once here; the
+``--config.FIELD=VALUE`` overrides; ``--help``; and the start-up (``run_binary``).
+
+Each binary is one module of ``pcam_jax.cli`` with a thin ``main`` that reads its flags and
+calls one library function, and a ``run()`` console-script entry point that calls
+``run_binary(main, __doc__, shared=(...))`` naming the shared flags it takes. A shared flag given
+to a binary that does not take it is a usage error naming it. ``--help`` (and ``-h``,
+``--helpshort``) prints the binary's docstring (usage and an example), then its own flags and
+the shared ones it takes, with one-line descriptions; ``--helpfull`` still lists every library
+flag. Binaries that take ``--config.a.b=value`` (``overrides=True``) get them from
+``config_overrides()``, applied with ``pcam_jax.config.apply_overrides``: one mechanism for all.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from absl import app, flags
+
+from pcam_jax.config import OVERRIDE_PREFIX
+
+HELP_FLAGS = ("-h", "--help", "-help", "--helpshort", "-?")
+
+# --- the shared flags ------------------------------------------------------------------------
+
+WORKDIR = flags.DEFINE_string("workdir", None, "A pcam-train run directory (WORKDIR).")
+MODEL = flags.DEFINE_string(
+    "model", None, "A model bundle or pcam-train workdir (default: the bundled model)."
+)
+CHECKPOINT = flags.DEFINE_string("checkpoint", "best", "For a workdir: best, last or a saved step.")
+WEIGHTS = flags.DEFINE_enum(
+    "weights",
+    "ema",
+    ["ema", "raw"],
+    "ema: the moving average of the weights when the run kept one (config.ema_decay > 0), "
+    "else the raw weights; raw: always the raw weights.",
+)
+OUT = flags.DEFINE_string(
+    "out", None, "What to write: a CSV file (pcam-predict) or a new folder (the others)."
+)
+TTA = flags.DEFINE_bool("tta", False, "Average predictions over the 8 D4 transforms of a patch.")
+BATCH_SIZE = flags.DEFINE_integer(
+    "batch_size", None, "Patches per device batch (default: 256; pcam-explain: 32)."
+)
+PROGRESS = flags.DEFINE_bool("progress", True, "Show a progress bar.")
+
+SHARED_FLAGS: tuple[str, ...] = (
+    "workdir",
+    "model",
+    "checkpoint",
+    "weights",
+    "out",
+    "tta",
+    "batch_size",
+    "progress",
+)
+_overrides: list[str] = []
+
+
+def batch_size(default: int = 256) -> int:
+    """--batch_size, or this binary's `default`."""
+    return default if BATCH_SIZE.value is None else BATCH_SIZE.value
+
+
+def config_overrides() -> list[str]:
+    """The ``--config.FIELD=VALUE`` arguments of this invocation (binaries with overrides)."""
+    return list(_overrides)
+
+
+# --- help and start-up -----------------------------------------------------------------------
+
+
+def _flag_help(name: str) -> str:
+    flag = flags.FLAGS[name]
+    shown = f"--[no]{name}" if flag.boolean else f"--{name}"
+    default = "" if flag.default is None else f"\n    (default: {flag.default_as_str})"
+    return f"  {shown}: {flag.help}{default}"
+
+
+def help_text(doc: str, flag_modules: Sequence[str], shared: Sequence[str] = ()) -> str:
+    """The docstring, then the help of the flags defined in each of `flag_modules` and of the
+    `shared` flags."""
+    parts = [doc.strip(), "", "flags:"]
+    for module in flag_modules:
+        lines = flags.FLAGS.module_help(module).strip().splitlines()
+        parts += [line for line in lines if line.startswith(" ")]  # not the "module:" header
+    parts += [_flag_help(name) for name in shared]
+    parts.append("\n--helpfull lists the flags of the libraries too.")
+    return "\n".join(parts) + "\n"
+
+
+def _flag_name(arg: str) -> str:
+    name = arg.lstrip("-").split("=", 1)[0]
+    return name[2:] if name.startswith("no") and name[2:] in SHARED_FLAGS else name
+
+
+def run_binary(
+    main: Callable[[list[str]], Any],
+    doc: str,
+    flag_modules: Sequence[str],
+    *,
+    shared: Sequence[str] = (),
+    overrides: bool = False,
+    argv: list[str] | None = None,
+) -> None:
+    """Prints `help_text` and exits 0 for a help flag; else ``app.run(main, argv)``.
+
+    `shared`: the SHARED_FLAGS this binary takes (any other is a usage error). `overrides`:
+    whether it takes ``--config.*`` arguments (kept out of absl's parser, read with
+    ``config_overrides()``).
+    """
+    argv = list(sys.argv if argv is None else argv)
+    if any(a in HELP_FLAGS for a in argv[1:]):
+        sys.stdout.write(help_text(doc, flag_modules, shared))
+        sys.exit(0)
+    prog = doc.strip().split("`")[1] if doc.strip().startswith("`") else argv[0]
+    _overrides[:] = [a for a in argv[1:] if a.startswith(OVERRIDE_PREFIX)] if overrides else []
+    rest = [a for a in argv[1:] if a not in _overrides]
+    for arg in rest:
+        if arg == "--":
+            break
+        if arg.startswith("-") and _flag_name(arg) in set(SHARED_FLAGS) - set(shared):
+            sys.exit(f"{prog}: error: {arg.split('=')[0]} is not a flag of {prog}; see --help")
+    app.run(main, argv=[argv[0], *rest])
+
+
+__all__ = [
+    "BATCH_SIZE",
+    "CHECKPOINT",
+    "HELP_FLAGS",
+    "MODEL",
+    "OUT",
+    "PROGRESS",
+    "SHARED_FLAGS",
+    "TTA",
+    "WEIGHTS",
+    "WORKDIR",
+    "batch_size",
+    "config_overrides",
+    "help_text",
+    "run_binary",
+]

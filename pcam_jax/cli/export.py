@@ -1,0 +1,45 @@
+"""`pcam-export`: a trained workdir -> a self-contained model bundle (see pcam_jax.infer).
+
+    pcam-export --workdir=W [--checkpoint=best|last|STEP] [--weights=ema|raw] --out=MODEL_DIR
+
+MODEL_DIR (new; written under a temporary name and renamed at the end) gets bundle.json,
+variables.msgpack and MODEL.md, the model card: what the model is, what it was trained on and
+how, its validation metrics (the checkpoint's own and every pcam-eval result in W/eval/ for the
+same step), its input (96x96 RGB H&E patches at 0.972 um/px), intended use and limits. A bundle
+loads with ``--model=MODEL_DIR`` in pcam-eval's siblings pcam-predict and pcam-slide, needs no
+training data, and is checked for its format version when loaded.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+
+from absl import app
+
+from pcam_jax.cli import common
+from pcam_jax.errors import PcamError
+from pcam_jax.infer.export import export
+
+
+def main(argv: Sequence[str]) -> None:
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    if not common.WORKDIR.value or not common.OUT.value:
+        sys.exit("pcam-export: error: --workdir (a pcam-train workdir) and --out are required")
+    try:
+        out = export(
+            common.WORKDIR.value, common.OUT.value, common.CHECKPOINT.value, common.WEIGHTS.value
+        )
+    except PcamError as e:
+        sys.exit(f"pcam-export: error: {e}")
+    print(f"pcam-export: wrote {out} (bundle.json, variables.msgpack, MODEL.md)")
+
+
+def run() -> None:
+    """Console-script entry point."""
+    common.run_binary(main, __doc__, [__name__], shared=("workdir", "checkpoint", "weights", "out"))
+
+
+if __name__ == "__main__":
+    run()

@@ -1,0 +1,224 @@
+"""Training configs: the fields every config has, the one ``--config.FIELD=VALUE`` mechanism,
+and how a config is loaded and stored.
+
+A config is an ``ml_collections.ConfigDict``. ``base_config()`` holds every field with its
+default; each recipe is a file in the repository's ``configs/`` whose ``get_config()`` starts
+from it and sets what differs, so opening ``configs/cpu_subset.py`` shows the whole recipe.
+``load_config_file("configs/x.py[:ARG]", *overrides)`` loads a recipe as pcam-train does.
+Every binary that takes ``--config.a.b=value`` applies it with ``apply_overrides`` (ml_collections'
+own parser, typed by the field; an unknown field or a bad value is a PcamError naming it).
+``flatten_config`` / ``unflatten_config`` convert to and from the ``{"a.b": value}`` form that
+WORKDIR/config.json stores (``pcam_jax.workdir``). Imports: ``pcam_jax.errors`` and
+``pcam_jax.data.pipeline`` (the augmentation fields' defaults).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import ml_collections
+
+from pcam_jax.data.pipeline import AugmentConfig
+from pcam_jax.errors import TrainingError
+
+# Fields that do not change the trained parameters: a restarted run may change them.
+RUN_NEUTRAL_FIELDS: frozenset[str] = frozenset(
+    {
+        "data.root",
+        "data.read_threads",
+        "data.read_buffer",
+        "data.worker_buffer_size",
+        "data.worker_count",  # global batches do not depend on it (GlobalBatchSampler)
+        "data.eval_split",
+        "eval_batch_size",
+        "log_every_steps",
+        "eval_every_steps",
+        "checkpoint_every_steps",
+        "keep_checkpoints",
+        "profile_steps",
+        "num_train_steps",
+    }
+)
+OVERRIDE_PREFIX = "--config."
+#: Patches in the full PCam training split (epochs are counted in it).
+PCAM_TRAIN_PATCHES = 262_144
+
+
+def base_config() -> ml_collections.ConfigDict:
+    """Defaults shared by every config (a p4m CNN on the PCam HDF5 files)."""
+    c = ml_collections.ConfigDict()
+    # model.name is a pcam_jax.models.create name; every other model.* field is
+    # passed to create() as an override.
+    c.model = ml_collections.ConfigDict({"name": "p4mcnn"})
+
+    c.data = ml_collections.ConfigDict()
+    c.data.source = "pcam_hdf5"  # pcam_hdf5 | folder | kaggle
+    c.data.root = "data/pcam"
+    c.data.train_split = "train"
+    c.data.eval_split = "valid"  # split of the periodic validation
+    c.data.normalization = "dataset"  # dataset (training-split statistics) | imagenet
+    c.data.worker_count = 2
+    c.data.worker_buffer_size = 2
+    c.data.read_threads = 2
+    c.data.read_buffer = 64
+    c.data.kaggle_valid_fraction = 0.1
+    c.data.kaggle_split_seed = 0
+
+    c.augment = ml_collections.ConfigDict(AugmentConfig().__dict__)
+    c.augment.d4 = True
+
+    c.batch_size = 64  # global, split over all devices
+    c.eval_batch_size = 256
+    c.num_train_steps = 1000
+    # > 0: a wall-clock budget. A fresh run measures its speed (a short probe on a throwaway
+    # copy of the state) and sets the number of steps, and so the schedule, so that training,
+    # its validations and checkpoints end within this many minutes of the start; the choice is
+    # stored in WORKDIR/train_plan.json and a resumed run keeps it. num_train_steps is then
+    # ignored.
+    c.train_minutes = 0.0
+    c.seed = 0
+    c.compute_dtype = "float32"  # float32 | bfloat16
+    c.log_every_steps = 50
+    c.eval_every_steps = 500
+    c.checkpoint_every_steps = 500
+    c.keep_checkpoints = 3  # the last K are kept, and the best by validation AUC
+    c.init_from = ""  # inception_v3: torchvision ImageNet state_dict (.pth) to start from
+    c.aux_loss_weight = 0.0  # inception_v3: weight of the auxiliary head's loss
+    c.profile_steps = 0  # > 0: capture a profiler trace of that many steps
+    # > 0: keep an exponential moving average of the parameters and BatchNorm statistics with
+    # this decay (warmed up as min(decay, (1 + t) / (10 + t)) at update t); it is checkpointed,
+    # evaluated during training and used by pcam-eval unless --weights=raw
+    c.ema_decay = 0.0
+    c.label_smoothing = 0.0  # targets (1 - s) one-hot + s / 2
+
+    c.optimizer = ml_collections.ConfigDict()
+    c.optimizer.name = "adam"  # adam | adamw | sgd | rmsprop
+    c.optimizer.learning_rate = 1e-3  # peak learning rate of the schedule
+    c.optimizer.b1 = 0.9  # adam/adamw
+    c.optimizer.b2 = 0.999
+    c.optimizer.eps = 1e-8  # adam/adamw/rmsprop
+    c.optimizer.momentum = 0.9  # sgd/rmsprop
+    c.optimizer.nesterov = False  # sgd
+    c.optimizer.decay = 0.9  # rmsprop squared-gradient decay
+    # decoupled for adamw (kernels only: no decay of biases, BN scales and offsets), L2 added to
+    # the gradient otherwise
+    c.optimizer.weight_decay = 0.0
+    c.optimizer.grad_clip_norm = 0.0  # > 0: clip the global gradient norm
+
+    c.schedule = ml_collections.ConfigDict()
+    c.schedule.name = "constant"  # constant | step | cosine | one_cycle | cyclic
+    c.schedule.warmup_steps = 0  # cosine: linear warm-up from 0
+    c.schedule.decay_factor = 0.16  # step: multiply by this ...
+    c.schedule.decay_every_steps = 1000  # ... every this many steps
+    c.schedule.final_fraction = 0.0  # cosine: final lr as a fraction of the peak
+    c.schedule.min_fraction = 0.1  # cyclic/one_cycle: lowest lr as a fraction of the peak
+    c.schedule.cycle_steps = 2000  # cyclic: steps of one triangle (up and down)
+    return c
+
+
+def epochs_to_steps(epochs: float, batch_size: int) -> int:
+    """Optimizer steps of `epochs` passes over the full PCam training split."""
+    return int(round(epochs * PCAM_TRAIN_PATCHES / batch_size))
+
+
+def _field_exists(config: ml_collections.ConfigDict, dotted: str) -> bool:
+    node: Any = config
+    for part in dotted.split("."):
+        if not isinstance(node, ml_collections.ConfigDict) or part not in node:
+            return False
+        node = node[part]
+    return True
+
+
+def apply_overrides(
+    config: ml_collections.ConfigDict, overrides: Sequence[str]
+) -> ml_collections.ConfigDict:
+    """Applies ``--config.a.b=value`` arguments to `config` in place and returns it.
+
+    Values are parsed by ml_collections (as pcam-train always has), typed by the field:
+    ``true``/``false`` for booleans, ``'(16, 32)'`` for tuples. Raises TrainingError naming the
+    argument for an unknown field, a missing ``=VALUE`` or a value of the wrong type.
+    """
+    from absl import flags
+    from ml_collections import config_flags
+
+    for arg in overrides:
+        body = arg.removeprefix(OVERRIDE_PREFIX)
+        if body == arg or "=" not in body:
+            raise TrainingError(f"{arg}: expected --config.FIELD=VALUE")
+        dotted = body.split("=", 1)[0]
+        if not _field_exists(config, dotted):
+            raise TrainingError(f"{arg}: unknown config field {dotted!r}")
+        argv = ["pcam", arg]
+        fv = flags.FlagValues()
+        config_flags.DEFINE_config_dict(
+            "config", config, flag_values=fv, lock_config=False, sys_argv=argv
+        )
+        try:
+            fv(argv)
+        except (flags.Error, ValueError, TypeError) as e:
+            message = str(e).removeprefix(f"flag {arg}: ")
+            raise TrainingError(f"{arg}: {message}") from None
+    return config
+
+
+def load_config_file(spec: str | Path, *overrides: str) -> ml_collections.ConfigDict:
+    """``get_config([ARG])`` of config file ``PATH[:ARG]``, then ``apply_overrides``.
+
+    The result is locked (a new field is an error), as pcam-train uses it.
+    """
+    path_part, _, arg = str(spec).partition(":")
+    path = Path(path_part)
+    if not path.is_file():
+        raise TrainingError(f"--config={spec}: file not found (give a configs/*.py file)")
+    module_spec = importlib.util.spec_from_file_location(f"pcam_config_{path.stem}", path)
+    assert module_spec is not None and module_spec.loader is not None
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    if not hasattr(module, "get_config"):
+        raise TrainingError(f"--config={spec}: {path} has no get_config()")
+    config = module.get_config(arg) if arg else module.get_config()
+    if not isinstance(config, ml_collections.ConfigDict):
+        raise TrainingError(f"--config={spec}: get_config() did not return a ConfigDict")
+    apply_overrides(config, overrides)
+    config.lock()
+    return config
+
+
+def sibling_config(config_file: str, name: str, arg: str = "") -> ml_collections.ConfigDict:
+    """The config of recipe file `name` in the folder of `config_file` (a configs/*.py file's
+    ``__file__``), for variants that share one recipe: ``sibling_config(__file__, "cnn.py",
+    "p4cnn")``."""
+    spec = str(Path(config_file).with_name(name)) + (f":{arg}" if arg else "")
+    return load_config_file(spec)
+
+
+def flatten_config(config: ml_collections.ConfigDict) -> dict[str, Any]:
+    """{'a.b': value} for every leaf field."""
+    out: dict[str, Any] = {}
+
+    def walk(node: Any, prefix: str) -> None:
+        for key, value in node.items():
+            name = f"{prefix}{key}"
+            if isinstance(value, ml_collections.ConfigDict | dict):
+                walk(value, name + ".")
+            else:
+                out[name] = list(value) if isinstance(value, tuple) else value
+
+    walk(config, "")
+    return out
+
+
+def unflatten_config(flat: dict[str, Any]) -> ml_collections.ConfigDict:
+    """The ConfigDict of a ``flatten_config`` dict."""
+    nested: dict[str, Any] = {}
+    for key, value in flat.items():
+        node = nested
+        *parents, leaf = key.split(".")
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = value
+    return ml_collections.ConfigDict(nested)

@@ -1,0 +1,346 @@
+"""Whole-slide inference: a map of p(tumour) over a slide from a PCam patch model.
+
+Geometry (the PCam convention). The model takes P x P patches (P = 96) at its resolution m
+(um/px; 0.972 for PCam) and its label concerns the central 32 x 32 pixels. The slide is cut into
+square cells of S model pixels (the stride, 32 by default); the prediction of the P-pixel window
+centred on a cell is that cell's value. So with S = 32 each window's labelled centre is exactly
+its cell and the windows overlap by 64 pixels. Cell (i, j) (row, column) covers level-0 pixels
+``[j * c, (j + 1) * c) x [i * c, (i + 1) * c)`` with ``c = S * m / mpp0``; level-0 coordinates
+everywhere (tiles.csv, tumour.geojson), as OpenSlide and QuPath use them.
+
+Resolution. mpp0 is the slide's own (``openslide.mpp-x``/``-y``) or --mpp; the pixels are read at
+the pyramid level whose resolution is nearest to m (in log scale) and resampled to m (Pillow's
+antialiased bilinear); when that level is at m exactly, no resampling happens and a patch placed
+on the slide's pixel grid reaches the model bit for bit.
+
+Tissue. Otsu's threshold on the HSV saturation of a thumbnail (at most THUMBNAIL_SIZE pixels a
+side, read from a low pyramid level), clipped to SATURATION_RANGE, separates stained tissue from
+glass; a cell is predicted when at least ``tissue_threshold`` of its area is tissue. Background
+is never read at full resolution; background cells hold NaN in the map and are absent from
+tiles.csv.
+
+Throughput and memory. Cells are read in blocks of BLOCK x BLOCK (one OpenSlide read_region of
+the block plus its window margin), on threads, a bounded number ahead of the model; windows go
+to the devices in batches (``LoadedModel.predict_batches``). Memory is bounded by the blocks in
+flight and the cell map, whatever the slide's size.
+
+Outputs: ``pcam_jax.infer.slide_outputs`` (tiles.csv, probabilities.npy, heatmap.png,
+tumour.geojson, summary.json; ``run_slide`` is pcam-slide's library function).
+Imports: infer.predict, runtime, errors.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+from collections import deque
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from pcam_jax.errors import SlideError
+from pcam_jax.infer.predict import LoadedModel
+
+THUMBNAIL_SIZE = 2048  # longest side of the tissue-detection image, in pixels
+BLOCK = 8  # cells per side of one read
+# Otsu's threshold is clipped to this range: below it lies glass with JPEG noise; above it,
+# Otsu has split stained tissue itself (pale eosin from haematoxylin) when little glass shows
+SATURATION_RANGE = (0.04, 0.10)
+
+
+@dataclass(frozen=True)
+class SlideGeometry:
+    """How the slide maps to model pixels and cells.
+
+    mpp0: level-0 um/px; level, level_mpp, level_downsample: the level read; model_mpp: m;
+    scale: level pixels per model pixel (m / level_mpp); cell_model: S (model px);
+    cell0: c (level-0 px, a float); rows, cols: the cell grid over the slide.
+    """
+
+    mpp0: float
+    level: int
+    level_mpp: float
+    level_downsample: float
+    model_mpp: float
+    scale: float
+    cell_model: int
+    patch: int
+    cell0: float
+    rows: int
+    cols: int
+
+
+def open_slide(path: str | Path) -> Any:
+    """An openslide.OpenSlide of `path`, or SlideError naming it."""
+    import openslide
+
+    path = Path(path)
+    if not path.is_file():
+        raise SlideError(f"{path}: no such file")
+    try:
+        return openslide.OpenSlide(str(path))
+    except openslide.OpenSlideUnsupportedFormatError:
+        raise SlideError(
+            f"{path}: not a slide OpenSlide can read (SVS, NDPI, MRXS, SCN, tiled TIFF, ...)"
+        ) from None
+    except openslide.OpenSlideError as e:
+        raise SlideError(f"{path}: OpenSlide could not read it ({e})") from None
+
+
+def slide_mpp(slide: Any, path: str | Path, override: float | None) -> float:
+    """Level-0 um/px: `override` when given, else the slide's openslide.mpp-x/-y (their mean)."""
+    if override is not None:
+        if not override > 0:
+            raise SlideError(f"--mpp={override}: must be a positive number of um per pixel")
+        return float(override)
+    props = slide.properties
+    try:
+        x, y = float(props["openslide.mpp-x"]), float(props["openslide.mpp-y"])
+    except (KeyError, ValueError):
+        raise SlideError(
+            f"{path}: the slide does not record its resolution (no openslide.mpp-x/y); give "
+            "--mpp=MICRONS_PER_PIXEL of level 0 (about 0.25 at 40x, 0.5 at 20x)"
+        ) from None
+    if not (x > 0 and y > 0):
+        raise SlideError(f"{path}: invalid resolution mpp-x={x}, mpp-y={y}; give --mpp")
+    if abs(x - y) > 0.02 * max(x, y):
+        raise SlideError(f"{path}: non-square pixels (mpp-x={x}, mpp-y={y}) are not supported")
+    return (x + y) / 2
+
+
+def slide_geometry(
+    slide: Any, mpp0: float, model_mpp: float, stride: int, patch: int
+) -> SlideGeometry:
+    """The level nearest to `model_mpp` (log scale; the finer on a tie) and the cell grid."""
+    if stride <= 0 or stride > patch or (patch - stride) % 2:
+        raise SlideError(
+            f"--stride={stride}: expected 1..{patch} with {patch} - stride even (the window must "
+            "centre on its cell)"
+        )
+    mpps = [mpp0 * d for d in slide.level_downsamples]
+    level = min(range(len(mpps)), key=lambda i: (abs(math.log(mpps[i] / model_mpp)), i))
+    w0, h0 = slide.dimensions
+    cell0 = stride * model_mpp / mpp0
+    return SlideGeometry(
+        mpp0=mpp0,
+        level=level,
+        level_mpp=mpps[level],
+        level_downsample=float(slide.level_downsamples[level]),
+        model_mpp=model_mpp,
+        scale=model_mpp / mpps[level],
+        cell_model=stride,
+        patch=patch,
+        cell0=cell0,
+        rows=int(h0 // cell0),
+        cols=int(w0 // cell0),
+    )
+
+
+def otsu_threshold(values: np.ndarray) -> float:
+    """Otsu's threshold of values in [0, 1] (256 bins): the cut maximising the between-class
+    variance."""
+    hist, edges = np.histogram(values, bins=256, range=(0.0, 1.0))
+    hist = hist.astype(np.float64)
+    centres = (edges[:-1] + edges[1:]) / 2
+    w0 = np.cumsum(hist)
+    w1 = w0[-1] - w0
+    m0 = np.cumsum(hist * centres)
+    mu0 = m0 / np.maximum(w0, 1)
+    mu1 = (m0[-1] - m0) / np.maximum(w1, 1)
+    between = w0 * w1 * (mu0 - mu1) ** 2
+    return float(edges[int(np.argmax(between)) + 1])
+
+
+def saturation(rgb: np.ndarray) -> np.ndarray:
+    """HSV saturation (max - min) / max of uint8 RGB (H, W, 3), in [0, 1]; 0 for black."""
+    x = rgb.astype(np.float32)
+    hi, lo = x.max(-1), x.min(-1)
+    return np.where(hi > 0, (hi - lo) / np.maximum(hi, 1), 0.0)
+
+
+def thumbnail(slide: Any) -> tuple[np.ndarray, float]:
+    """RGB thumbnail (at most THUMBNAIL_SIZE a side; transparent areas white) and its
+    level-0 pixels per thumbnail pixel."""
+    w0, h0 = slide.dimensions
+    factor = max(w0, h0) / THUMBNAIL_SIZE
+    size = (max(1, round(w0 / max(factor, 1))), max(1, round(h0 / max(factor, 1))))
+    thumb = slide.get_thumbnail(size).convert("RGB")
+    return np.asarray(thumb), w0 / thumb.size[0]
+
+
+def tissue_fraction(
+    geom: SlideGeometry, thumb: np.ndarray, per_px: float
+) -> tuple[np.ndarray, float]:
+    """(rows, cols) share of each cell's area that is tissue, and the saturation threshold."""
+    sat = saturation(thumb)
+    threshold = float(np.clip(otsu_threshold(sat.ravel()), *SATURATION_RANGE))
+    mask = (sat >= threshold).astype(np.float64)
+    # the mean of the mask over each cell's rectangle, from an integral image
+    integral = np.zeros((mask.shape[0] + 1, mask.shape[1] + 1))
+    integral[1:, 1:] = mask.cumsum(0).cumsum(1)
+    ys = np.clip(np.round(np.arange(geom.rows + 1) * geom.cell0 / per_px), 0, mask.shape[0])
+    xs = np.clip(np.round(np.arange(geom.cols + 1) * geom.cell0 / per_px), 0, mask.shape[1])
+    ys, xs = ys.astype(int), xs.astype(int)
+    y1, x1 = ys[:-1, None], xs[None, :-1]
+    y2, x2 = np.maximum(ys[1:, None], y1 + 1), np.maximum(xs[None, 1:], x1 + 1)
+    y2, x2 = np.minimum(y2, mask.shape[0]), np.minimum(x2, mask.shape[1])
+    total = integral[y2, x2] - integral[y1, x2] - integral[y2, x1] + integral[y1, x1]
+    area = np.maximum((y2 - y1) * (x2 - x1), 1)
+    return total / area, threshold
+
+
+def read_block(slide: Any, geom: SlideGeometry, row0: int, col0: int, n: int) -> np.ndarray:
+    """uint8 RGB at model resolution of the n x n cells from (row0, col0) plus the window
+    margin: (n * S + P - S) pixels a side; outside the slide and transparent pixels are white."""
+    margin = (geom.patch - geom.cell_model) // 2
+    side = n * geom.cell_model + 2 * margin
+    # the block's top-left corner in model pixels, then in level-0 and level pixels
+    mx, my = col0 * geom.cell_model - margin, row0 * geom.cell_model - margin
+    f0 = geom.model_mpp / geom.mpp0  # level-0 px per model px
+    x0, y0 = math.floor(mx * f0), math.floor(my * f0)
+    read = math.ceil(side * geom.scale)
+    region = slide.read_region((x0, y0), geom.level, (read, read))
+    rgb = Image.new("RGB", region.size, (255, 255, 255))
+    rgb.paste(region, mask=region.split()[3])
+    if read != side:  # to model resolution; the read's rounding-up is cropped off, not squeezed
+        full = max(side, round(read / geom.scale))
+        rgb = rgb.resize((full, full), Image.Resampling.BILINEAR).crop((0, 0, side, side))
+    return np.asarray(rgb)
+
+
+def block_windows(
+    block: np.ndarray, cells: np.ndarray, row0: int, col0: int, geom: SlideGeometry
+) -> np.ndarray:
+    """The P x P windows (K, P, P, 3) centred on `cells` (K, 2) (rows, cols) of a block."""
+    s, p = geom.cell_model, geom.patch
+    out = np.empty((len(cells), p, p, 3), np.uint8)
+    for k, (r, c) in enumerate(cells):
+        y, x = (r - row0) * s, (c - col0) * s
+        out[k] = block[y : y + p, x : x + p]
+    return out
+
+
+def tissue_blocks(tissue: np.ndarray) -> list[tuple[int, int, np.ndarray]]:
+    """(row0, col0, cells (K, 2)) of every BLOCK x BLOCK block holding tissue cells."""
+    out = []
+    rows, cols = tissue.shape
+    for r0 in range(0, rows, BLOCK):
+        for c0 in range(0, cols, BLOCK):
+            rr, cc = np.nonzero(tissue[r0 : r0 + BLOCK, c0 : c0 + BLOCK])
+            if len(rr):
+                out.append((r0, c0, np.stack([rr + r0, cc + c0], 1)))
+    return out
+
+
+def window_stream(
+    slide: Any, geom: SlideGeometry, blocks: list[tuple[int, int, np.ndarray]], threads: int = 2
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """(windows, cells) per block, in order; blocks are read on `threads` threads, at most
+    2 x threads ahead of the consumer."""
+
+    def load(item: tuple[int, int, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        r0, c0, cells = item
+        block = read_block(slide, geom, r0, c0, BLOCK)
+        return block_windows(block, cells, r0, c0, geom), cells
+
+    with ThreadPoolExecutor(max_workers=threads) as pool:
+        queue: deque[Future[tuple[np.ndarray, np.ndarray]]] = deque()
+        items = iter(blocks)
+        for item in items:
+            queue.append(pool.submit(load, item))
+            if len(queue) >= 2 * threads:
+                break
+        while queue:
+            result = queue.popleft().result()
+            nxt = next(items, None)
+            if nxt is not None:
+                queue.append(pool.submit(load, nxt))
+            yield result
+
+
+def rebatch(
+    stream: Iterator[tuple[np.ndarray, np.ndarray]], size: int, cells_out: deque[np.ndarray]
+) -> Iterator[np.ndarray]:
+    """Windows regrouped into batches of `size` (the last may be smaller); each batch's cells
+    are appended to `cells_out` as it is yielded."""
+    images: list[np.ndarray] = []
+    cells: list[np.ndarray] = []
+    held = 0
+    for w, c in stream:
+        images.append(w)
+        cells.append(c)
+        held += len(w)
+        while held >= size:
+            x, y = np.concatenate(images), np.concatenate(cells)
+            cells_out.append(y[:size])
+            yield x[:size]
+            images, cells, held = [x[size:]], [y[size:]], held - size
+    if held:
+        cells_out.append(np.concatenate(cells))
+        yield np.concatenate(images)
+
+
+@dataclass
+class SlideResult:
+    """The cell map (rows, cols) float32 (NaN: not tissue), the geometry and timings."""
+
+    probabilities: np.ndarray
+    geometry: SlideGeometry
+    tissue_threshold: float
+    saturation_threshold: float
+    seconds: float
+    thumbnail: np.ndarray
+    thumbnail_per_px: float
+
+
+def predict_slide(
+    slide: Any,
+    path: str | Path,
+    model: LoadedModel,
+    *,
+    mpp: float | None = None,
+    stride: int = 32,
+    tissue_threshold: float = 0.5,
+    batch_size: int = 256,
+    tta: bool = False,
+    progress: bool = False,
+) -> SlideResult:
+    """The p(tumour) map of an open slide (see the module docstring)."""
+    from tqdm import tqdm
+
+    t0 = time.perf_counter()
+    if not 0 < tissue_threshold <= 1:
+        raise SlideError(f"--tissue_threshold={tissue_threshold}: expected a fraction in (0, 1]")
+    mpp0 = slide_mpp(slide, path, mpp)
+    geom = slide_geometry(slide, mpp0, model.mpp, stride, model.patch_size)
+    if geom.rows == 0 or geom.cols == 0:
+        raise SlideError(f"{path}: smaller than one {stride}-pixel cell at {model.mpp} um/px")
+    thumb, per_px = thumbnail(slide)
+    fraction, sat_threshold = tissue_fraction(geom, thumb, per_px)
+    tissue = fraction >= tissue_threshold
+    if not tissue.any():
+        raise SlideError(
+            f"{path}: no tissue found (no cell has {tissue_threshold:.0%} of its area above "
+            f"saturation {sat_threshold:.2f}); lower --tissue_threshold if the stain is faint"
+        )
+    probs = np.full((geom.rows, geom.cols), np.nan, np.float32)
+    blocks = tissue_blocks(tissue)
+    cells_fifo: deque[np.ndarray] = deque()
+    batches = rebatch(window_stream(slide, geom, blocks), batch_size, cells_fifo)
+    with tqdm(total=int(tissue.sum()), unit="cell", disable=not progress, file=sys.stderr) as bar:
+        for p in model.predict_batches(batches, batch_size=batch_size, tta=tta):
+            cells = cells_fifo.popleft()
+            probs[cells[:, 0], cells[:, 1]] = p
+            bar.update(len(p))
+    return SlideResult(
+        probs, geom, tissue_threshold, sat_threshold, time.perf_counter() - t0, thumb, per_px
+    )
+
+
+# --- outputs -----------------------------------------------------------------------------------

@@ -1,0 +1,162 @@
+"""Setting up a run: the checks of a config, the data, the initial state, the sharding.
+
+``check_recipe`` refuses recipe values no run can use before anything is built.
+``make_train_loader`` is the training input pipeline (``pcam_jax.data.pipeline``): this
+process's share of every global batch, seeded shuffle and augmentation. ``create_state`` builds
+the TrainState from ``model.init`` (and a pretrained checkpoint for Inception), with its
+optimizer (``train.optim``) and EMA. ``replicate`` puts the state on every device of the mesh;
+``global_batch`` assembles each process's share into the step's global arrays.
+Imports: models, data, infer.model, train.optim/step, runtime, errors.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import flax.linen as nn
+import grain
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from jax.experimental import multihost_utils
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from pcam_jax import models
+from pcam_jax.data import pipeline, sources
+from pcam_jax.errors import TrainingError
+from pcam_jax.runtime.distributed import is_primary, to_global
+from pcam_jax.train.optim import make_optimizer
+from pcam_jax.train.step import TrainState
+
+
+def check_recipe(config: ml_collections.ConfigDict) -> None:
+    """Raises TrainingError naming the first recipe field no run can use."""
+    if config.ema_decay < 0 or config.ema_decay >= 1:
+        raise TrainingError(f"config.ema_decay={config.ema_decay}: expected 0 (off) or in (0, 1)")
+    if not 0 <= config.label_smoothing < 1:
+        raise TrainingError(f"config.label_smoothing={config.label_smoothing}: expected [0, 1)")
+    if config.batch_size % jax.device_count():
+        raise TrainingError(
+            f"config.batch_size={config.batch_size} must be a multiple of the "
+            f"{jax.device_count()} devices"
+        )
+
+
+def make_train_loader(
+    config: ml_collections.ConfigDict, source: sources.PatchSource
+) -> grain.DataLoader:
+    """This process's training loader: its share of every global batch, augmented."""
+    return pipeline.make_loader(
+        source,
+        batch_size=config.batch_size // jax.process_count(),
+        train=True,
+        seed=config.seed,
+        augment=pipeline.AugmentConfig.from_mapping(config.augment.to_dict()),
+        worker_count=config.data.worker_count,
+        worker_buffer_size=config.data.worker_buffer_size,
+        read_threads=config.data.read_threads,
+        read_buffer=config.data.read_buffer,
+        shard_options=pipeline.process_shard_options(),
+    )
+
+
+def initial_variables(
+    config: ml_collections.ConfigDict, model: nn.Module, key: jax.Array
+) -> dict[str, Any]:
+    """model.init (`models.init_variables`), then config.init_from's pretrained weights."""
+    size = models.input_size(config.model.name)
+    variables = models.init_variables(model, key, (2, size, size, 3))
+    if config.init_from:
+        if config.model.name != "inception_v3":
+            raise TrainingError(
+                f"config.init_from is set but model {config.model.name!r} has no pretrained "
+                "weights loader (only inception_v3 reads torchvision state dicts)"
+            )
+        from pcam_jax.models import torch_convert
+
+        path = Path(config.init_from)
+        if not path.is_file():
+            raise TrainingError(
+                f"config.init_from={str(path)!r}: file not found; download torchvision's "
+                "inception_v3_google-*.pth elsewhere and copy it here"
+            )
+        variables = torch_convert.load_pretrained(variables, path)
+    return dict(variables)
+
+
+def trainable_mask(model: nn.Module, params: Any) -> Any:
+    """None (train everything), or the heads-only mask of a frozen Inception backbone."""
+    if getattr(model, "freeze_backbone", False):
+        from pcam_jax.models.inception import trainable_mask as heads_only
+
+        return heads_only(params)
+    return None
+
+
+def create_state(
+    config: ml_collections.ConfigDict, model: nn.Module, schedule: optax.Schedule
+) -> TrainState:
+    """The initial TrainState: ``initial_variables`` (seed ``config.seed``), the optimizer of
+    `schedule` (heads only for a frozen backbone) and, with ``ema_decay > 0``, the EMA."""
+    variables = initial_variables(config, model, jax.random.key(config.seed))
+    tx = make_optimizer(config.optimizer, schedule, trainable_mask(model, variables["params"]))
+    batch_stats = variables.get("batch_stats", {})
+    ema = None
+    if config.ema_decay > 0:
+        ema = jax.tree_util.tree_map(
+            jnp.copy, {"params": variables["params"], "batch_stats": batch_stats}
+        )
+    return TrainState.create(
+        apply_fn=model.apply,
+        params=variables["params"],
+        batch_stats=batch_stats,
+        ema=ema,
+        tx=tx,
+    )
+
+
+def with_schedule(
+    config: ml_collections.ConfigDict, model: nn.Module, state: TrainState, schedule: optax.Schedule
+) -> TrainState:
+    """`state` with the optimizer of another schedule (same optimizer state structure)."""
+    mask = trainable_mask(model, state.params)
+    return state.replace(tx=make_optimizer(config.optimizer, schedule, mask))
+
+
+def norm_stats(config: ml_collections.ConfigDict, train_source: Any) -> pipeline.NormStats:
+    """Training-split statistics, or ImageNet's (config.data.normalization)."""
+    if config.data.normalization == "imagenet":
+        return pipeline.IMAGENET_STATS
+    if config.data.normalization != "dataset":
+        raise TrainingError(
+            f"config.data.normalization={config.data.normalization!r}: expected dataset or imagenet"
+        )
+    if jax.process_count() > 1:
+        # process 0 streams the split and caches the result beside the data; the others
+        # then read that cache (or, when they cannot see it, compute the same numbers)
+        if is_primary():
+            pipeline.dataset_norm_stats(train_source)
+        multihost_utils.sync_global_devices("pcam_jax norm stats")
+    return pipeline.dataset_norm_stats(train_source)
+
+
+def global_batch(mesh: jax.sharding.Mesh, batch: dict[str, np.ndarray]) -> dict[str, jax.Array]:
+    """A training batch (this process's share) as the step's global image and label arrays."""
+    return {"image": to_global(mesh, batch["image"]), "label": to_global(mesh, batch["label"])}
+
+
+def replicate(tree: Any, mesh: jax.sharding.Mesh) -> Any:
+    """Every array of `tree` (the same on every process) replicated over `mesh`."""
+    sharding = NamedSharding(mesh, P())
+    if jax.process_count() == 1:
+        return jax.device_put(tree, sharding)
+
+    def put(x: Any) -> jax.Array:
+        host = np.asarray(x)
+        return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
+
+    return jax.tree_util.tree_map(put, tree)
