@@ -19,6 +19,7 @@ from pcam_jax.errors import ModelError, PcamError
 from pcam_jax.infer.evaluate import evaluate
 from pcam_jax.infer.export import export
 from pcam_jax.infer.patches import InputError, collect_inputs, predict_patches, write_csv
+from pcam_jax.runtime.distributed import make_mesh
 from pcam_jax.workdir import read_config
 from tests.test_train import tiny_config
 
@@ -209,7 +210,7 @@ def test_pcam_predict_on_the_real_valid_split_equals_pcam_eval(subset_root, tmp_
         }
     )
     source = sources.from_config(config, "valid")
-    mesh = infer.make_mesh()
+    mesh = make_mesh()
     fn = model.predict_fn(mesh)
     pred = infer.predict(fn, model.variables, infer.make_eval_loader(config, source), mesh)
     by_path = {

@@ -56,6 +56,8 @@ SHARED_FLAGS: tuple[str, ...] = (
     "batch_size",
     "progress",
 )
+#: The shared flags of a binary that runs a model over inputs (pcam-predict, pcam-slide).
+PREDICTION_FLAGS = ("out", "model", "checkpoint", "tta", "batch_size", "progress")
 _overrides: list[str] = []
 
 
@@ -132,6 +134,7 @@ __all__ = [
     "HELP_FLAGS",
     "MODEL",
     "OUT",
+    "PREDICTION_FLAGS",
     "PROGRESS",
     "SHARED_FLAGS",
     "TTA",

@@ -74,12 +74,7 @@ def main(argv: Sequence[str]) -> None:
 
 def run() -> None:
     """Console-script entry point."""
-    common.run_binary(
-        main,
-        __doc__,
-        [__name__],
-        shared=("out", "model", "checkpoint", "tta", "batch_size", "progress"),
-    )
+    common.run_binary(main, __doc__, [__name__], shared=common.PREDICTION_FLAGS)
 
 
 if __name__ == "__main__":

@@ -42,6 +42,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from pcam_jax.data.pcam_format import PCAM_MD5, ZENODO_BASE_URL, DataError
+from pcam_jax.runtime.files import atomic_path
 
 CHUNK_BYTES = 1 << 20
 RETRY_BACKOFF_S = 1.0
@@ -321,10 +322,10 @@ def _md5_file(path: Path) -> str:
 
 
 def _gunzip(src: Path, dst: Path, *, progress: bool) -> None:
-    """Streams gunzip(src) into ``<dst>.tmp`` and renames it to `dst` once complete."""
-    tmp = dst.with_name(dst.name + ".tmp")
+    """Streams gunzip(src) into a temporary file beside `dst`, renamed to `dst` once complete."""
     try:
         with (
+            atomic_path(dst) as tmp,
             open(src, "rb") as raw,
             gzip.GzipFile(fileobj=raw, mode="rb") as gz,
             open(tmp, "wb") as f,
@@ -342,9 +343,7 @@ def _gunzip(src: Path, dst: Path, *, progress: bool) -> None:
             while chunk := gz.read(CHUNK_BYTES):
                 f.write(chunk)
                 bar.update(raw.tell() - bar.n)
-        os.replace(tmp, dst)
     except (gzip.BadGzipFile, EOFError, zlib.error) as e:
-        tmp.unlink(missing_ok=True)
         raise DataError(
             f"{src} is not a valid gzip file ({e}) although its md5 matched; check the "
             "--checksums used, delete it and rerun to download it again"

@@ -280,9 +280,9 @@ def conv(
 ) -> jax.Array:
     """ONE ``lax.conv_general_dilated``, NHWC x HWIO -> NHWC, on an (expanded) kernel.
 
-    On CPU compile it with ``xla_options.compiler_options()`` (as pcam_jax's steps are): XLA:CPU
-    then runs the convolution and both its gradients through YNNPACK, 1.3-1.9x faster forward
-    and 8-10x faster kernel gradient than its default path (BENCHMARKS.md).
+    On CPU compile it with ``runtime.xla_options.compiler_options()`` (as pcam_jax's steps
+    are): XLA:CPU then runs the convolution and both its gradients through YNNPACK, faster than
+    its default path (BENCHMARKS.md).
     """
     return lax.conv_general_dilated(
         x,

@@ -36,7 +36,7 @@ from pcam_jax.errors import ModelError
 from pcam_jax.infer.model import abstract_variables, count_parameters, create_model, make_preprocess
 from pcam_jax.infer.predict import LoadedModel
 from pcam_jax.runtime.distributed import make_mesh
-from pcam_jax.runtime.files import atomic_dir
+from pcam_jax.runtime.files import atomic_dir, write_json
 
 BUNDLE_FORMAT = "pcam_jax.bundle"
 #: The bundle layout this version writes and reads; a change to bundle.json's meaning or to the
@@ -81,7 +81,7 @@ def save_bundle(
     }
     with atomic_dir(out, replace_empty=False) as tmp:
         (tmp / BUNDLE_VARIABLES).write_bytes(blob)
-        (tmp / BUNDLE_JSON).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+        write_json(tmp / BUNDLE_JSON, meta, sort_keys=True)
         (tmp / BUNDLE_CARD).write_text(card)
     return out
 

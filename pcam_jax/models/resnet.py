@@ -21,7 +21,7 @@ tolerance); the z2 model has no such property (it is the plain control).
 ``widths`` are features per group copy. A G-conv layer with ``w`` features per copy runs one
 convolution with ``w * |G|`` channels in and out, so its cost grows as ``(w |G|)^2``. With the
 defaults (``DEFAULT_WIDTHS``) the group models cost about 4x the plain one's FLOPs; the
-``cpu_subset`` recipe picks its own widths (``config.CPU_SUBSET_WIDTHS``).
+``cpu_subset`` recipe picks its own widths (``WIDTHS`` in configs/cpu_subset.py).
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ from pcam_jax.equivariant.layers import GroupBatchNorm, conv_layer, spatial_pool
 
 # Features per group copy of each stage. p4 and p4m run convolutions of the same total width
 # (widths x |G| = 32 ... 256 channels), twice the plain model's, so they cost about 4x its FLOPs
-# per image (0.27 vs 0.07 GFLOPs); measured rates and AUC per minute are in BENCHMARKS.md.
+# per image; measured FLOPs, rates and AUC per minute are in BENCHMARKS.md.
 DEFAULT_WIDTHS: dict[str, tuple[int, ...]] = {
     "z2": (16, 32, 64, 128),
     "p4": (8, 16, 32, 64),

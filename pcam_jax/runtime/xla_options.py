@@ -2,10 +2,9 @@
 
 On CPU, pcam_jax compiles its train, eval and predict steps with YNNPACK enabled for dot-like
 operations (``xla_cpu_experimental_ynn_fusion_type``): XLA:CPU then runs convolutions and both
-their gradients through YNNPACK. On the 2-core development machine that made the forward
-convolutions of the group models 1.3-1.9x faster and their kernel gradients 8-10x faster than
-XLA:CPU's default path (BENCHMARKS.md, "Where the time goes"). Values agree with the default
-path to float rounding (1e-6 to 2e-5 relative).
+their gradients through YNNPACK, which is faster than XLA:CPU's default path (by how much is
+measured in BENCHMARKS.md, "Where the time goes"); values agree with the default path to float
+rounding.
 
 Set ``PCAM_JAX_XLA_CPU_OPTIONS=0`` to compile with XLA's defaults instead. Other backends get
 no options. Users who jit the layers of ``pcam_jax.equivariant.groups`` themselves pass

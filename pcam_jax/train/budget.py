@@ -169,9 +169,8 @@ def _steps_within(
     )
 
 
-def plan_steps_for_budget(
+def measure_speed(
     config: ml_collections.ConfigDict,
-    t_start: float,
     step_fn: Any,
     state: TrainState,
     loader: grain.DataLoader,
@@ -179,17 +178,11 @@ def plan_steps_for_budget(
     key: jax.Array,
     predict_fn: Any,
     eval_src: Any,
-) -> dict[str, Any]:
-    """Chooses num_train_steps so that the whole run ends within config.train_minutes.
-
-    Measures, on a throwaway copy of the initial state and a separate data iterator (the run's
-    own batches and parameters are untouched): the compile time of the train step, the seconds
-    per step over PROBE_STEPS steps, and one validation pass (which also compiles the predict
-    function the run reuses). The budget counts from the start of train_and_evaluate; what is
-    left after the probe, less a second compile and a margin (BUDGET_FILL), is split between
-    steps, validations every eval_every_steps and workdir. Every process uses process 0's
-    figures.
-    """
+) -> tuple[float, float, float]:
+    """(compile seconds of the train step, seconds per step over PROBE_STEPS steps, seconds of
+    one validation pass), measured on a throwaway copy of `state` and a separate iterator of
+    `loader` (the run's own batches and parameters are untouched). The validation's predict
+    function is compiled outside its timing, and the run reuses it."""
     probe_state = jax.tree_util.tree_map(jnp.copy, state)
     it = iter(loader)
 
@@ -207,14 +200,27 @@ def plan_steps_for_budget(
     step_seconds = (time.perf_counter() - t) / PROBE_STEPS
     it = None  # stops the probe iterator's worker processes
     eval_loader = make_eval_loader(config, eval_src)
-    first = next(iter(eval_loader))["image"]  # compile the predict function outside the timing
+    first = next(iter(eval_loader))["image"]
     jax.block_until_ready(
         predict_fn(eval_variables(probe_state), to_global(mesh, pad_to_local_devices(first)))
     )
     t = time.perf_counter()
     predict(predict_fn, eval_variables(probe_state), eval_loader, mesh)
     eval_seconds = time.perf_counter() - t
-    del probe_state
+    return compile_seconds, step_seconds, eval_seconds
+
+
+def plan_steps_for_budget(
+    config: ml_collections.ConfigDict, t_start: float, **probe: Any
+) -> dict[str, Any]:
+    """Chooses num_train_steps so that the whole run ends within config.train_minutes.
+
+    Measures the machine (``measure_speed(config, **probe)``). The budget counts from
+    `t_start`, the start of train_and_evaluate; what is left after the probe, less a second
+    compile and a margin (BUDGET_FILL), is split between steps, validations every
+    eval_every_steps and checkpoints. Every process uses process 0's figures.
+    """
+    compile_seconds, step_seconds, eval_seconds = measure_speed(config, **probe)
     elapsed = time.perf_counter() - t_start
     figures = np.asarray([compile_seconds, step_seconds, eval_seconds, elapsed], np.float64)
     if jax.process_count() > 1:
@@ -326,7 +332,7 @@ def late_check_steps(
     the most steps that fill REPLAN_FILL of what is left of config.train_minutes at the
     measured `step_seconds` (validations and checkpoints counted in), if that is fewer than
     planned; otherwise unchanged. Records the check under "late_check". Every process uses
-    process 0's figures. `step_seconds` already includes the validations and workdir."""
+    process 0's figures. `step_seconds` already includes the validations and checkpoints."""
     more, step_seconds, _, elapsed = _steps_left(config, plan, step_seconds, 0.0, elapsed)
     planned = plan["num_train_steps"]
     steps = min(planned, step + more)

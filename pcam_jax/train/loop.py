@@ -60,140 +60,196 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
     """
     chrono = Chrono()  # a train_minutes budget counts from here
     with workdir_lock(workdir):
-        return _train(config, Path(workdir), chrono)
+        run = _Run.set_up(config, Path(workdir), chrono)
+        return _loop(run)
 
 
-def _train(config: ml_collections.ConfigDict, workdir: Path, chrono: Chrono) -> dict[str, Any]:
-    check_config(config, workdir)
-    check_recipe(config)
-    writer = metric_writers.create_default_writer(
-        workdir, just_logging=not is_primary(), asynchronous=False
-    )
-    mesh = make_mesh()
-    train_src = sources.from_config(config, config.data.train_split)
-    eval_src = sources.from_config(config, config.data.eval_split)
-    norm = norm_stats(config, train_src)
-    loader = make_train_loader(config, train_src)
-    train_iter = iter(loader)
-    model = create_model(config)
-    preprocess = make_preprocess(config, norm)
-    budget = TrainBudget(config, workdir, chrono)
+@dataclasses.dataclass
+class _Run:
+    """Everything a run needs once it is set up (``set_up``), and the rebuilds its budget asks
+    for when the number of steps changes."""
 
-    def schedule() -> optax.Schedule:
-        lr = config.optimizer.learning_rate
-        return make_schedule(config.schedule, budget.num_train_steps, lr, budget.hold_steps)
+    config: ml_collections.ConfigDict
+    workdir: Path
+    chrono: Chrono
+    writer: metric_writers.MetricWriter
+    mesh: jax.sharding.Mesh
+    eval_src: sources.PatchSource
+    norm: pipeline.NormStats
+    train_iter: Any
+    model: Any
+    preprocess: Any
+    budget: TrainBudget
+    state: Any
+    key: jax.Array
+    layout: dict[str, int]
+    mngr: Any
+    last_good: int | None
+    step_fn: Any = None
+    predict_fn: Any = None
 
-    def rebuild(state: Any) -> tuple[Any, Any]:
-        """The state's optimizer and the compiled step for the budget's current length."""
-        s = schedule()
-        return with_schedule(config, model, state, s), compile_train_step(
-            config, preprocess, s, mesh
+    @classmethod
+    def set_up(cls, config: ml_collections.ConfigDict, workdir: Path, chrono: Chrono) -> _Run:
+        check_config(config, workdir)
+        check_recipe(config)
+        writer = metric_writers.create_default_writer(
+            workdir, just_logging=not is_primary(), asynchronous=False
         )
-
-    def progress() -> periodic_actions.ReportProgress:
-        return periodic_actions.ReportProgress(
-            num_train_steps=budget.num_train_steps,
+        mesh = make_mesh()
+        train_src = sources.from_config(config, config.data.train_split)
+        eval_src = sources.from_config(config, config.data.eval_split)
+        norm = norm_stats(config, train_src)
+        loader = make_train_loader(config, train_src)
+        train_iter = iter(loader)
+        model = create_model(config)
+        budget = TrainBudget(config, workdir, chrono)
+        state = create_state(config, model, _schedule(config, budget))
+        n_params = sum(int(np.prod(p.shape)) for p in jax.tree_util.tree_leaves(state.params))
+        store_config(config, workdir)  # data, model and optimizer were set up without error
+        seed_key = partial(jax.random.key, config.seed)
+        layout = {"processes": jax.process_count(), "workers": config.data.worker_count}
+        mngr = checkpoint_manager(workdir, config.keep_checkpoints)
+        run = cls(
+            config=config,
+            workdir=workdir,
+            chrono=chrono,
             writer=writer,
-            every_steps=config.log_every_steps,
-        )
-
-    state = create_state(config, model, schedule())
-    n_params = sum(int(np.prod(p.shape)) for p in jax.tree_util.tree_leaves(state.params))
-    store_config(config, workdir)  # data, model and optimizer were set up without error
-    state = replicate(state, mesh)
-    key = jax.jit(partial(jax.random.key, config.seed), out_shardings=NamedSharding(mesh, P()))()
-    layout = {"processes": jax.process_count(), "workers": config.data.worker_count}
-    mngr = checkpoint_manager(workdir, config.keep_checkpoints)
-    last_good = mngr.latest_step()
-    if last_good is not None:
-        state = restore_for_training(
-            mngr, last_good, state, train_iter, loader, layout, norm, str(config.data.root)
-        )
-        logging.info("resumed from checkpoint %d in %s", last_good, mngr.directory)
-    step_fn = compile_train_step(config, preprocess, schedule(), mesh)
-    predict_fn = make_predict_fn(model, preprocess, mesh)
-    if budget.needs_probe:  # a fresh timed run: measure this machine, size the schedule to it
-        budget.probe(
-            step_fn=step_fn,
-            state=state,
-            loader=loader,
             mesh=mesh,
-            key=key,
-            predict_fn=predict_fn,
             eval_src=eval_src,
+            norm=norm,
+            train_iter=train_iter,
+            model=model,
+            preprocess=make_preprocess(config, norm),
+            budget=budget,
+            state=replicate(state, mesh),
+            key=jax.jit(seed_key, out_shardings=NamedSharding(mesh, P()))(),
+            layout=layout,
+            mngr=mngr,
+            last_good=mngr.latest_step(),
         )
-        state, step_fn = rebuild(state)
+        if run.last_good is not None:
+            run.state = restore_for_training(
+                mngr,
+                run.last_good,
+                run.state,
+                train_iter,
+                loader,
+                layout,
+                norm,
+                str(config.data.root),
+            )
+            logging.info("resumed from checkpoint %d in %s", run.last_good, mngr.directory)
+        run.step_fn = compile_train_step(config, run.preprocess, _schedule(config, budget), mesh)
+        run.predict_fn = make_predict_fn(model, run.preprocess, mesh)
+        if budget.needs_probe:  # a fresh timed run: measure this machine, size the schedule
+            budget.probe(
+                step_fn=run.step_fn,
+                state=run.state,
+                loader=loader,
+                mesh=mesh,
+                key=run.key,
+                predict_fn=run.predict_fn,
+                eval_src=eval_src,
+            )
+            run.rebuild()
+        if int(jax.device_get(run.state.step)) == 0 and is_primary():
+            writer.write_hparams(flatten_config(config))
+            logging.info(
+                "model %s: %d parameters; train %d / %s %d patches; %d devices",
+                config.model.name,
+                n_params,
+                len(train_src),
+                config.data.eval_split,
+                len(eval_src),
+                jax.device_count(),
+            )
+        return run
 
-    start = int(jax.device_get(state.step))
-    budget.arm(start)
-    if start == 0 and is_primary():
-        writer.write_hparams(flatten_config(config))
-        logging.info(
-            "model %s: %d parameters; train %d / %s %d patches; %d devices",
-            config.model.name,
-            n_params,
-            len(train_src),
-            config.data.eval_split,
-            len(eval_src),
-            jax.device_count(),
+    def rebuild(self) -> None:
+        """The state's optimizer and the compiled step for the budget's current length."""
+        schedule = _schedule(self.config, self.budget)
+        self.state = with_schedule(self.config, self.model, self.state, schedule)
+        self.step_fn = compile_train_step(self.config, self.preprocess, schedule, self.mesh)
+
+    def progress(self) -> periodic_actions.ReportProgress:
+        return periodic_actions.ReportProgress(
+            num_train_steps=self.budget.num_train_steps,
+            writer=self.writer,
+            every_steps=self.config.log_every_steps,
         )
-    hooks: list[Any] = [progress()]
+
+
+def _schedule(config: ml_collections.ConfigDict, budget: TrainBudget) -> optax.Schedule:
+    """The learning-rate schedule for the budget's number of steps (and its hold)."""
+    lr = config.optimizer.learning_rate
+    return make_schedule(config.schedule, budget.num_train_steps, lr, budget.hold_steps)
+
+
+def _loop(run: _Run) -> dict[str, Any]:
+    """Trains `run` to the end of its budget; returns the last validation metrics."""
+    config, budget, chrono, writer = run.config, run.budget, run.chrono, run.writer
+    budget.arm(int(jax.device_get(run.state.step)))
+    hooks: list[Any] = [run.progress()]
     if config.profile_steps > 0 and is_primary():
         hooks.append(
-            periodic_actions.Profile(logdir=str(workdir), num_profile_steps=config.profile_steps)
+            periodic_actions.Profile(
+                logdir=str(run.workdir), num_profile_steps=config.profile_steps
+            )
         )
-    evaluator = Evaluator(config, eval_src, predict_fn, mesh)
+    evaluator = Evaluator(config, run.eval_src, run.predict_fn, run.mesh)
     pending = _Pending()
     val: dict[str, Any] = {}
     chrono.start_window()
     with preemption_watcher() as watcher:
-        step = start
+        step = int(jax.device_get(run.state.step))
         while step < budget.num_train_steps:
             step += 1
+            batch = global_batch(run.mesh, next(run.train_iter))
             with jax.profiler.StepTraceAnnotation("train", step_num=step):
-                state, step_metrics = step_fn(state, global_batch(mesh, next(train_iter)), key)
+                run.state, step_metrics = run.step_fn(run.state, batch, run.key)
             pending.add(step, step_metrics)
-            if budget.after_step(step, state):
-                state, step_fn = rebuild(state)
-                hooks[0] = progress()
+            if budget.after_step(step, run.state):
+                run.rebuild()
+                hooks[0] = run.progress()
             for hook in hooks:
                 hook(step)
             is_last = step == budget.num_train_steps
             if step % config.log_every_steps == 0 or is_last:
                 fetched = pending.fetch()
-                _check_finite(fetched, last_good)
+                _check_finite(fetched, run.last_good)
                 _write_train_metrics(writer, step, fetched, chrono.window_seconds(), config)
             evaluated = step % config.eval_every_steps == 0 or is_last
             if evaluated:
-                jax.block_until_ready(state)  # the queued steps count as training, not validation
+                jax.block_until_ready(run.state)  # the queued steps count as training
                 with chrono.pause() as pause:
-                    val = evaluator.run(state)
+                    val = evaluator.run(run.state)
                 budget.validated(pause.seconds)
                 scalars = {f"val_{k}": val[k] for k in ("auc", "accuracy", "nll")}
                 writer.write_scalars(step, {**scalars, "val_seconds": pause.seconds})
             preempted = watcher.stop(step)
             if step % config.checkpoint_every_steps == 0 or is_last or preempted:
-                jax.block_until_ready(state)
-                with chrono.pause():
-                    _check_finite(pending.fetch(), last_good)
-                    record = _checkpoint_record(
-                        config,
-                        step,
-                        norm,
-                        layout,
-                        budget.num_train_steps,
-                        val if evaluated else None,
-                    )
-                    auc = val["auc"] if evaluated else None
-                    save_checkpoint(mngr, step, state, train_iter, record, auc)
-                last_good = step
+                _save(run, step, pending, val if evaluated else None)
             if preempted and not is_last:
                 writer.flush()
-                mngr.close()
+                run.mngr.close()
                 raise Preempted(step, watcher.signal_name or "signal")
     writer.flush()
-    mngr.close()
+    run.mngr.close()
     return val
+
+
+def _save(run: _Run, step: int, pending: _Pending, val: dict[str, Any] | None) -> None:
+    """Checkpoint `step` (after checking the steps since the last log are finite), timed as a
+    pause of the clock."""
+    jax.block_until_ready(run.state)
+    with run.chrono.pause():
+        _check_finite(pending.fetch(), run.last_good)
+        record = _checkpoint_record(
+            run.config, step, run.norm, run.layout, run.budget.num_train_steps, val
+        )
+        auc = val["auc"] if val else None
+        save_checkpoint(run.mngr, step, run.state, run.train_iter, record, auc)
+    run.last_good = step
 
 
 @dataclasses.dataclass
