@@ -13,6 +13,7 @@ flag. Binaries that take ``--config.a.b=value`` (``overrides=True``) get them fr
 
 from __future__ import annotations
 
+import copy
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -45,6 +46,11 @@ BATCH_SIZE = flags.DEFINE_integer(
     "batch_size", None, "Patches per device batch (default: 256; pcam-explain: 32)."
 )
 PROGRESS = flags.DEFINE_bool("progress", True, "Show a progress bar.")
+SEED = flags.DEFINE_integer("seed", 0, "Seed; the same seed gives the same result.")
+ROOT = flags.DEFINE_string("root", None, "A data directory (PCam HDF5 files unless told).")
+CHECKSUMS = flags.DEFINE_string(
+    "checksums", None, "An md5sum-style file ('<md5>  <name>' per line)."
+)
 
 SHARED_FLAGS: tuple[str, ...] = (
     "workdir",
@@ -55,10 +61,27 @@ SHARED_FLAGS: tuple[str, ...] = (
     "tta",
     "batch_size",
     "progress",
+    "seed",
+    "root",
+    "checksums",
 )
 #: The shared flags of a binary that runs a model over inputs (pcam-predict, pcam-slide).
 PREDICTION_FLAGS = ("out", "model", "checkpoint", "tta", "batch_size", "progress")
 _overrides: list[str] = []
+
+
+def define_on(
+    fv: flags.FlagValues, name: str, help_text: str | None = None, *, required: bool = False
+) -> None:
+    """Declares shared flag `name` on a subcommand's own flag set `fv` (pcam-data), the same
+    type and default, with the subcommand's `help_text`."""
+    flag = copy.deepcopy(flags.FLAGS[name])
+    flag.unparse()  # the default, whatever a parse of the global flags set
+    if help_text is not None:
+        flag.help = help_text
+    flags.DEFINE_flag(flag, flag_values=fv)
+    if required:
+        flags.mark_flag_as_required(name, flag_values=fv)
 
 
 def batch_size(default: int = 256) -> int:
@@ -142,6 +165,7 @@ __all__ = [
     "WORKDIR",
     "batch_size",
     "config_overrides",
+    "define_on",
     "help_text",
     "run_binary",
 ]

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 from absl import flags, logging
 
+from pcam_jax.cli.common import define_on
 from pcam_jax.data.pcam_format import SPLITS, ZENODO_BASE_URL, DataError
 
 
@@ -29,7 +30,7 @@ class Subcommand:
 
 
 def _define_download(fv: flags.FlagValues) -> None:
-    flags.DEFINE_string("out", None, "Directory to write the PCam files into.", flag_values=fv)
+    define_on(fv, "out", "Directory to write the PCam files into.", required=True)
     flags.DEFINE_string(
         "base_url",
         ZENODO_BASE_URL,
@@ -40,20 +41,18 @@ def _define_download(fv: flags.FlagValues) -> None:
     flags.DEFINE_list(
         "files", [], "Download only these published file names (default: all nine).", flag_values=fv
     )
-    flags.DEFINE_string(
+    define_on(
+        fv,
         "checksums",
-        None,
         "md5sum-style file ('<md5>  <name>' per line) to verify against instead of the "
         "PCam README's table (for mirrors that re-packed the files).",
-        flag_values=fv,
     )
     flags.DEFINE_integer(
         "retries", 5, "Attempts per file; each resumes the partial file.", flag_values=fv
     )
     flags.DEFINE_float("timeout", 60.0, "Socket timeout in seconds.", flag_values=fv)
     flags.DEFINE_bool("keep_gz", False, "Keep the .h5.gz files after gunzip.", flag_values=fv)
-    flags.DEFINE_bool("progress", True, "Show a progress bar.", flag_values=fv)
-    flags.mark_flag_as_required("out", flag_values=fv)
+    define_on(fv, "progress")
 
 
 def _main_download(fv: flags.FlagValues) -> int:
@@ -74,15 +73,13 @@ def _main_download(fv: flags.FlagValues) -> int:
 
 
 def _define_verify(fv: flags.FlagValues) -> None:
-    flags.DEFINE_string("root", None, "Directory holding the PCam HDF5 files.", flag_values=fv)
+    define_on(fv, "root", "Directory holding the PCam HDF5 files.", required=True)
     flags.DEFINE_list("splits", list(SPLITS), "Splits to check.", flag_values=fv)
-    flags.DEFINE_string(
+    define_on(
+        fv,
         "checksums",
-        None,
         "Optional md5sum-style file; every file it names that is present is checked.",
-        flag_values=fv,
     )
-    flags.mark_flag_as_required("root", flag_values=fv)
 
 
 def _main_verify(fv: flags.FlagValues) -> int:
@@ -99,15 +96,12 @@ def _main_verify(fv: flags.FlagValues) -> int:
 
 
 def _define_stats(fv: flags.FlagValues) -> None:
-    flags.DEFINE_string("root", None, "Directory holding the PCam HDF5 files.", flag_values=fv)
-    flags.DEFINE_string(
-        "out", None, "Directory for the PNG figures and stats.json.", flag_values=fv
-    )
+    define_on(fv, "root", "Directory holding the PCam HDF5 files.", required=True)
+    define_on(fv, "out", "Directory for the PNG figures and stats.json.")
     flags.DEFINE_integer(
         "samples", 8, "Tumour and normal samples per row of the grid.", flag_values=fv
     )
-    flags.DEFINE_integer("seed", 0, "Seed for picking the sample patches.", flag_values=fv)
-    flags.mark_flag_as_required("root", flag_values=fv)
+    define_on(fv, "seed", "Seed for picking the sample patches.")
 
 
 def _main_stats(fv: flags.FlagValues) -> int:
@@ -124,8 +118,8 @@ def _main_stats(fv: flags.FlagValues) -> int:
 
 def _define_convert(fv: flags.FlagValues) -> None:
     flags.DEFINE_enum("source", None, ["folder", "kaggle"], "Layout of --root.", flag_values=fv)
-    flags.DEFINE_string("root", None, "Directory in the folder or Kaggle layout.", flag_values=fv)
-    flags.DEFINE_string("out", None, "Directory for the PCam HDF5 files.", flag_values=fv)
+    define_on(fv, "root", "Directory in the folder or Kaggle layout.")
+    define_on(fv, "out", "Directory for the PCam HDF5 files.")
     flags.DEFINE_list(
         "splits", [], "Splits to convert (default: every split present).", flag_values=fv
     )
@@ -159,7 +153,7 @@ def _main_convert(fv: flags.FlagValues) -> int:
 def _define_synth(fv: flags.FlagValues) -> None:
     from pcam_jax.data import synth
 
-    flags.DEFINE_string("out", None, "Directory for the synthetic PCam files.", flag_values=fv)
+    define_on(fv, "out", "Directory for the synthetic PCam files.", required=True)
     for split in SPLITS:
         flags.DEFINE_integer(
             f"n_{split}",
@@ -167,8 +161,7 @@ def _define_synth(fv: flags.FlagValues) -> None:
             f"Patches in the {split} split.",
             flag_values=fv,
         )
-    flags.DEFINE_integer("seed", 0, "Seed; the same seed writes the same files.", flag_values=fv)
-    flags.mark_flag_as_required("out", flag_values=fv)
+    define_on(fv, "seed", "Seed; the same seed writes the same files.")
 
 
 def _main_synth(fv: flags.FlagValues) -> int:
@@ -236,7 +229,11 @@ def main(argv: list[str]) -> int:
     sub.define(fv)
     prog = f"pcam-data {name}"
     if any(a in ("-h", "--help", "-help", "--helpfull") for a in argv[2:]):
-        own = [line for line in fv.get_help().splitlines() if line.startswith(" ")]
+        own = [
+            line
+            for line in fv.get_help(include_special_flags=False).splitlines()
+            if line.startswith(" ")
+        ]
         example = f"\n\nexample:\n  {sub.example}" if sub.example else ""
         print(f"usage: {prog} [--flag=value ...]\n\n{sub.summary}{example}\n\nflags:")
         print("\n".join(own))

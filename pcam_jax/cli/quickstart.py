@@ -14,27 +14,25 @@ from __future__ import annotations
 import sys
 from collections.abc import Sequence
 
-from absl import app, flags
+from absl import app
 
 from pcam_jax.cli import common
 from pcam_jax.errors import PcamError
 from pcam_jax.quickstart import run_quickstart
-
-_SEED = flags.DEFINE_integer("seed", 0, "Seed of the synthetic dataset and of training.")
 
 
 def main(argv: Sequence[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     try:
-        run_quickstart(common.WORKDIR.value or "runs/quickstart", _SEED.value)
+        run_quickstart(common.WORKDIR.value or "runs/quickstart", common.SEED.value)
     except PcamError as e:
         sys.exit(f"quickstart: error: {e}")
 
 
 def run() -> None:
     """Console-script entry point."""
-    common.run_binary(main, __doc__, [__name__], shared=("workdir",))
+    common.run_binary(main, __doc__, [__name__], shared=("workdir", "seed"))
 
 
 if __name__ == "__main__":
