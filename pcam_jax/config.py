@@ -14,6 +14,7 @@ WORKDIR/config.json stores (``pcam_jax.workdir``). Imports: ``pcam_jax.errors`` 
 
 from __future__ import annotations
 
+import difflib
 import importlib.util
 from collections.abc import Sequence
 from pathlib import Path
@@ -124,6 +125,13 @@ def epochs_to_steps(epochs: float, batch_size: int) -> int:
     return int(round(epochs * PCAM_TRAIN_PATCHES / batch_size))
 
 
+def _field(config: ml_collections.ConfigDict, dotted: str) -> Any:
+    node: Any = config
+    for part in dotted.split("."):
+        node = node[part]
+    return node
+
+
 def _field_exists(config: ml_collections.ConfigDict, dotted: str) -> bool:
     node: Any = config
     for part in dotted.split("."):
@@ -149,9 +157,11 @@ def apply_overrides(
         body = arg.removeprefix(OVERRIDE_PREFIX)
         if body == arg or "=" not in body:
             raise TrainingError(f"{arg}: expected --config.FIELD=VALUE")
-        dotted = body.split("=", 1)[0]
+        dotted, raw = body.split("=", 1)
         if not _field_exists(config, dotted):
-            raise TrainingError(f"{arg}: unknown config field {dotted!r}")
+            close = difflib.get_close_matches(dotted, list(flatten_config(config)), n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise TrainingError(f"{arg}: unknown config field {dotted!r}{hint}")
         argv = ["pcam", arg]
         fv = flags.FlagValues()
         config_flags.DEFINE_config_dict(
@@ -159,9 +169,12 @@ def apply_overrides(
         )
         try:
             fv(argv)
-        except (flags.Error, ValueError, TypeError) as e:
-            message = str(e).removeprefix(f"flag {arg}: ")
-            raise TrainingError(f"{arg}: {message}") from None
+        except (flags.Error, ValueError, TypeError):
+            old = _field(config, dotted)
+            raise TrainingError(
+                f"{arg}: {raw!r} is not a valid {type(old).__name__} (the type of "
+                f"config.{dotted}, now {old!r})"
+            ) from None
     return config
 
 

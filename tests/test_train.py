@@ -88,7 +88,7 @@ def test_config_overrides_and_unknown_fields():
     )
     assert c.optimizer.learning_rate == 0.01 and c.model.growth_rate == 4
     assert c.augment.hue == 0.05 and c.batch_size == 64
-    with pytest.raises(Exception, match="Did you mean .learning_rate. instead of .learnin_rate"):
+    with pytest.raises(PcamError, match="did you mean 'optimizer.learning_rate'"):
         load_config(REPO / "configs" / "quickstart.py", "--config.optimizer.learnin_rate=1")
 
 
