@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import difflib
 import importlib.util
-from collections.abc import Sequence
+import math
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -235,3 +236,93 @@ def unflatten_config(flat: dict[str, Any]) -> ml_collections.ConfigDict:
             node = node.setdefault(p, {})
         node[leaf] = value
     return ml_collections.ConfigDict(nested)
+
+
+# --- value checks ----------------------------------------------------------------------------
+
+Rule = tuple[str, Callable[[Any], bool], str]
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _int_at_least(low: int) -> Callable[[Any], bool]:
+    return lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= low
+
+
+def _in_range(low: float, high: float, *, high_open: bool = False) -> Callable[[Any], bool]:
+    return lambda v: _number(v) and low <= v and (v < high if high_open else v <= high)
+
+
+def _one_of(*names: str) -> Callable[[Any], bool]:
+    return lambda v: v in names
+
+
+_AT_LEAST_0, _AT_LEAST_1 = _int_at_least(0), _int_at_least(1)
+_NON_NEGATIVE = _in_range(0.0, math.inf)
+_FRACTION = _in_range(0.0, 1.0)
+_DECAY = _in_range(0.0, 1.0, high_open=True)
+
+#: (field, check, what it must be): every numeric and named field of base_config().
+VALUE_RULES: tuple[Rule, ...] = (
+    ("batch_size", _AT_LEAST_1, "an integer >= 1 (the global batch)"),
+    ("eval_batch_size", _AT_LEAST_1, "an integer >= 1"),
+    ("num_train_steps", _AT_LEAST_1, "an integer >= 1"),
+    ("train_minutes", _NON_NEGATIVE, "a number >= 0 (0: no wall-clock budget)"),
+    ("seed", _AT_LEAST_0, "an integer >= 0"),
+    ("compute_dtype", _one_of("float32", "bfloat16"), "float32 or bfloat16"),
+    ("log_every_steps", _AT_LEAST_1, "an integer >= 1"),
+    ("eval_every_steps", _AT_LEAST_1, "an integer >= 1"),
+    ("checkpoint_every_steps", _AT_LEAST_1, "an integer >= 1"),
+    ("keep_checkpoints", _AT_LEAST_1, "an integer >= 1"),
+    ("aux_loss_weight", _NON_NEGATIVE, "a number >= 0"),
+    ("profile_steps", _AT_LEAST_0, "an integer >= 0"),
+    ("ema_decay", _DECAY, "0 (off) or a number in (0, 1)"),
+    ("label_smoothing", _DECAY, "a number in [0, 1)"),
+    ("data.normalization", _one_of("dataset", "imagenet"), "dataset or imagenet"),
+    ("data.worker_count", _AT_LEAST_0, "an integer >= 0 (0: read in the main process)"),
+    ("data.worker_buffer_size", _AT_LEAST_1, "an integer >= 1"),
+    ("data.read_threads", _AT_LEAST_1, "an integer >= 1"),
+    ("data.read_buffer", _AT_LEAST_1, "an integer >= 1"),
+    ("data.kaggle_valid_fraction", _in_range(0.0, 1.0, high_open=True), "a number in [0, 1)"),
+    ("optimizer.name", _one_of("adam", "adamw", "sgd", "rmsprop"), "adam, adamw, sgd or rmsprop"),
+    ("optimizer.learning_rate", lambda v: _number(v) and v > 0, "a number > 0"),
+    ("optimizer.b1", _DECAY, "a number in [0, 1)"),
+    ("optimizer.b2", _DECAY, "a number in [0, 1)"),
+    ("optimizer.eps", lambda v: _number(v) and v > 0, "a number > 0"),
+    ("optimizer.momentum", _DECAY, "a number in [0, 1)"),
+    ("optimizer.decay", _DECAY, "a number in [0, 1)"),
+    ("optimizer.weight_decay", _NON_NEGATIVE, "a number >= 0"),
+    ("optimizer.grad_clip_norm", _NON_NEGATIVE, "a number >= 0 (0: no clipping)"),
+    (
+        "schedule.name",
+        _one_of("constant", "step", "cosine", "one_cycle", "cyclic"),
+        "constant, step, cosine, one_cycle or cyclic",
+    ),
+    ("schedule.warmup_steps", _AT_LEAST_0, "an integer >= 0"),
+    ("schedule.decay_factor", _in_range(0.0, 1.0), "a number in [0, 1]"),
+    ("schedule.decay_every_steps", _AT_LEAST_1, "an integer >= 1"),
+    ("schedule.final_fraction", _FRACTION, "a number in [0, 1]"),
+    ("schedule.min_fraction", _FRACTION, "a number in [0, 1]"),
+    ("schedule.cycle_steps", _int_at_least(2), "an integer >= 2"),
+    ("augment.rotate_degrees", _in_range(0.0, 180.0), "a number of degrees in [0, 180]"),
+    ("augment.brightness", _FRACTION, "a number in [0, 1]"),
+    ("augment.contrast", _FRACTION, "a number in [0, 1]"),
+    ("augment.saturation", _FRACTION, "a number in [0, 1]"),
+    ("augment.hue", _in_range(0.0, 0.5), "a number of turns in [0, 0.5]"),
+    ("augment.hed_sigma", _FRACTION, "a number in [0, 1]"),
+    ("augment.hed_bias", _FRACTION, "a number in [0, 1]"),
+)
+
+
+def check_values(config: ml_collections.ConfigDict) -> None:
+    """Raises TrainingError naming the first field of `config` outside its range (VALUE_RULES),
+    before anything is built or written."""
+    flat = flatten_config(config)
+    for field, ok, want in VALUE_RULES:
+        if field in flat and not ok(flat[field]):
+            raise TrainingError(
+                f"config.{field}={flat[field]!r}: expected {want}; set "
+                f"--config.{field}=VALUE or fix the config file"
+            )

@@ -146,3 +146,63 @@ def test_sigterm_to_one_of_two_processes_stops_both_at_the_same_step(synthetic_r
         p.wait(timeout=900)
     assert [p.returncode for p in procs] == [0, 0]
     _assert_params_equal(_final_params(two), _final_params(one))
+
+
+def _descendants(pid: int) -> list[int]:
+    """The pids of every living descendant of `pid` (from /proc)."""
+    children: dict[int, list[int]] = {}
+    for stat_file in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat_file.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat_file.parent.name))
+    found, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def _shm_segments() -> set[str]:
+    return {p.name for p in Path("/dev/shm").glob("psm_*")}
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs Linux /proc")
+def test_sigkill_takes_the_grain_workers_and_their_shared_memory_with_it(
+    synthetic_root,
+    resume_config,  # noqa: F811
+    straight,
+    tmp_path,
+):
+    # resume_config runs 2 grain workers; SIGKILL is what a scheduler sends after its grace
+    # period and what the OOM killer sends: nothing of the run may stay alive or in /dev/shm
+    workdir = tmp_path / "run"
+    cmd = _train_cmd(resume_config, workdir, synthetic_root, *LONG)
+    before = _shm_segments()
+    proc = _start_past_first_checkpoint(cmd, workdir)
+    children = _descendants(proc.pid)
+    assert len(children) >= 2, children  # the workers (and multiprocessing's tracker)
+    run_segments = _shm_segments() - before
+    proc.kill()
+    proc.wait(timeout=60)
+    deadline = time.time() + 10
+    while any(_alive(c) for c in children) and time.time() < deadline:
+        time.sleep(0.1)
+    assert not [c for c in children if _alive(c)], "children outlived the killed run"
+    assert run_segments, "the run made no shared-memory segments to check"
+    left = run_segments & _shm_segments()
+    subprocess.run(cmd, env=_env(), check=True, capture_output=True, timeout=600)
+    assert not left & _shm_segments(), f"{len(left)} psm_* segments of the dead run remain"
+    a, b = _final_params(straight), _final_params(workdir)
+    for k in a:
+        np.testing.assert_array_equal(a[k], b[k], err_msg=k)

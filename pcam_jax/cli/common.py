@@ -14,13 +14,17 @@ flag. Binaries that take ``--config.a.b=value`` (``overrides=True``) get them fr
 from __future__ import annotations
 
 import copy
+import math
 import sys
+import traceback
 from collections.abc import Callable, Sequence
+from functools import partial
 from typing import Any
 
 from absl import app, flags
 
 from pcam_jax.config import OVERRIDE_PREFIX
+from pcam_jax.errors import PcamError
 
 HELP_FLAGS = ("-h", "--help", "-help", "--helpshort", "-?")
 
@@ -43,7 +47,10 @@ OUT = flags.DEFINE_string(
 )
 TTA = flags.DEFINE_bool("tta", False, "Average predictions over the 8 D4 transforms of a patch.")
 BATCH_SIZE = flags.DEFINE_integer(
-    "batch_size", None, "Patches per device batch (default: 256; pcam-explain: 32)."
+    "batch_size",
+    None,
+    "Patches per device batch (default: 256; pcam-explain: 32).",
+    lower_bound=1,
 )
 PROGRESS = flags.DEFINE_bool("progress", True, "Show a progress bar.")
 SEED = flags.DEFINE_integer("seed", 0, "Seed; the same seed gives the same result.")
@@ -148,7 +155,40 @@ def run_binary(
             break
         if arg.startswith("-") and _flag_name(arg) in set(SHARED_FLAGS) - set(shared):
             sys.exit(f"{prog}: error: {arg.split('=')[0]} is not a flag of {prog}; see --help")
-    app.run(main, argv=[argv[0], *rest])
+    try:  # absl would print two lines for a bad flag; one line, naming it, is enough
+        flags.FLAGS([argv[0], *rest])
+    except flags.Error as e:
+        sys.exit(f"{prog}: error: {e}; see --help")
+    app.run(partial(_run_main, main, prog), argv=[argv[0], *rest])
+
+
+def _run_main(main: Callable[[list[str]], Any], prog: str, argv: list[str]) -> Any:
+    """`main`, with anything that is not a PcamError reported as a bug after its traceback
+    (every error a user can cause is a PcamError and ends in one line)."""
+    try:
+        return main(argv)
+    except (SystemExit, KeyboardInterrupt, app.UsageError):
+        raise
+    except PcamError as e:  # a main that lets one through still gets one line
+        sys.exit(f"{prog}: error: {e}")
+    except OSError as e:  # the machine's, not the code's: a read-only or full disk, permissions
+        where = f" ({e.filename})" if getattr(e, "filename", None) else ""
+        sys.exit(f"{prog}: error: {e.strerror or e}{where}; check the path and its permissions")
+    except Exception:
+        traceback.print_exc()
+        sys.exit(
+            f"{prog}: internal error (a bug in pcam_jax, not in your input): please report it "
+            "with the traceback above"
+        )
+
+
+def check_finite(name: str) -> None:
+    """Registers a validator: flag `name` (a float, None allowed) must be finite."""
+    flags.register_validator(
+        name,
+        lambda v: v is None or math.isfinite(v),
+        message=f"--{name} must be a finite number",
+    )
 
 
 __all__ = [
@@ -164,6 +204,7 @@ __all__ = [
     "WEIGHTS",
     "WORKDIR",
     "batch_size",
+    "check_finite",
     "config_overrides",
     "define_on",
     "help_text",

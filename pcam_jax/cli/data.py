@@ -12,11 +12,13 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 from absl import flags, logging
 
 from pcam_jax.cli.common import define_on
-from pcam_jax.data.pcam_format import SPLITS, ZENODO_BASE_URL, DataError
+from pcam_jax.data.pcam_format import SPLITS, ZENODO_BASE_URL
+from pcam_jax.errors import PcamError
 
 
 @dataclass(frozen=True)
@@ -48,9 +50,15 @@ def _define_download(fv: flags.FlagValues) -> None:
         "PCam README's table (for mirrors that re-packed the files).",
     )
     flags.DEFINE_integer(
-        "retries", 5, "Attempts per file; each resumes the partial file.", flag_values=fv
+        "retries",
+        5,
+        "Attempts per file; each resumes the partial file.",
+        lower_bound=1,
+        flag_values=fv,
     )
-    flags.DEFINE_float("timeout", 60.0, "Socket timeout in seconds.", flag_values=fv)
+    flags.DEFINE_float(
+        "timeout", 60.0, "Socket timeout in seconds.", lower_bound=0.1, flag_values=fv
+    )
     flags.DEFINE_bool("keep_gz", False, "Keep the .h5.gz files after gunzip.", flag_values=fv)
     define_on(fv, "progress")
 
@@ -92,6 +100,12 @@ def _main_verify(fv: flags.FlagValues) -> int:
         checksums = read_checksums(fv.checksums)
     report = verify.verify_root(fv.root, splits=fv.splits, checksums=checksums)
     print(report.format())
+    if not report.ok and any((Path(fv.root) / s).is_dir() for s in SPLITS):
+        print(
+            f"note: verify checks the PCam HDF5 layout; {fv.root} has split folders, the folder "
+            f"layout: use it as --config.data.source=folder, or make HDF5 with `pcam-data "
+            f"convert --source=folder --root={fv.root} --out=DIR`"
+        )
     return 0 if report.ok else 1
 
 
@@ -99,7 +113,11 @@ def _define_stats(fv: flags.FlagValues) -> None:
     define_on(fv, "root", "Directory holding the PCam HDF5 files.", required=True)
     define_on(fv, "out", "Directory for the PNG figures and stats.json.")
     flags.DEFINE_integer(
-        "samples", 8, "Tumour and normal samples per row of the grid.", flag_values=fv
+        "samples",
+        8,
+        "Tumour and normal samples per row of the grid.",
+        lower_bound=1,
+        flag_values=fv,
     )
     define_on(fv, "seed", "Seed for picking the sample patches.")
 
@@ -125,7 +143,12 @@ def _define_convert(fv: flags.FlagValues) -> None:
     )
     flags.DEFINE_bool("gzip", False, "gzip-compress the HDF5 chunks.", flag_values=fv)
     flags.DEFINE_float(
-        "kaggle_valid_fraction", 0.1, "Kaggle layout: share of train ids held out.", flag_values=fv
+        "kaggle_valid_fraction",
+        0.1,
+        "Kaggle layout: share of train ids held out.",
+        lower_bound=0.0,
+        upper_bound=0.99,
+        flag_values=fv,
     )
     flags.DEFINE_integer(
         "kaggle_split_seed", 0, "Kaggle layout: seed of the hold-out.", flag_values=fv
@@ -158,7 +181,8 @@ def _define_synth(fv: flags.FlagValues) -> None:
         flags.DEFINE_integer(
             f"n_{split}",
             synth.DEFAULT_SIZES[split],
-            f"Patches in the {split} split.",
+            f"Patches in the {split} split (at least 2: both classes).",
+            lower_bound=2,
             flag_values=fv,
         )
     define_on(fv, "seed", "Seed; the same seed writes the same files.")
@@ -242,11 +266,11 @@ def main(argv: list[str]) -> int:
         fv([prog, *argv[2:]])
         fv.validate_all_flags()
     except flags.Error as e:
-        print(f"{prog}: {e}\nTry `{prog} --help`.", file=sys.stderr)
+        print(f"{prog}: error: {e}; see `{prog} --help`", file=sys.stderr)
         return 2
     try:
         return sub.main(fv)
-    except DataError as e:
+    except (PcamError, OSError) as e:
         print(f"{prog}: error: {e}", file=sys.stderr)
         return 1
 

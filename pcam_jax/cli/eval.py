@@ -31,7 +31,9 @@ from pcam_jax.runtime.logs import quiet_library_logs
 from pcam_jax.workdir import read_config
 
 _SPLIT = flags.DEFINE_enum("split", "test", ["train", "valid", "test"], "Split to evaluate.")
-_BOOTSTRAP = flags.DEFINE_integer("bootstrap", 1000, "Bootstrap resamples of the AUC interval.")
+_BOOTSTRAP = flags.DEFINE_integer(
+    "bootstrap", 1000, "Bootstrap resamples of the AUC interval (0: none).", lower_bound=0
+)
 
 
 def main(argv: Sequence[str]) -> None:

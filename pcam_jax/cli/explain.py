@@ -55,17 +55,27 @@ _LAYER = flags.DEFINE_string(
 _PREDICTIONS = flags.DEFINE_string(
     "predictions", None, "A pcam-predict or pcam-eval predictions CSV: make a gallery of it."
 )
-_PER_ROW = flags.DEFINE_integer("per_row", 6, "Gallery: patches per row.")
-_DPI = flags.DEFINE_integer("dpi", 100, "Gallery: resolution (dots per inch of the sheet).")
+_PER_ROW = flags.DEFINE_integer("per_row", 6, "Gallery: patches per row.", lower_bound=1)
+_DPI = flags.DEFINE_integer(
+    "dpi", 100, "Gallery: resolution (dots per inch of the sheet).", lower_bound=20, upper_bound=600
+)
 _GROUP_VIEWS = flags.DEFINE_bool(
     "group_views", False, "Lifting filters in their poses and a feature orbit of one patch."
 )
 _TRANSFORM = flags.DEFINE_integer(
-    "transform", 1, "--group_views: the D4 element h = 4*mirror + quarter turns (1..7)."
+    "transform",
+    1,
+    "--group_views: the D4 element h = 4*mirror + quarter turns (1..7).",
+    lower_bound=1,
+    upper_bound=7,
 )
-_LIMIT = flags.DEFINE_integer("limit", 200, "Panels: explain at most this many patches.")
-_SAMPLES = flags.DEFINE_integer("samples", 16, "smoothgrad: noisy copies per patch.")
-_STEPS = flags.DEFINE_integer("steps", 32, "integrated_gradients: integration steps.")
+_LIMIT = flags.DEFINE_integer(
+    "limit", 200, "Panels: explain at most this many patches.", lower_bound=1
+)
+_SAMPLES = flags.DEFINE_integer("samples", 16, "smoothgrad: noisy copies per patch.", lower_bound=1)
+_STEPS = flags.DEFINE_integer(
+    "steps", 32, "integrated_gradients: integration steps.", lower_bound=1
+)
 
 
 def main(argv: Sequence[str]) -> None:

@@ -38,7 +38,8 @@ from pcam_jax.cli import common
 from pcam_jax.errors import InputError, PcamError
 from pcam_jax.infer.load import load_model
 from pcam_jax.infer.metrics import binary_metrics
-from pcam_jax.infer.patches import collect_inputs, predict_patches, write_csv
+from pcam_jax.infer.patches import collect_inputs, input_files, predict_patches, write_csv
+from pcam_jax.runtime.files import check_output_file
 
 
 def main(argv: Sequence[str]) -> None:
@@ -47,9 +48,9 @@ def main(argv: Sequence[str]) -> None:
         sys.exit("pcam-predict: error: give INPUT... (images, folders, _x.h5 files) and --out")
     out = Path(common.OUT.value)
     try:
-        if out.is_dir():
-            raise InputError(f"--out={out}: is a folder; give a .csv file name")
+        check_output_file(out, error=InputError)
         refs = collect_inputs(inputs)
+        check_output_file(out, input_files(refs), error=InputError)
         model = load_model(common.MODEL.value, common.CHECKPOINT.value)
         p = predict_patches(
             model,

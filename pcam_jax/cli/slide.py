@@ -25,21 +25,44 @@ from absl import flags
 from pcam_jax.cli import common
 from pcam_jax.errors import PcamError
 from pcam_jax.infer.load import load_model
-from pcam_jax.infer.slide_outputs import run_slide
+from pcam_jax.infer.slide import MPP_RANGE
+from pcam_jax.infer.slide_outputs import prepare_out_dir, run_slide
 
-_MPP = flags.DEFINE_float("mpp", None, "Level-0 microns per pixel, for slides that lack it.")
-_STRIDE = flags.DEFINE_integer("stride", 32, "Cell size in model pixels (window stride).")
-_TISSUE = flags.DEFINE_float(
-    "tissue_threshold", 0.5, "Share of a cell's area that must be tissue for it to be predicted."
+_MPP = flags.DEFINE_float(
+    "mpp",
+    None,
+    "Level-0 microns per pixel, for slides that lack it.",
+    lower_bound=MPP_RANGE[0],
+    upper_bound=MPP_RANGE[1],
 )
-_THRESHOLD = flags.DEFINE_float("threshold", 0.5, "p(tumour) of the GeoJSON regions and area.")
-_TOP_K = flags.DEFINE_integer("top_k", 10, "Cells averaged for the top-k slide score.")
+_STRIDE = flags.DEFINE_integer(
+    "stride", 32, "Cell size in model pixels (window stride).", lower_bound=1, upper_bound=96
+)
+_TISSUE = flags.DEFINE_float(
+    "tissue_threshold",
+    0.5,
+    "Share of a cell's area that must be tissue for it to be predicted.",
+    lower_bound=0.0,
+    upper_bound=1.0,
+)
+_THRESHOLD = flags.DEFINE_float(
+    "threshold",
+    0.5,
+    "p(tumour) of the GeoJSON regions and area.",
+    lower_bound=0.0,
+    upper_bound=1.0,
+)
+_TOP_K = flags.DEFINE_integer(
+    "top_k", 10, "Cells averaged for the top-k slide score.", lower_bound=1
+)
+common.check_finite("mpp")
 
 
 def main(argv: Sequence[str]) -> None:
     if len(argv) != 2 or not common.OUT.value:
         sys.exit("pcam-slide: error: give one SLIDE and --out=DIR")
     try:
+        prepare_out_dir(common.OUT.value)  # before the model loads
         model = load_model(common.MODEL.value, common.CHECKPOINT.value)
         summary = run_slide(
             argv[1],

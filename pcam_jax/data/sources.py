@@ -278,6 +278,14 @@ class FolderSource(_FileListSource):
                 f"{split_dir}: split folder not found; the folder layout is "
                 "root/{train,valid,test}/{0|normal,1|tumor}/*.png|jpg|tif"
             )
+        known = {n for names in CLASS_FOLDERS.values() for n in names}
+        for other in sorted(p for p in split_dir.iterdir() if p.is_dir() and p.name not in known):
+            if any(f.suffix.lower() in IMAGE_SUFFIXES for f in other.iterdir()):
+                raise DataError(
+                    f"{other}: a class folder outside the two labels (folders "
+                    f"{' / '.join(sorted(known))}); PCam labels are 0 (normal) or 1 (tumour): "
+                    "move these images out or into the right class folder"
+                )
         files: list[Path] = []
         labels: list[int] = []
         for label, names in CLASS_FOLDERS.items():

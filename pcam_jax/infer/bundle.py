@@ -17,6 +17,7 @@ from __future__ import annotations
 import datetime
 import hashlib
 import json
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -62,11 +63,7 @@ def save_bundle(
     """Writes `loaded` as a bundle directory `out` (which must not exist yet): bundle.json,
     variables.msgpack and MODEL.md (`card`). Written under a temporary name and renamed, so a
     failure leaves nothing at `out`. Returns `out`."""
-    out = Path(out)
-    if out.exists():
-        raise ModelError(f"{out}: already exists; choose a new --out or remove it")
-    if not out.parent.is_dir():
-        raise ModelError(f"{out.parent}: directory not found (the parent of --out)")
+    out = check_bundle_out(out)
     host = jax.tree_util.tree_map(lambda x: np.asarray(jax.device_get(x)), loaded.variables)
     blob = serialization.msgpack_serialize(host)
     meta = {
@@ -83,6 +80,20 @@ def save_bundle(
         (tmp / BUNDLE_VARIABLES).write_bytes(blob)
         write_json(tmp / BUNDLE_JSON, meta, sort_keys=True)
         (tmp / BUNDLE_CARD).write_text(card)
+    return out
+
+
+def check_bundle_out(out: str | Path) -> Path:
+    """Checks that bundle directory `out` can be created: absent, its parent an existing,
+    writable folder. Raises ModelError naming it otherwise."""
+    out = Path(out)
+    if out.exists():
+        raise ModelError(f"--out={out}: already exists; choose a new --out or remove it")
+    parent = out.parent if str(out.parent) else Path(".")
+    if not parent.is_dir():
+        raise ModelError(f"--out={out}: parent folder {parent} does not exist")
+    if not os.access(parent, os.W_OK):
+        raise ModelError(f"--out={out}: cannot write in {parent} (permission denied or read-only)")
     return out
 
 

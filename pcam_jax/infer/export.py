@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from pcam_jax.config import flatten_config
-from pcam_jax.infer.bundle import model_card, save_bundle
+from pcam_jax.infer.bundle import check_bundle_out, model_card, save_bundle
 from pcam_jax.infer.load import load_workdir
 from pcam_jax.infer.model import count_parameters
 from pcam_jax.workdir import eval_results
@@ -22,6 +22,7 @@ def export(
 ) -> Path:
     """Writes the bundle of `workdir`'s `checkpoint` to `out`; returns `out`."""
     workdir = Path(workdir)
+    check_bundle_out(out)  # before the (slow) checkpoint restore
     loaded = load_workdir(workdir, checkpoint, weights)
     step = loaded.info["source"]["step"]
     metrics = {}

@@ -67,23 +67,56 @@ def collect_inputs(inputs: Sequence[str | Path]) -> list[PatchRef]:
     return refs
 
 
+def input_files(refs: Sequence[PatchRef]) -> list[Path]:
+    """Every file the patches are read from: images, ``_x.h5`` files and their ``_y.h5``."""
+    files = dict.fromkeys(r.path for r in refs)
+    for path in list(files):
+        if path.name.endswith("_x.h5"):
+            files[path.with_name(path.name.replace("_x.h5", "_y.h5"))] = None
+    return list(files)
+
+
 def _hdf5_refs(path: Path) -> list[PatchRef]:
     try:
         with h5py.File(path, "r") as f:
             if "x" not in f:
                 raise InputError(f"{path}: no dataset 'x'; expected a PCam *_x.h5 file")
-            n = int(f["x"].shape[0])
+            x = f["x"]
+            if x.dtype != np.uint8 or x.ndim != 4 or x.shape[3] != 3:
+                raise InputError(
+                    f"{path}: dataset 'x' has shape {x.shape} dtype {x.dtype}; expected uint8 "
+                    "RGB patches (N, 96, 96, 3) as in PCam"
+                )
+            n = int(x.shape[0])
     except OSError as e:
         raise InputError(f"{path}: not a readable HDF5 file ({e})") from None
     labels: list[int | None] = [None] * n
     y_path = path.with_name(path.name.replace("_x.h5", "_y.h5"))
     if y_path != path and y_path.is_file():
-        with h5py.File(y_path, "r") as f:
-            y = np.asarray(f["y"]).reshape(-1)
+        y = _hdf5_labels(y_path)
         if len(y) != n:
             raise InputError(f"{y_path}: {len(y)} labels for the {n} patches of {path}")
         labels = [int(v) for v in y]
     return [PatchRef(path, i, labels[i]) for i in range(n)]
+
+
+def _hdf5_labels(y_path: Path) -> np.ndarray:
+    """The labels of a PCam *_y.h5 file, checked to be 0 or 1."""
+    try:
+        with h5py.File(y_path, "r") as f:
+            if "y" not in f:
+                raise InputError(f"{y_path}: no dataset 'y'; expected a PCam *_y.h5 file")
+            y = np.asarray(f["y"]).reshape(-1)
+    except OSError as e:
+        raise InputError(f"{y_path}: not a readable HDF5 file ({e})") from None
+    bad = np.flatnonzero((y != 0) & (y != 1))
+    if bad.size:
+        raise InputError(
+            f"{y_path}: {bad.size} labels outside {{0, 1}} (first at index {bad[0]}: "
+            f"{y[bad[0]]}); PCam labels are 0 (normal) or 1 (tumour). Fix the file, or move it "
+            "away to predict without labels"
+        )
+    return y
 
 
 def fit_patch(image: np.ndarray, where: str, size: int = 96) -> np.ndarray:

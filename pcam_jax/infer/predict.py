@@ -189,8 +189,9 @@ class LoadedModel:
     ) -> np.ndarray:
         """p(tumour), float32 (N,), of uint8 patches (N, patch_size, patch_size, 3).
 
-        One process: the batches are split over its local devices. Every batch is padded to
-        ``batch_size`` rows (a multiple of the device count), so the function compiles once.
+        One process: the batches are split over its local devices. A batch holds ``batch_size``
+        rows (rounded up to the device count); a shorter last one is padded only to the device
+        count, so memory follows the input (one more compile for that shape).
         """
         return next(self.predict_batches([images], batch_size=batch_size, tta=tta))
 
@@ -205,7 +206,8 @@ class LoadedModel:
         if jax.process_count() > 1:
             raise ModelError("predicting from arrays runs in one process; use pcam-eval's loader")
         mesh = make_mesh()
-        width = batch_size + (-batch_size) % jax.local_device_count()
+        devices = jax.local_device_count()
+        width = batch_size + (-batch_size) % devices
         fn = self.predict_fn(mesh, tta)
 
         def fetch(dispatched: list[tuple[Any, int]]) -> np.ndarray:
@@ -215,13 +217,13 @@ class LoadedModel:
         previous: list[tuple[Any, int]] | None = None
         for images in batches:
             check_patches(images, self)
-            current = [
-                (
-                    fn(self.variables, to_global(mesh, pad_rows(images[lo : lo + width], width))),
-                    len(images[lo : lo + width]),
+            current = []
+            for lo in range(0, len(images), width):
+                chunk = images[lo : lo + width]
+                rows = len(chunk) + (-len(chunk)) % devices  # a short chunk pads only to this
+                current.append(
+                    (fn(self.variables, to_global(mesh, pad_rows(chunk, rows))), len(chunk))
                 )
-                for lo in range(0, len(images), width)
-            ]
             if previous is not None:
                 yield fetch(previous)
             previous = current

@@ -52,6 +52,9 @@ BLOCK = 8  # cells per side of one read
 # Otsu's threshold is clipped to this range: below it lies glass with JPEG noise; above it,
 # Otsu has split stained tissue itself (pale eosin from haematoxylin) when little glass shows
 SATURATION_RANGE = (0.04, 0.10)
+# Level-0 resolutions (um/px) pcam-slide accepts: from beyond 100x scans (0.1) to 2.5x-like
+# overviews (4.0); a model at 0.972 um/px reads coarser slides only by upsampling them.
+MPP_RANGE = (0.05, 4.0)
 
 
 @dataclass(frozen=True)
@@ -93,12 +96,23 @@ def open_slide(path: str | Path) -> Any:
         raise SlideError(f"{path}: OpenSlide could not read it ({e})") from None
 
 
+def check_mpp(mpp: float, where: str) -> float:
+    """`mpp` if it is a finite level-0 resolution within MPP_RANGE, else SlideError naming
+    `where` (the flag or the slide)."""
+    low, high = MPP_RANGE
+    if not (math.isfinite(mpp) and low <= mpp <= high):
+        raise SlideError(
+            f"{where}: {mpp} um per pixel is not a level-0 resolution pcam-slide can use "
+            f"(expected {low}-{high}; about 0.25 at 40x, 0.5 at 20x)"
+        )
+    return float(mpp)
+
+
 def slide_mpp(slide: Any, path: str | Path, override: float | None) -> float:
-    """Level-0 um/px: `override` when given, else the slide's openslide.mpp-x/-y (their mean)."""
+    """Level-0 um/px: `override` when given, else the slide's openslide.mpp-x/-y (their mean);
+    either must lie in MPP_RANGE."""
     if override is not None:
-        if not override > 0:
-            raise SlideError(f"--mpp={override}: must be a positive number of um per pixel")
-        return float(override)
+        return check_mpp(override, f"--mpp={override}")
     props = slide.properties
     try:
         x, y = float(props["openslide.mpp-x"]), float(props["openslide.mpp-y"])
@@ -111,7 +125,7 @@ def slide_mpp(slide: Any, path: str | Path, override: float | None) -> float:
         raise SlideError(f"{path}: invalid resolution mpp-x={x}, mpp-y={y}; give --mpp")
     if abs(x - y) > 0.02 * max(x, y):
         raise SlideError(f"{path}: non-square pixels (mpp-x={x}, mpp-y={y}) are not supported")
-    return (x + y) / 2
+    return check_mpp((x + y) / 2, f"{path} (openslide.mpp-x/y; --mpp overrides it)")
 
 
 def slide_geometry(
@@ -170,7 +184,14 @@ def thumbnail(slide: Any) -> tuple[np.ndarray, float]:
     w0, h0 = slide.dimensions
     factor = max(w0, h0) / THUMBNAIL_SIZE
     size = (max(1, round(w0 / max(factor, 1))), max(1, round(h0 / max(factor, 1))))
-    thumb = slide.get_thumbnail(size).convert("RGB")
+    import openslide
+
+    try:
+        thumb = slide.get_thumbnail(size).convert("RGB")
+    except openslide.OpenSlideError as e:
+        raise SlideError(
+            f"{getattr(slide, '_filename', 'the slide')}: thumbnail unreadable ({e})"
+        ) from None
     return np.asarray(thumb), w0 / thumb.size[0]
 
 
@@ -195,6 +216,20 @@ def tissue_fraction(
     return total / area, threshold
 
 
+def _read_region(slide: Any, at: tuple[int, int], level: int, size: tuple[int, int]) -> Any:
+    """OpenSlide's read_region, a damaged tile reported as a SlideError naming where it is."""
+    import openslide
+
+    try:
+        return slide.read_region(at, level, size)
+    except openslide.OpenSlideError as e:
+        raise SlideError(
+            f"{getattr(slide, '_filename', 'the slide')}: OpenSlide could not read the region at "
+            f"level-0 ({at[0]}, {at[1]}), level {level}, {size[0]}x{size[1]} px ({e}); the file "
+            "is damaged there: re-export or re-scan it"
+        ) from None
+
+
 def read_block(slide: Any, geom: SlideGeometry, row0: int, col0: int, n: int) -> np.ndarray:
     """uint8 RGB at model resolution of the n x n cells from (row0, col0) plus the window
     margin: (n * S + P - S) pixels a side; outside the slide and transparent pixels are white."""
@@ -205,7 +240,7 @@ def read_block(slide: Any, geom: SlideGeometry, row0: int, col0: int, n: int) ->
     f0 = geom.model_mpp / geom.mpp0  # level-0 px per model px
     x0, y0 = math.floor(mx * f0), math.floor(my * f0)
     read = math.ceil(side * geom.scale)
-    region = slide.read_region((x0, y0), geom.level, (read, read))
+    region = _read_region(slide, (x0, y0), geom.level, (read, read))
     rgb = Image.new("RGB", region.size, (255, 255, 255))
     rgb.paste(region, mask=region.split()[3])
     if read != side:  # to model resolution; the read's rounding-up is cropped off, not squeezed

@@ -249,6 +249,15 @@ def write_outputs(
     return summary
 
 
+def check_slide_settings(*, tissue_threshold: float, threshold: float, top_k: int) -> None:
+    """Raises SlideError naming the first setting out of range (what the flags also check)."""
+    for name, value in (("tissue_threshold", tissue_threshold), ("threshold", threshold)):
+        if not 0.0 <= value <= 1.0:
+            raise SlideError(f"--{name}={value}: expected a probability in [0, 1]")
+    if top_k < 1:
+        raise SlideError(f"--top_k={top_k}: expected at least 1 cell")
+
+
 def run_slide(
     path: str | Path,
     out: str | Path,
@@ -264,6 +273,7 @@ def run_slide(
     progress: bool = False,
 ) -> dict[str, Any]:
     """pcam-slide: predicts `path` and writes DIR `out`; returns summary.json's content."""
+    check_slide_settings(tissue_threshold=tissue_threshold, threshold=threshold, top_k=top_k)
     out = prepare_out_dir(out)
     slide = open_slide(path)
     try:

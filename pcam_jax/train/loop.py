@@ -59,6 +59,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
     Holds the workdir's lock throughout. Returns the last validation metrics.
     """
     chrono = Chrono()  # a train_minutes budget counts from here
+    check_recipe(config)  # before the lock creates the workdir
     with workdir_lock(workdir):
         run = _Run.set_up(config, Path(workdir), chrono)
         return _loop(run)
@@ -91,7 +92,6 @@ class _Run:
     @classmethod
     def set_up(cls, config: ml_collections.ConfigDict, workdir: Path, chrono: Chrono) -> _Run:
         check_config(config, workdir)
-        check_recipe(config)
         writer = metric_writers.create_default_writer(
             workdir, just_logging=not is_primary(), asynchronous=False
         )

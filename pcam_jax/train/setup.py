@@ -1,6 +1,6 @@
 """Setting up a run: the checks of a config, the data, the initial state, the sharding.
 
-``check_recipe`` refuses recipe values no run can use before anything is built.
+``check_recipe`` refuses values no run can use before anything is built or written.
 ``make_train_loader`` is the training input pipeline (``pcam_jax.data.pipeline``): this
 process's share of every global batch, seeded shuffle and augmentation. ``create_state`` builds
 the TrainState from ``model.init`` (and a pretrained checkpoint for Inception), with its
@@ -26,6 +26,7 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from pcam_jax import models
+from pcam_jax.config import check_values
 from pcam_jax.data import pipeline, sources
 from pcam_jax.errors import TrainingError
 from pcam_jax.runtime.distributed import is_primary, to_global
@@ -34,11 +35,10 @@ from pcam_jax.train.step import TrainState
 
 
 def check_recipe(config: ml_collections.ConfigDict) -> None:
-    """Raises TrainingError naming the first recipe field no run can use."""
-    if config.ema_decay < 0 or config.ema_decay >= 1:
-        raise TrainingError(f"config.ema_decay={config.ema_decay}: expected 0 (off) or in (0, 1)")
-    if not 0 <= config.label_smoothing < 1:
-        raise TrainingError(f"config.label_smoothing={config.label_smoothing}: expected [0, 1)")
+    """Raises TrainingError naming the first field no run can use: out of its range
+    (``config.check_values``) or, for this machine, a batch that does not split over its
+    devices."""
+    check_values(config)
     if config.batch_size % jax.device_count():
         raise TrainingError(
             f"config.batch_size={config.batch_size} must be a multiple of the "
