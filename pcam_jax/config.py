@@ -301,7 +301,7 @@ VALUE_RULES: tuple[Rule, ...] = (
         "constant, step, cosine, one_cycle or cyclic",
     ),
     ("schedule.warmup_steps", _AT_LEAST_0, "an integer >= 0"),
-    ("schedule.decay_factor", _in_range(0.0, 1.0), "a number in [0, 1]"),
+    ("schedule.decay_factor", lambda v: _number(v) and v > 0, "a number > 0"),
     ("schedule.decay_every_steps", _AT_LEAST_1, "an integer >= 1"),
     ("schedule.final_fraction", _FRACTION, "a number in [0, 1]"),
     ("schedule.min_fraction", _FRACTION, "a number in [0, 1]"),

@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from absl import app, flags, logging
 
 from pcam_jax.cli import common
-from pcam_jax.config import load_config_file
+from pcam_jax.config import check_values, load_config_file
 from pcam_jax.errors import PcamError, Preempted
 from pcam_jax.runtime import distributed
 from pcam_jax.runtime.logs import quiet_library_logs
@@ -38,6 +38,7 @@ def main(argv: Sequence[str]) -> None:
     try:
         distributed.initialize_from_flags()
         config = load_config_file(_CONFIG.value, *common.config_overrides())
+        check_values(config)  # in a second, before the trainer is even imported
         logging.info("config:\n%s", config)
         from pcam_jax.train import train_and_evaluate
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 import datetime
 import hashlib
 import json
-import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -37,7 +36,7 @@ from pcam_jax.errors import ModelError
 from pcam_jax.infer.model import abstract_variables, count_parameters, create_model, make_preprocess
 from pcam_jax.infer.predict import LoadedModel
 from pcam_jax.runtime.distributed import make_mesh
-from pcam_jax.runtime.files import atomic_dir, write_json
+from pcam_jax.runtime.files import atomic_dir, check_new_dir, write_json
 
 BUNDLE_FORMAT = "pcam_jax.bundle"
 #: The bundle layout this version writes and reads; a change to bundle.json's meaning or to the
@@ -86,15 +85,7 @@ def save_bundle(
 def check_bundle_out(out: str | Path) -> Path:
     """Checks that bundle directory `out` can be created: absent, its parent an existing,
     writable folder. Raises ModelError naming it otherwise."""
-    out = Path(out)
-    if out.exists():
-        raise ModelError(f"--out={out}: already exists; choose a new --out or remove it")
-    parent = out.parent if str(out.parent) else Path(".")
-    if not parent.is_dir():
-        raise ModelError(f"--out={out}: parent folder {parent} does not exist")
-    if not os.access(parent, os.W_OK):
-        raise ModelError(f"--out={out}: cannot write in {parent} (permission denied or read-only)")
-    return out
+    return check_new_dir(out, ModelError, empty_ok=False)
 
 
 def read_bundle_json(path: str | Path) -> dict[str, Any]:

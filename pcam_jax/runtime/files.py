@@ -151,10 +151,14 @@ def check_output_file(
     return out
 
 
-def check_new_dir(out: str | Path, error: type[Exception] = OSError) -> Path:
-    """Checks that folder `out` can be created: absent or empty, its parent an existing,
-    writable folder. Raises `error` naming `out` otherwise."""
+def check_new_dir(
+    out: str | Path, error: type[Exception] = OSError, *, empty_ok: bool = True
+) -> Path:
+    """Checks that folder `out` can be created: absent (or, with `empty_ok`, an empty folder),
+    its parent an existing, writable folder. Raises `error` naming `out` otherwise."""
     out = Path(out)
+    if out.exists() and not empty_ok:
+        raise error(f"--out={out}: already exists; choose a new one or remove it")
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise error(f"--out={out}: exists and is not an empty folder; choose a new one")
     parent = out.parent if str(out.parent) else Path(".")
