@@ -309,3 +309,29 @@ def test_training_refuses_a_third_class_folder(tmp_path, patches, synthetic_root
         "--config.data.source=folder",
     )
     refused(r, str(root / "train" / "2"), "outside the two labels")
+
+
+def test_predict_pads_a_short_input_only_to_the_device_count():
+    # 6 patches with --batch_size=2048 once padded to 2,048 rows (1.8 GB); now to 6 (1 device)
+    import jax
+
+    from pcam_jax.infer import load_model
+
+    model = load_model(None)
+    shapes: list[tuple[int, ...]] = []
+    fn = model.predict_fn(jax.sharding.Mesh(jax.devices(), ("data",)))
+
+    def recording(variables, images):
+        shapes.append(tuple(images.shape))
+        return fn(variables, images)
+
+    model._predict_fns[False] = recording
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (6, 96, 96, 3), dtype=np.uint8)
+    p = model.predict_images(images, batch_size=2048)
+    rows = 6 + (-6) % jax.local_device_count()
+    assert shapes == [(rows, 96, 96, 3)] and p.shape == (6,)
+    # a longer input is cut into full batches and a short last one
+    shapes.clear()
+    model.predict_images(np.concatenate([images] * 3), batch_size=8)
+    assert [s[0] for s in shapes] == [8, 8, 2 + (-2) % jax.local_device_count()]
