@@ -335,3 +335,13 @@ def test_predict_pads_a_short_input_only_to_the_device_count():
     shapes.clear()
     model.predict_images(np.concatenate([images] * 3), batch_size=8)
     assert [s[0] for s in shapes] == [8, 8, 2 + (-2) % jax.local_device_count()]
+
+
+@pytest.mark.skipif(not Path("/proc/self").exists(), reason="/proc: a folder nobody can write")
+def test_unwritable_outputs_are_refused_before_the_work(patches, tmp_path):
+    # /proc refuses new files even to root, for whom os.access says every folder is writable
+    r = run("predict", patches / "v_x.h5", "--out=/proc/p.csv", "--progress=false")
+    line = refused(r, "--out=/proc/p.csv", "cannot write")
+    assert "patch/s" not in r.stderr, line  # refused before predicting
+    r = run("export", f"--workdir={tmp_path / 'no_run'}", "--out=/proc/pcam_bundle")
+    refused(r, "--out=/proc/pcam_bundle", "cannot write")

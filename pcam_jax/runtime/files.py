@@ -125,6 +125,17 @@ def same_path(a: str | Path, b: str | Path) -> bool:
     return os.path.realpath(a) == os.path.realpath(b)
 
 
+def writable_folder(folder: str | Path) -> bool:
+    """Whether a file can be created in `folder`, found by creating (and removing) a temporary
+    folder there: ``os.access`` alone says yes to root on a read-only filesystem."""
+    try:
+        probe = tempfile.mkdtemp(prefix=_temp_prefix("write-probe"), suffix=".tmp", dir=folder)
+    except OSError:
+        return False
+    os.rmdir(probe)
+    return True
+
+
 def check_output_file(
     out: str | Path,
     inputs: Iterable[str | Path] = (),
@@ -146,7 +157,7 @@ def check_output_file(
     parent = out.parent if str(out.parent) else Path(".")
     if not parent.is_dir():
         raise error(f"{flag}={out}: folder {parent} does not exist")
-    if not os.access(parent, os.W_OK) or (out.exists() and not os.access(out, os.W_OK)):
+    if not writable_folder(parent) or (out.exists() and not os.access(out, os.W_OK)):
         raise error(f"{flag}={out}: cannot write there (permission denied or read-only)")
     return out
 
@@ -164,7 +175,7 @@ def check_new_dir(
     parent = out.parent if str(out.parent) else Path(".")
     if not parent.is_dir():
         raise error(f"--out={out}: parent folder {parent} does not exist")
-    if not os.access(parent, os.W_OK):
+    if not writable_folder(parent):
         raise error(f"--out={out}: cannot write in {parent} (permission denied or read-only)")
     return out
 
@@ -198,6 +209,7 @@ __all__ = [
     "check_output_file",
     "remove_stale_temporaries",
     "same_path",
+    "writable_folder",
     "write_csv",
     "write_dict_csv",
     "write_json",
