@@ -4,7 +4,7 @@ Owns: the model a config builds and its device-side input transform (``model``),
 predict path that training's validation and every binary share (``predict``: ``predict``,
 ``make_predict_fn``, ``LoadedModel``), loading (``load``: workdirs, bundles, the bundled model),
 the bundle format and its card (``bundle``), pcam-export (``export``), pcam-eval (``evaluate``),
-the metrics (``metrics``), pcam-predict (``patches``) and pcam-slide (``slide``, ``slide_io``).
+the metrics (``metrics``), pcam-predict (``patches``) and pcam-slide (``slide``, ``slide_outputs``).
 Imports: models, data, config, workdir, runtime, errors; never ``pcam_jax.train``.
 
 The names most callers need are importable from here::
