@@ -155,11 +155,19 @@ def run_binary(
             break
         if arg.startswith("-") and _flag_name(arg) in set(SHARED_FLAGS) - set(shared):
             sys.exit(f"{prog}: error: {arg.split('=')[0]} is not a flag of {prog}; see --help")
-    try:  # absl would print two lines for a bad flag; one line, naming it, is enough
-        flags.FLAGS([argv[0], *rest])
+    app.run(
+        partial(_run_main, main, prog),
+        argv=[argv[0], *rest],
+        flags_parser=partial(_parse_flags, prog),
+    )
+
+
+def _parse_flags(prog: str, argv: list[str]) -> list[str]:
+    """absl's flag parsing, a bad flag reported in one line naming it (absl prints two)."""
+    try:
+        return flags.FLAGS(argv)
     except flags.Error as e:
         sys.exit(f"{prog}: error: {e}; see --help")
-    app.run(partial(_run_main, main, prog), argv=[argv[0], *rest])
 
 
 def _run_main(main: Callable[[list[str]], Any], prog: str, argv: list[str]) -> Any:

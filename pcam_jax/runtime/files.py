@@ -70,7 +70,16 @@ def remove_stale_temporaries(folder: str | Path) -> list[Path]:
 
 
 def _umask() -> int:
-    mask = os.umask(0)
+    """The process's umask, read without changing it where the kernel reports it (Linux):
+    setting and restoring it would, for that instant, give files other threads create mode
+    0666."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o077)  # elsewhere: swap, with the safe mask for that instant
     os.umask(mask)
     return mask
 

@@ -103,7 +103,8 @@ class _Run:
         train_iter = iter(loader)
         model = create_model(config)
         budget = TrainBudget(config, workdir, chrono)
-        state = create_state(config, model, _schedule(config, budget))
+        schedule = _schedule(config, budget)  # until the probe, if any, re-plans
+        state = create_state(config, model, schedule)
         n_params = sum(int(np.prod(p.shape)) for p in jax.tree_util.tree_leaves(state.params))
         store_config(config, workdir)  # data, model and optimizer were set up without error
         seed_key = partial(jax.random.key, config.seed)
@@ -139,7 +140,7 @@ class _Run:
                 str(config.data.root),
             )
             logging.info("resumed from checkpoint %d in %s", run.last_good, mngr.directory)
-        run.step_fn = compile_train_step(config, run.preprocess, _schedule(config, budget), mesh)
+        run.step_fn = compile_train_step(config, run.preprocess, schedule, mesh)
         run.predict_fn = make_predict_fn(model, run.preprocess, mesh)
         if budget.needs_probe:  # a fresh timed run: measure this machine, size the schedule
             budget.probe(
