@@ -70,6 +70,10 @@ CANDIDATES.update(
     {f"{k}-c64": (c, o + CROP) for k, (c, o) in list(CANDIDATES.items())}
     | {f"{k}-lr4e-3": (c, o + LR4) for k, (c, o) in list(CANDIDATES.items())}
 )
+# the study's systems under the same recipe, CPU-sized (configs/cpu_subset.py's
+# STUDY_WIDTH_MULTIPLIER); the validation runs once, at the end, within the budget
+STUDY = ("cnn", "p4cnn", "p4mcnn", "allcnn", "p4allcnn", "p4mallcnn")
+CANDIDATES.update({k: (f"{CPU_SUBSET}:{k}", ["eval_every_steps=100000"]) for k in STUDY})
 
 
 def parse_candidate(spec: str) -> tuple[str, str, list[str]]:
@@ -198,6 +202,9 @@ def tta_auc(workdir: Path, step: int) -> float:
     WORKDIR/eval/valid_tta.json). For a p4m model it equals the plain AUC; for p4 it averages
     the mirror images; for the plain model all 8 views."""
     result = workdir / "eval" / "valid_tta.json"
+    config = json.loads((workdir / "config.json").read_text())
+    if config["model.name"].startswith("p4m"):  # exactly D4-invariant: the 8 views agree
+        return float(read_scalars(workdir)["val_auc"][-1][2])
     if not (result.is_file() and json.loads(result.read_text())["checkpoint_step"] == step):
         cmd = [sys.executable, "-m", "pcam_jax.cli.eval", f"--workdir={workdir}"]
         cmd += [f"--checkpoint={step}", "--split=valid", "--tta", "--bootstrap=0"]

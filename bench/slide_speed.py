@@ -3,14 +3,14 @@
     python bench/slide_speed.py [--model=MODEL_DIR] [--grid 24] [--out runs/slide_speed]
                                 [--heatmap docs/heatmap.png]
 
-Builds two synthetic slides from REAL PCam valid patches (tests/synthetic_slides.py: a
-grid x grid mosaic, tumour patches in a central rectangle, white margin): one at the model's
-0.972 um/px with lossless tiles (read without resampling) and one 20x-like at 0.486 um/px with
-JPEG tiles (read at level 0 and resampled by 2). Each is run twice through
-``pcam_jax.infer.slide.run_slide`` with the same loaded model: the first run includes compiling the
-predict function, the second is the steady state. Prints a markdown table (cells, seconds,
-cells/s, and the time a CAMELYON16-size slide of 300,000 tissue cells would take at that rate)
-and the cell-level AUC against the known tumour rectangle, and copies the 20x slide's
+Builds two synthetic slides from REAL PCam valid patches (tests/synthetic_slides.py: a grid x
+grid mosaic, tumour patches in a central rectangle, white margin): one at the model's 0.972
+um/px with lossless tiles (read without resampling) and one 20x-like at 0.486 um/px with JPEG
+tiles (read at level 0 and resampled by 2). Each is run twice through
+``pcam_jax.infer.slide_outputs.run_slide`` with the same loaded model: the first run includes
+compiling the predict function, the second is the steady state. Prints a markdown table (cells,
+seconds, cells/s, and the time a CAMELYON16-size slide of 300,000 tissue cells would take at
+that rate) and the cell-level AUC against the known tumour rectangle, and copies the 20x slide's
 heatmap.png to --heatmap when given.
 """
 
@@ -46,7 +46,7 @@ def main() -> None:
 
     from pcam_jax import infer
     from pcam_jax.infer.metrics import binary_metrics
-    from pcam_jax.infer.slide import run_slide
+    from pcam_jax.infer.slide_outputs import SlideSettings, run_slide
     from tests.conftest import SUBSET_ROOT
     from tests.synthetic_slides import MARGIN, mosaic, real_patches, write_slide
 
@@ -74,7 +74,7 @@ def main() -> None:
         for run in ("first (compiles)", "second"):
             out = work / f"{path.stem}_{run.split()[0]}"
             shutil.rmtree(out, ignore_errors=True)
-            s = run_slide(path, out, model, batch_size=args.batch_size)
+            s = run_slide(path, out, model, SlideSettings(batch_size=args.batch_size))
             probs = np.load(out / "probabilities.npy")[rows, cols]
             keep = np.isfinite(probs)
             auc = binary_metrics(labels.ravel()[keep], probs[keep], n_bootstrap=0)["auc"]

@@ -6,16 +6,21 @@ a compute-efficient residual network trained for a 28-minute wall-clock budget.
     pcam-train --config=configs/cpu_subset.py:p4mresnet --workdir=runs/cpu_subset_p4mresnet
     pcam-eval --workdir=runs/cpu_subset --split=valid
 
-The argument picks the model (resnet | p4resnet | p4mresnet); the widths give the three the
-same total channels (16 ... 128), so about the same FLOPs per image (the group models have
-fewer parameters). How the models compare under this recipe is measured in BENCHMARKS.md
-("Accuracy per minute"); the default is the p4 model because it is the one the bundled model
-was trained with. The recipe: AdamW (decoupled weight decay on kernels), warm-up + cosine
-sized by train_minutes to the machine's measured speed, label smoothing, an EMA of the weights
-(what validation and pcam-eval use), and augmentation chosen to generalise across slides: D4
-(exact for the group models' invariance; for the plain model the augmentation that teaches
-it), HED stain jitter (Tellez et al. 2018) and colour jitter. The subset has train and valid
-splits only (folder layout, JPEG).
+The argument picks the model (resnet | p4resnet | p4mresnet); the widths give the three the same
+total channels (16 ... 128), so about the same FLOPs per image (the group models have fewer
+parameters). The study's systems train under the same recipe, CPU-sized
+(STUDY_WIDTH_MULTIPLIER): ``:cnn``, ``:p4cnn``, ``:p4mcnn`` (the 6-layer CNN at a quarter of its
+widths) and ``:allcnn``, ``:p4allcnn``, ``:p4mallcnn`` (All-CNN-C at an eighth), so the plain
+member of each family costs about what the plain ResNet costs (0.046 and 0.09 GFLOPs per image
+against 0.068); the group members keep the study's equal-parameter widths (divided by
+sqrt(|G|)), so they cost about 4x (p4) and 8x (p4m) their plain sibling. How the models compare
+under this recipe is measured in BENCHMARKS.md ("Accuracy per minute"); the default is the p4
+model because it is the one the bundled model was trained with. The recipe: AdamW (decoupled
+weight decay on kernels), warm-up + cosine sized by train_minutes to the machine's measured
+speed, label smoothing, an EMA of the weights (what validation and pcam-eval use), and
+augmentation chosen to generalise across slides: D4 (exact for the group models' invariance; for
+the plain model the augmentation that teaches it), HED stain jitter (Tellez et al. 2018) and
+colour jitter. The subset has train and valid splits only (folder layout, JPEG).
 """
 
 import ml_collections
@@ -31,20 +36,35 @@ WIDTHS: dict[str, tuple[int, ...]] = {
 }
 
 
+# The study's systems (configs/cnn.py, configs/allcnn.py) at a fraction of their widths.
+STUDY_WIDTH_MULTIPLIER: dict[str, float] = {
+    **dict.fromkeys(("cnn", "p4cnn", "p4mcnn"), 0.25),
+    **dict.fromkeys(("allcnn", "p4allcnn", "p4mallcnn"), 0.125),
+}
+
+
 def get_config(model: str = "p4resnet") -> ml_collections.ConfigDict:
-    if model not in WIDTHS:
-        raise ValueError(f"cpu_subset: model {model!r}; expected one of {sorted(WIDTHS)}")
+    if model not in WIDTHS and model not in STUDY_WIDTH_MULTIPLIER:
+        raise ValueError(
+            f"cpu_subset: model {model!r}; expected one of "
+            f"{sorted(WIDTHS) + sorted(STUDY_WIDTH_MULTIPLIER)}"
+        )
     c = base_config()
-    c.model = ml_collections.ConfigDict(
-        {
-            "name": model,
-            "widths": WIDTHS[model],
-            "blocks": (1, 1, 1, 1),
-            "dropout_rate": 0.0,
-            "input_crop": 0,
-            "head_pool": "mean",
-        }
-    )
+    if model in WIDTHS:
+        c.model = ml_collections.ConfigDict(
+            {
+                "name": model,
+                "widths": WIDTHS[model],
+                "blocks": (1, 1, 1, 1),
+                "dropout_rate": 0.0,
+                "input_crop": 0,
+                "head_pool": "mean",
+            }
+        )
+    else:  # the study's own dropout and heads (pcam_jax.models defaults)
+        c.model = ml_collections.ConfigDict(
+            {"name": model, "width_multiplier": STUDY_WIDTH_MULTIPLIER[model]}
+        )
     c.data.source = "folder"
     c.data.root = "../shared/data/pcam-subset"
     c.data.worker_count = 1

@@ -20,14 +20,19 @@ TUMOUR = (slice(2, 6), slice(3, 7))  # the tumour patches: rows 2-5, columns 3-6
 
 
 def real_patches(
-    root: Path, grid: int = GRID, tumour: tuple[slice, slice] = TUMOUR
+    root: Path,
+    grid: int = GRID,
+    tumour: tuple[slice, slice] | None = TUMOUR,
+    offset: int = 0,
 ) -> tuple[np.ndarray, np.ndarray]:
     """(GRID*GRID, 96, 96, 3) real valid patches laid out row by row, and their labels: tumour
-    patches inside TUMOUR, normal ones elsewhere."""
+    patches inside TUMOUR (None: none), normal ones elsewhere; each class's patches are taken
+    in file order from number `offset` on."""
     labels = np.zeros((grid, grid), int)
-    labels[tumour] = 1
+    if tumour is not None:
+        labels[tumour] = 1
     files = {y: sorted((root / "valid" / str(y)).iterdir()) for y in (0, 1)}
-    taken = {0: 0, 1: 0}
+    taken = {0: offset, 1: offset}
     out = []
     for y in labels.ravel():
         out.append(np.asarray(Image.open(files[y][taken[y]]).convert("RGB")))
@@ -70,3 +75,64 @@ def write_slide(
                 **extra,
             )
     return path
+
+
+def tumour_polygon(tumour: tuple[slice, slice] = TUMOUR) -> list[tuple[float, float]]:
+    """The level-0 corners (x, y) of a mosaic's tumour rectangle (patch rows x columns)."""
+    (r0, r1), (c0, c1) = (tumour[0].start, tumour[0].stop), (tumour[1].start, tumour[1].stop)
+    x0, x1 = MARGIN + c0 * 96, MARGIN + c1 * 96
+    y0, y1 = MARGIN + r0 * 96, MARGIN + r1 * 96
+    return [(x0, y0), (x1, y0), (x1, y1), (x0, y1)]
+
+
+def write_asap_xml(path: Path, polygons: list[list[tuple[float, float]]]) -> Path:
+    """CAMELYON16 ground truth in ASAP's XML: each polygon an Annotation of group _0."""
+    parts = ['<?xml version="1.0"?>', "<ASAP_Annotations>", "\t<Annotations>"]
+    for k, poly in enumerate(polygons):
+        parts.append(
+            f'\t\t<Annotation Name="Annotation {k}" Type="Polygon" PartOfGroup="_0" '
+            'Color="#F4FA58">'
+        )
+        parts.append("\t\t\t<Coordinates>")
+        parts += [
+            f'\t\t\t\t<Coordinate Order="{i}" X="{x}" Y="{y}" />' for i, (x, y) in enumerate(poly)
+        ]
+        parts += ["\t\t\t</Coordinates>", "\t\t</Annotation>"]
+    parts += ["\t</Annotations>", "\t<AnnotationGroups>",
+              '\t\t<Group Name="_0" PartOfGroup="None" Color="#ff0000"><Attributes /></Group>',
+              "\t</AnnotationGroups>", "</ASAP_Annotations>"]  # fmt: skip
+    path.write_text("\n".join(parts) + "\n")
+    return path
+
+
+def write_cohort(
+    subset_root: Path, folder: Path, *, tumour: int = 3, normal: int = 3
+) -> dict[str, list[Path]]:
+    """A synthetic CAMELYON16-like cohort in `folder`: `tumour` slides tumour_00N.tif (REAL
+    tumour patches in TUMOUR) with ASAP XML ground truth in folder/annotations/, `normal`
+    slides normal_00N.tif of normal patches only (each slide its own patches; 0.972 um/px,
+    JPEG tiles), one broken file and one slide without a resolution. Returns the paths by kind:
+    "tumour", "normal", "broken", "no_mpp", "annotations"."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "annotations").mkdir(exist_ok=True)
+    out: dict[str, list[Path]] = {
+        k: [] for k in ("tumour", "normal", "broken", "no_mpp", "annotations")
+    }
+    for k in range(tumour):
+        images, _ = real_patches(subset_root, offset=64 * k)
+        out["tumour"].append(
+            write_slide(folder / f"tumour_{k + 1:03d}.tif", mosaic(images), 0.972, "jpeg")
+        )
+        xml = folder / "annotations" / f"tumour_{k + 1:03d}.xml"
+        out["annotations"].append(write_asap_xml(xml, [tumour_polygon()]))
+    for k in range(normal):
+        images, _ = real_patches(subset_root, tumour=None, offset=64 * (tumour + k))
+        out["normal"].append(
+            write_slide(folder / f"normal_{k + 1:03d}.tif", mosaic(images), 0.972, "jpeg")
+        )
+    broken = folder / "broken_001.tif"
+    broken.write_bytes(b"II*\x00" + bytes(range(256)) * 8)
+    out["broken"].append(broken)
+    images, _ = real_patches(subset_root, offset=64 * (tumour + normal))
+    out["no_mpp"].append(write_slide(folder / "nompp_001.tif", mosaic(images), None, "jpeg"))
+    return out

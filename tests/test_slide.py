@@ -22,8 +22,8 @@ from pcam_jax import infer, models
 from pcam_jax.data import pipeline
 from pcam_jax.errors import SlideError
 from pcam_jax.infer.metrics import binary_metrics
-from pcam_jax.infer.slide import open_slide, otsu_threshold, predict_slide
-from pcam_jax.infer.slide_outputs import cell_polygons, run_slide
+from pcam_jax.infer.slide import otsu_threshold, predict_slide
+from pcam_jax.infer.slide_outputs import SlideSettings, cell_polygons, run_slide
 from tests.synthetic_slides import GRID, MARGIN, mosaic, real_patches, write_slide
 
 
@@ -59,9 +59,7 @@ def bundled():
 def test_aligned_lossless_slide_equals_patch_predictions(patches, bundled, tmp_path):
     images, labels = patches
     path = write_slide(tmp_path / "aligned.tif", mosaic(images), mpp=0.972, compression="zlib")
-    slide = open_slide(path)
-    result = predict_slide(slide, path, bundled)
-    slide.close()
+    result = predict_slide(path, bundled)
     g = result.geometry
     assert (g.level, g.scale, g.cell0) == (0, 1.0, 32.0)
     rows, cols = centre_cells()
@@ -108,6 +106,7 @@ def test_jpeg_slide_at_twice_the_resolution_finds_the_tumour(patches, bundled, t
     assert (out / "heatmap.png").stat().st_size > 10_000
     assert summary["score_max"] >= summary["score_top10_mean"] > 0
     assert sorted(p.name for p in out.iterdir()) == [
+        "detections.csv",
         "heatmap.png",
         "probabilities.npy",
         "summary.json",
@@ -123,9 +122,7 @@ def test_rotated_slide_gives_the_rotated_map(patches, tmp_path, name, equivarian
     maps = []
     for k in (0, 1):
         path = write_slide(tmp_path / f"rot{k}.tif", np.rot90(image, k).copy(), mpp=0.972)
-        slide = open_slide(path)
-        maps.append(predict_slide(slide, path, model).probabilities)
-        slide.close()
+        maps.append(predict_slide(path, model).probabilities)
     rotated = np.rot90(maps[0], 1)
     assert np.array_equal(np.isnan(rotated), np.isnan(maps[1]))
     finite = np.isfinite(rotated)
@@ -158,12 +155,12 @@ def test_bad_inputs_give_clear_errors_and_no_outputs(patches, bundled, tmp_path)
     with pytest.raises(SlideError, match="parent folder"):
         run_slide(good, tmp_path / "no" / "such", bundled)
     with pytest.raises(SlideError, match="--stride=33"):
-        run_slide(good, tmp_path / "d", bundled, stride=33)
+        run_slide(good, tmp_path / "d", bundled, SlideSettings(stride=33))
     for name in "abcd":
         assert not (tmp_path / name).exists()
     assert not list(tmp_path.glob(".*"))  # no temporary folders left
     # --mpp supplies what the slide lacks
-    summary = run_slide(no_mpp, tmp_path / "e", bundled, mpp=0.972)
+    summary = run_slide(no_mpp, tmp_path / "e", bundled, SlideSettings(mpp=0.972))
     assert summary["level0_mpp"] == 0.972 and summary["tissue_cells"] > 0
 
 

@@ -1,18 +1,30 @@
-"""`pcam-slide`: a tumour probability map of a whole-slide image (see pcam_jax.infer.slide).
+"""`pcam-slide`: tumour probability maps and lesion detections of whole-slide images
+(see pcam_jax.infer.slide and pcam_jax.infer.cohort).
 
     pcam-slide SLIDE --out=DIR [--model=MODEL_DIR|WORKDIR] [--mpp=F] [--stride=32]
                [--tissue_threshold=0.5] [--threshold=0.5] [--batch_size=256] [--tta]
+               [--nms_floor=0.5] [--nms_radius_um=187]
+    pcam-slide SLIDE... | FOLDER | 'GLOB' | LIST.txt | LIST.csv --out=DIR [same flags]
 
-SLIDE is anything OpenSlide reads (SVS, NDPI, MRXS, SCN, generic tiled TIFF, ...). DIR (new, or
-an empty folder) receives, all at once at the end:
+SLIDE is anything OpenSlide reads (SVS, NDPI, MRXS, SCN, generic tiled TIFF, ...). For one
+SLIDE, DIR (new, or an empty folder) receives, all at once at the end:
 
   tiles.csv          x,y,width,height,p_tumour per tissue cell (level-0 pixels)
   probabilities.npy  float32 (rows, cols) cell map, NaN where there is no tissue
   heatmap.png        the map over the slide's thumbnail, with a colour bar
   tumour.geojson     polygons of p(tumour) >= --threshold, level-0 pixels (QuPath: File >
                      Import objects)
+  detections.csv     lesion detections, CAMELYON16 format: probability,X,Y per line (level-0
+                     pixels, no header): local maxima >= --nms_floor, --nms_radius_um apart
   summary.json       slide score (max and top-k mean), tumour area in mm2, cells, seconds,
                      cells/s, the level and resolutions used
+
+For a cohort (several slides, a folder, a glob or a list), DIR gets one such folder per slide
+(named by the file's stem), slides.csv (status, scores, area, cells, seconds and error per
+slide), slide_scores.csv (CAMELYON16 format) and cohort.json. The model is loaded and compiled
+once. Rerunning the same command resumes: finished slides are kept, failed and unfinished ones
+are redone. A slide that fails is recorded in slides.csv and the run goes on; the exit status
+is 1 when any slide failed. Evaluate against CAMELYON16 ground truth with pcam-camelyon-eval.
 """
 
 from __future__ import annotations
@@ -24,9 +36,11 @@ from absl import flags
 
 from pcam_jax.cli import common
 from pcam_jax.errors import PcamError
+from pcam_jax.infer.cohort import check_cohort_dir, is_cohort, resolve_slides, run_cohort
+from pcam_jax.infer.detections import NMS_FLOOR, NMS_RADIUS_UM
 from pcam_jax.infer.load import load_model
 from pcam_jax.infer.slide import MPP_RANGE
-from pcam_jax.infer.slide_outputs import prepare_out_dir, run_slide
+from pcam_jax.infer.slide_outputs import SlideSettings, prepare_out_dir, run_slide
 
 _MPP = flags.DEFINE_float(
     "mpp",
@@ -55,27 +69,66 @@ _THRESHOLD = flags.DEFINE_float(
 _TOP_K = flags.DEFINE_integer(
     "top_k", 10, "Cells averaged for the top-k slide score.", lower_bound=1
 )
+_NMS_FLOOR = flags.DEFINE_float(
+    "nms_floor",
+    NMS_FLOOR,
+    "Lowest p(tumour) of a lesion detection (detections.csv).",
+    lower_bound=0.0,
+    upper_bound=1.0,
+)
+_NMS_RADIUS = flags.DEFINE_float(
+    "nms_radius_um",
+    NMS_RADIUS_UM,
+    "Non-maximum suppression radius of the detections, in microns.",
+    lower_bound=0.0,
+)
 common.check_finite("mpp")
+common.check_finite("nms_radius_um")
+
+
+def settings() -> SlideSettings:
+    """The slide settings the flags give."""
+    return SlideSettings(
+        mpp=_MPP.value,
+        stride=_STRIDE.value,
+        tissue_threshold=_TISSUE.value,
+        threshold=_THRESHOLD.value,
+        top_k=_TOP_K.value,
+        batch_size=common.batch_size(),
+        tta=common.TTA.value,
+        nms_floor=_NMS_FLOOR.value,
+        nms_radius_um=_NMS_RADIUS.value,
+    )
+
+
+def run_many(specs: Sequence[str], out: str) -> None:
+    """pcam-slide on a cohort; exits 1 when a slide failed."""
+    slides = resolve_slides(specs)
+    check_cohort_dir(out)  # before the model loads
+    model = load_model(common.MODEL.value, common.CHECKPOINT.value)
+    rows = run_cohort(slides, out, model, settings(), progress=common.PROGRESS.value)
+    failed = [r for r in rows if r["status"] != "done"]
+    print(
+        f"pcam-slide: {len(rows) - len(failed)} of {len(rows)} slides done, {len(failed)} "
+        f"failed -> {out}/slides.csv"
+    )
+    if failed:
+        sys.exit(1)
 
 
 def main(argv: Sequence[str]) -> None:
-    if len(argv) != 2 or not common.OUT.value:
-        sys.exit("pcam-slide: error: give one SLIDE and --out=DIR")
+    if len(argv) < 2 or not common.OUT.value:
+        sys.exit(
+            "pcam-slide: error: give a SLIDE (or several, a folder, a glob, a list) and --out=DIR"
+        )
     try:
+        if is_cohort(argv[1:]):
+            run_many(argv[1:], common.OUT.value)
+            return
         prepare_out_dir(common.OUT.value)  # before the model loads
         model = load_model(common.MODEL.value, common.CHECKPOINT.value)
         summary = run_slide(
-            argv[1],
-            common.OUT.value,
-            model,
-            mpp=_MPP.value,
-            stride=_STRIDE.value,
-            tissue_threshold=_TISSUE.value,
-            threshold=_THRESHOLD.value,
-            top_k=_TOP_K.value,
-            batch_size=common.batch_size(),
-            tta=common.TTA.value,
-            progress=common.PROGRESS.value,
+            argv[1], common.OUT.value, model, settings(), progress=common.PROGRESS.value
         )
     except PcamError as e:
         sys.exit(f"pcam-slide: error: {e}")

@@ -334,8 +334,105 @@ class SlideResult:
     thumbnail_per_px: float
 
 
+@dataclass
+class PreparedSlide:
+    """An open slide with its geometry and tissue map: all that precedes reading its cells.
+    ``seconds`` is the time the preparation took; ``close()`` closes the slide."""
+
+    slide: Any
+    path: str | Path
+    geometry: SlideGeometry
+    tissue: np.ndarray  # bool (rows, cols): the cells to predict
+    tissue_threshold: float
+    saturation_threshold: float
+    thumbnail: np.ndarray
+    thumbnail_per_px: float
+    seconds: float
+
+    def close(self) -> None:
+        self.slide.close()
+
+
+def prepare_slide(
+    path: str | Path,
+    model: LoadedModel,
+    *,
+    mpp: float | None = None,
+    stride: int = 32,
+    tissue_threshold: float = 0.5,
+) -> PreparedSlide:
+    """Opens `path`, fixes its resolution and cell grid and finds its tissue (the thumbnail
+    and Otsu's threshold); SlideError when it cannot be read, has no MPP (and no `mpp`) or no
+    tissue. A pcam-slide cohort prepares the next slide while the current one is predicted."""
+    t0 = time.perf_counter()
+    if not 0 < tissue_threshold <= 1:
+        raise SlideError(f"--tissue_threshold={tissue_threshold}: expected a fraction in (0, 1]")
+    slide = open_slide(path)
+    try:
+        mpp0 = slide_mpp(slide, path, mpp)
+        geom = slide_geometry(slide, mpp0, model.mpp, stride, model.patch_size)
+        if geom.rows == 0 or geom.cols == 0:
+            raise SlideError(f"{path}: smaller than one {stride}-pixel cell at {model.mpp} um/px")
+        thumb, per_px = thumbnail(slide)
+        fraction, sat_threshold = tissue_fraction(geom, thumb, per_px)
+        tissue = fraction >= tissue_threshold
+        if not tissue.any():
+            raise SlideError(
+                f"{path}: no tissue found (no cell has {tissue_threshold:.0%} of its area above "
+                f"saturation {sat_threshold:.2f}); lower --tissue_threshold if the stain is faint"
+            )
+    except BaseException:
+        slide.close()
+        raise
+    return PreparedSlide(
+        slide,
+        path,
+        geom,
+        tissue,
+        tissue_threshold,
+        sat_threshold,
+        thumb,
+        per_px,
+        time.perf_counter() - t0,
+    )
+
+
+def predict_prepared(
+    prepared: PreparedSlide,
+    model: LoadedModel,
+    *,
+    batch_size: int = 256,
+    tta: bool = False,
+    progress: bool = False,
+) -> SlideResult:
+    """The p(tumour) map of a prepared slide (the slide stays open; the caller closes it)."""
+    from tqdm import tqdm
+
+    t0 = time.perf_counter()
+    geom, tissue = prepared.geometry, prepared.tissue
+    probs = np.full((geom.rows, geom.cols), np.nan, np.float32)
+    blocks = tissue_blocks(tissue)
+    cells_fifo: deque[np.ndarray] = deque()
+    batches = rebatch(window_stream(prepared.slide, geom, blocks), batch_size, cells_fifo)
+    with tqdm(
+        total=int(tissue.sum()), unit="cell", disable=not progress, file=sys.stderr, leave=False
+    ) as bar:
+        for p in model.predict_batches(batches, batch_size=batch_size, tta=tta):
+            cells = cells_fifo.popleft()
+            probs[cells[:, 0], cells[:, 1]] = p
+            bar.update(len(p))
+    return SlideResult(
+        probs,
+        geom,
+        prepared.tissue_threshold,
+        prepared.saturation_threshold,
+        prepared.seconds + time.perf_counter() - t0,
+        prepared.thumbnail,
+        prepared.thumbnail_per_px,
+    )
+
+
 def predict_slide(
-    slide: Any,
     path: str | Path,
     model: LoadedModel,
     *,
@@ -346,36 +443,12 @@ def predict_slide(
     tta: bool = False,
     progress: bool = False,
 ) -> SlideResult:
-    """The p(tumour) map of an open slide (see the module docstring)."""
-    from tqdm import tqdm
-
-    t0 = time.perf_counter()
-    if not 0 < tissue_threshold <= 1:
-        raise SlideError(f"--tissue_threshold={tissue_threshold}: expected a fraction in (0, 1]")
-    mpp0 = slide_mpp(slide, path, mpp)
-    geom = slide_geometry(slide, mpp0, model.mpp, stride, model.patch_size)
-    if geom.rows == 0 or geom.cols == 0:
-        raise SlideError(f"{path}: smaller than one {stride}-pixel cell at {model.mpp} um/px")
-    thumb, per_px = thumbnail(slide)
-    fraction, sat_threshold = tissue_fraction(geom, thumb, per_px)
-    tissue = fraction >= tissue_threshold
-    if not tissue.any():
-        raise SlideError(
-            f"{path}: no tissue found (no cell has {tissue_threshold:.0%} of its area above "
-            f"saturation {sat_threshold:.2f}); lower --tissue_threshold if the stain is faint"
-        )
-    probs = np.full((geom.rows, geom.cols), np.nan, np.float32)
-    blocks = tissue_blocks(tissue)
-    cells_fifo: deque[np.ndarray] = deque()
-    batches = rebatch(window_stream(slide, geom, blocks), batch_size, cells_fifo)
-    with tqdm(total=int(tissue.sum()), unit="cell", disable=not progress, file=sys.stderr) as bar:
-        for p in model.predict_batches(batches, batch_size=batch_size, tta=tta):
-            cells = cells_fifo.popleft()
-            probs[cells[:, 0], cells[:, 1]] = p
-            bar.update(len(p))
-    return SlideResult(
-        probs, geom, tissue_threshold, sat_threshold, time.perf_counter() - t0, thumb, per_px
-    )
+    """The p(tumour) map of the slide at `path` (see the module docstring)."""
+    prepared = prepare_slide(path, model, mpp=mpp, stride=stride, tissue_threshold=tissue_threshold)
+    try:
+        return predict_prepared(prepared, model, batch_size=batch_size, tta=tta, progress=progress)
+    finally:
+        prepared.close()
 
 
 # --- outputs -----------------------------------------------------------------------------------

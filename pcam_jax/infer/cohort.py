@@ -1,0 +1,277 @@
+"""pcam-slide on a cohort: many slides into one folder, in one resumable run.
+
+Slides (``resolve_slides``): each argument is a slide file, a folder (the slide files in it,
+sorted, not recursive; SLIDE_SUFFIXES), a glob pattern (``'data/*.tif'``), or a list: a .txt
+file with one path per line or a .csv file with a ``slide`` (or ``path``) column, relative paths
+taken from the list's folder; a .csv list may give a slide's level-0 resolution in an ``mpp``
+column (for slides that do not record it; --mpp, when given, overrides every slide's). The same
+file named twice is run once; two different slides with the same file stem are refused (their
+sub-folders would collide).
+
+DIR (``--out``) holds:
+
+    cohort.json        the settings and model of the run; a rerun with other ones is refused
+    slides.csv         slide, status (done | failed), score_max, score_topk, tumour_area_mm2,
+                       cells, detections, seconds, error: one row per slide of the run, in the
+                       order given, rewritten atomically after every slide
+    slide_scores.csv   the done slides' scores in the CAMELYON16 format (image_name,probability
+                       = score_max; no header)
+    STEM/              each slide's pcam-slide outputs (``pcam_jax.infer.slide_outputs``)
+
+Resume rule: STEM/ appears only when complete (it is renamed into place), so a STEM/ with
+summary.json is done, and a rerun keeps it without reading the slide; a slide killed midway left
+only a temporary folder, which the rerun removes before redoing that slide. The rows of kept
+slides are rebuilt from their summary.json, so a resumed run's files equal an uninterrupted
+run's. Failed slides (unreadable, no resolution, no tissue, a damaged tile: any PcamError or
+OSError) are recorded with their error and retried on a rerun; the run goes on.
+
+Overlap: while slide k is predicted, slide k + 1 is opened and its thumbnail and tissue map are
+computed on a second thread (``prepare_slide``), so the model does not wait for them.
+
+Imports: infer.slide, infer.slide_outputs, infer.detections, infer.predict, runtime, errors.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import glob
+import json
+import sys
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from pcam_jax.errors import PcamError, SlideError
+from pcam_jax.infer.detections import write_slide_scores_csv
+from pcam_jax.infer.predict import LoadedModel
+from pcam_jax.infer.slide import PreparedSlide, check_mpp
+from pcam_jax.infer.slide_outputs import SlideSettings, predict_and_write
+from pcam_jax.runtime.files import check_new_dir, write_dict_csv, write_json
+
+SLIDE_SUFFIXES = (
+    ".svs", ".tif", ".tiff", ".ndpi", ".mrxs", ".scn", ".vms", ".vmu", ".bif", ".svslide"
+)  # fmt: skip
+LIST_SUFFIXES = (".txt", ".csv")
+COHORT_JSON = "cohort.json"
+SLIDES_CSV = "slides.csv"
+SLIDE_SCORES_CSV = "slide_scores.csv"
+COLUMNS = (
+    "slide", "status", "score_max", "score_topk", "tumour_area_mm2", "cells", "detections",
+    "seconds", "error",
+)  # fmt: skip
+# settings that do not change any output: a rerun may change them
+NEUTRAL_SETTINGS = frozenset({"batch_size"})
+
+
+def is_cohort(specs: Sequence[str]) -> bool:
+    """Whether pcam-slide's arguments name a cohort (several slides, a folder, a glob or a
+    list) rather than one slide file, whose outputs go straight into DIR."""
+    if len(specs) != 1:
+        return True
+    spec = specs[0]
+    return Path(spec).is_dir() or glob.has_magic(spec) or Path(spec).suffix.lower() in LIST_SUFFIXES
+
+
+def _read_list(path: Path) -> list[tuple[Path, float | None]]:
+    """(slide path, its mpp column or None) of a .txt or .csv list (paths relative to the
+    list's folder)."""
+    try:
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError) as e:
+        raise SlideError(f"{path}: cannot read the slide list ({e})") from None
+    if path.suffix.lower() == ".csv":
+        rows = list(csv.DictReader(text.splitlines()))
+        columns = [c for c in ("slide", "path") if rows and c in rows[0]]
+        if not columns:
+            raise SlideError(f"{path}: expected a 'slide' or 'path' column in the slide list")
+        entries = [(r[columns[0]].strip(), _list_mpp(path, n, r)) for n, r in enumerate(rows, 2)]
+    else:
+        entries = [(line.strip(), None) for line in text.splitlines()]
+    entries = [(n, mpp) for n, mpp in entries if n and not n.startswith("#")]
+    if not entries:
+        raise SlideError(f"{path}: the slide list is empty")
+    return [(p if p.is_absolute() else path.parent / p, mpp) for p, mpp in
+            ((Path(n), mpp) for n, mpp in entries)]  # fmt: skip
+
+
+def _list_mpp(path: Path, line: int, row: dict[str, str]) -> float | None:
+    """The `mpp` column of a slide list's row: None when absent or empty."""
+    value = (row.get("mpp") or "").strip()
+    if not value:
+        return None
+    try:
+        return check_mpp(float(value), f"{path}:{line}: mpp")
+    except ValueError:
+        raise SlideError(
+            f"{path}:{line}: mpp {value!r} is not a number (microns per pixel)"
+        ) from None
+
+
+def resolve_slides(specs: Sequence[str]) -> dict[Path, float | None]:
+    """The slide files that pcam-slide's arguments name, in the order given, each with the
+    resolution a list gives it (else None; see the module docstring); SlideError naming the
+    argument that names none."""
+    found: list[tuple[Path, float | None]] = []
+    for spec in specs:
+        path = Path(spec)
+        if path.is_dir():
+            files = [
+                (p, None) for p in sorted(path.iterdir()) if p.suffix.lower() in SLIDE_SUFFIXES
+            ]
+            if not files:
+                raise SlideError(f"{spec}: no slide files ({', '.join(SLIDE_SUFFIXES)}) in it")
+        elif glob.has_magic(spec):
+            files = [(Path(p), None) for p in sorted(glob.glob(spec)) if Path(p).is_file()]
+            if not files:
+                raise SlideError(f"{spec}: the pattern matches no file")
+        elif path.suffix.lower() in LIST_SUFFIXES and path.is_file():
+            files = _read_list(path)
+        else:
+            files = [(path, None)]  # a missing file fails as that slide, in slides.csv
+        found += files
+    unique: dict[Path, float | None] = {}
+    for p, mpp in found:
+        unique[p.resolve()] = mpp if mpp is not None else unique.get(p.resolve())
+    stems: dict[str, Path] = {}
+    for p in unique:
+        if p.stem in stems:
+            raise SlideError(
+                f"{stems[p.stem]} and {p}: two slides named {p.stem!r}; their output folders "
+                "would collide: rename one or run them into different --out folders"
+            )
+        stems[p.stem] = p
+    return unique
+
+
+def check_cohort_dir(out: str | Path, record: dict[str, Any] | None = None) -> Path:
+    """DIR for a cohort run: new, empty, or a cohort folder made with the same settings and
+    model (`record`, cohort.json's content; None: any); SlideError otherwise."""
+    out = Path(out)
+    stored = out / COHORT_JSON
+    if out.is_dir() and stored.is_file() and record is None:
+        return out
+    if out.is_dir() and stored.is_file():
+        try:
+            old = json.loads(stored.read_text())
+        except (OSError, ValueError) as e:
+            raise SlideError(f"{stored}: unreadable ({e}); use a new --out") from None
+        changed = [
+            k
+            for k in sorted(set(old.get("settings", {})) | set(record["settings"]))
+            if k not in NEUTRAL_SETTINGS
+            and old.get("settings", {}).get(k) != record["settings"].get(k)
+        ]
+        if old.get("model") != record["model"]:
+            changed.append("model")
+        if changed:
+            raise SlideError(
+                f"--out={out}: a cohort made with other settings ({', '.join(changed)}: "
+                f"{', '.join(str(old.get('settings', {}).get(k, old.get(k))) for k in changed)});"
+                " rerun with the same ones to resume, or choose a new --out"
+            )
+        return out
+    if out.is_dir() and any(out.iterdir()):
+        raise SlideError(
+            f"--out={out}: exists and is neither empty nor a pcam-slide cohort folder (no "
+            f"{COHORT_JSON}); choose a new one"
+        )
+    return check_new_dir(out, SlideError)
+
+
+def _row(path: Path, summary: dict[str, Any]) -> dict[str, Any]:
+    k = summary["top_k"]
+    return {
+        "slide": str(path),
+        "status": "done",
+        "score_max": summary["score_max"],
+        "score_topk": summary[f"score_top{k}_mean"],
+        "tumour_area_mm2": summary["tumour_area_mm2"],
+        "cells": summary["tissue_cells"],
+        "detections": summary["detections"],
+        "seconds": round(summary["seconds"], 3),
+        "error": "",
+    }
+
+
+def _failed(path: Path, error: BaseException) -> dict[str, Any]:
+    row: dict[str, Any] = dict.fromkeys(COLUMNS, "")
+    return {**row, "slide": str(path), "status": "failed", "error": str(error)}
+
+
+def _write_tables(out: Path, rows: list[dict[str, Any]]) -> None:
+    write_dict_csv(out / SLIDES_CSV, rows)
+    scores = [(Path(r["slide"]).stem, r["score_max"]) for r in rows if r["status"] == "done"]
+    write_slide_scores_csv(out / SLIDE_SCORES_CSV, scores)
+
+
+def done_summary(folder: Path) -> dict[str, Any] | None:
+    """summary.json of a finished slide folder, or None when it is not finished."""
+    try:
+        return json.loads((folder / "summary.json").read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def run_cohort(
+    slides: dict[Path, float | None],
+    out: str | Path,
+    model: LoadedModel,
+    settings: SlideSettings,
+    *,
+    progress: bool = False,
+    log: Callable[[str], None] = lambda line: print(line, file=sys.stderr, flush=True),
+) -> list[dict[str, Any]]:
+    """Runs pcam-slide on every slide (path -> its resolution from a list, or None) into DIR
+    `out` (see the module docstring); returns slides.csv's rows. Failed slides are recorded,
+    not raised."""
+    from tqdm import tqdm
+
+    settings.check()
+    record = {"settings": dataclasses.asdict(settings), "model": model.info.get("source", {})}
+    out = check_cohort_dir(out, record)
+    out.mkdir(exist_ok=True)
+    write_json(out / COHORT_JSON, record)
+    rows: dict[Path, dict[str, Any]] = {}
+    todo = []
+    for path in slides:
+        summary = done_summary(out / path.stem)
+        if summary is not None:
+            rows[path] = _row(path, summary)
+            log(f"{path.stem}: done earlier, kept ({out / path.stem})")
+        else:
+            todo.append(path)
+
+    def table() -> list[dict[str, Any]]:
+        return [rows[p] for p in slides if p in rows]
+
+    def prepare(path: Path) -> PreparedSlide:
+        own = slides[path] if settings.mpp is None else None
+        return (dataclasses.replace(settings, mpp=own) if own else settings).prepare(path, model)
+
+    _write_tables(out, table())
+    bar = tqdm(total=len(todo), unit="slide", disable=not progress, file=sys.stderr)
+    with ThreadPoolExecutor(max_workers=1) as pool, bar:
+        upcoming: Future[PreparedSlide] | None = None
+        if todo:
+            upcoming = pool.submit(prepare, todo[0])
+        for k, path in enumerate(todo):
+            assert upcoming is not None
+            current, upcoming = upcoming, None
+            if k + 1 < len(todo):
+                upcoming = pool.submit(prepare, todo[k + 1])
+            try:
+                summary = predict_and_write(current.result(), out / path.stem, model, settings)
+                rows[path] = _row(path, summary)
+                bar.set_postfix_str(f"{summary['cells_per_second']:.0f} cells/s")
+                log(
+                    f"{path.stem}: {summary['tissue_cells']} cells, "
+                    f"{summary['cells_per_second']:.0f} cells/s, score {summary['score_max']:.3f}"
+                )
+            except (PcamError, OSError) as e:
+                rows[path] = _failed(path, e)
+                log(f"{path.stem}: FAILED: {e}")
+            _write_tables(out, table())
+            bar.update(1)
+    return table()

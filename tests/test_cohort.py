@@ -1,0 +1,226 @@
+"""pcam-slide on a cohort (pcam_jax.infer.cohort) and its lesion detections
+(pcam_jax.infer.detections), on a synthetic CAMELYON16-like cohort made of REAL PCam patches:
+tumour and normal slides, one broken file and one slide without a resolution
+(tests/synthetic_slides.write_cohort)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pcam_jax.errors import SlideError
+from pcam_jax.infer.cohort import check_cohort_dir, is_cohort, resolve_slides
+from pcam_jax.infer.detections import (
+    detections_level0,
+    non_maximum_suppression,
+    read_detections_csv,
+    write_detections_csv,
+)
+from tests.synthetic_slides import write_cohort
+
+OUTPUTS = ("tiles.csv", "probabilities.npy", "tumour.geojson", "detections.csv", "summary.json")
+TIMING = ("seconds", "cells_per_second")
+
+
+def pcam_slide(*args: str | Path) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "pcam_jax.cli.slide", *map(str, args), "--noprogress"]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+
+
+def read_rows(path: Path) -> list[dict[str, str]]:
+    with open(path) as f:
+        return list(csv.DictReader(f))
+
+
+def without_timing(rows: list[dict[str, str]]) -> list[dict[str, str]]:
+    """The rows without their seconds, by slide."""
+    return sorted(({k: v for k, v in r.items() if k != "seconds"} for r in rows), key=str)
+
+
+def slide_files(folder: Path) -> dict[str, object]:
+    """Each output of a slide folder: bytes, or summary.json without its timings."""
+    out: dict[str, object] = {}
+    for name in OUTPUTS:
+        if name == "summary.json":
+            summary = json.loads((folder / name).read_text())
+            out[name] = {k: v for k, v in summary.items() if k not in TIMING}
+        else:
+            out[name] = (folder / name).read_bytes()
+    return out
+
+
+@pytest.fixture(scope="module")
+def cohort(subset_root, tmp_path_factory):
+    return write_cohort(subset_root, tmp_path_factory.mktemp("cohort") / "slides")
+
+
+@pytest.fixture(scope="module")
+def first_run(cohort, tmp_path_factory):
+    """One uninterrupted cohort run over the whole folder."""
+    out = tmp_path_factory.mktemp("runs") / "out"
+    r = pcam_slide(cohort["tumour"][0].parent, f"--out={out}")
+    return out, r
+
+
+def test_cohort_records_failures_and_a_rerun_keeps_finished_slides(cohort, first_run):
+    out, r = first_run
+    assert r.returncode == 1, r.stderr  # two slides failed
+    assert "6 of 8 slides done, 2 failed" in r.stdout
+    rows = {Path(row["slide"]).stem: row for row in read_rows(out / "slides.csv")}
+    assert set(rows) == {p.stem for kind in ("tumour", "normal", "broken", "no_mpp")
+                         for p in cohort[kind]}  # fmt: skip
+    assert rows["broken_001"]["status"] == "failed"
+    assert "broken_001.tif: not a slide OpenSlide can read" in rows["broken_001"]["error"]
+    assert rows["nompp_001"]["status"] == "failed" and "--mpp" in rows["nompp_001"]["error"]
+    done = [s for s, row in rows.items() if row["status"] == "done"]
+    assert len(done) == 6 and not (out / "broken_001").exists()
+    for stem in done:
+        assert {p.name for p in (out / stem).iterdir()} == {*OUTPUTS, "heatmap.png"}
+        assert int(rows[stem]["cells"]) > 300 and float(rows[stem]["seconds"]) > 0
+    scores = (out / "slide_scores.csv").read_text().splitlines()
+    assert sorted(line.split(",")[0] for line in scores) == sorted(done)
+    # the rerun keeps every finished slide (same files, untouched) and retries the failed two
+    before = {p: p.stat().st_mtime_ns for stem in done for p in (out / stem).iterdir()}
+    table = (out / "slides.csv").read_text()
+    again = pcam_slide(cohort["tumour"][0].parent, f"--out={out}")
+    assert again.returncode == 1
+    for stem in done:
+        assert f"{stem}: done earlier, kept" in again.stderr
+    assert again.stderr.count("FAILED") == 2 and "cells/s" not in again.stderr
+    assert {p: p.stat().st_mtime_ns for p in before} == before
+    assert (out / "slides.csv").read_text() == table
+    # a CSV list gives the slide without a resolution its own; the others stay kept
+    listing = cohort["tumour"][0].parent / "list.csv"
+    listing.write_text("slide,mpp\nnompp_001.tif,0.972\n" + "".join(
+        f"{p.name},\n" for p in cohort["tumour"] + cohort["normal"]))  # fmt: skip
+    third = pcam_slide(listing, f"--out={out}")
+    assert third.returncode == 0, third.stderr
+    assert third.stderr.count("done earlier, kept") == 6
+    assert json.loads((out / "nompp_001" / "summary.json").read_text())["level0_mpp"] == 0.972
+
+
+def test_killed_cohort_run_resumes_to_the_same_outputs(cohort, first_run, tmp_path):
+    reference, _ = first_run
+    out = tmp_path / "killed"
+    slides = sorted(cohort["tumour"] + cohort["normal"])
+    cmd = [sys.executable, "-m", "pcam_jax.cli.slide", *map(str, slides), f"--out={out}"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    first = out / slides[0].stem / "summary.json"
+    deadline = time.monotonic() + 300
+    while not first.is_file() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)  # while the second slide is being predicted
+    proc.wait()
+    assert first.is_file()
+    finished = [s for s in slides if (out / s.stem / "summary.json").is_file()]
+    assert len(finished) < len(slides), "the run ended before it was killed"
+    r = pcam_slide(*slides, f"--out={out}")
+    assert r.returncode == 0, r.stderr
+    assert r.stderr.count("done earlier, kept") == len(finished)
+    assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no temporary left
+    for s in slides:
+        assert slide_files(out / s.stem) == slide_files(reference / s.stem), s.stem
+    ref_rows = [r for r in read_rows(reference / "slides.csv") if Path(r["slide"]) in slides]
+    assert without_timing(read_rows(out / "slides.csv")) == without_timing(ref_rows)
+    ref_scores = {line for line in (reference / "slide_scores.csv").read_text().splitlines()}
+    scores = (out / "slide_scores.csv").read_text().splitlines()
+    assert len(scores) == len(slides) and set(scores) <= ref_scores
+
+
+def test_a_cohort_folder_refuses_other_settings_and_foreign_folders(first_run, tmp_path):
+    out, _ = first_run
+    record = json.loads((out / "cohort.json").read_text())
+    assert check_cohort_dir(out, record) == out
+    changed = {**record, "settings": {**record["settings"], "stride": 16}}
+    with pytest.raises(SlideError, match="other settings.*stride"):
+        check_cohort_dir(out, changed)
+    neutral = {**record, "settings": {**record["settings"], "batch_size": 7}}
+    assert check_cohort_dir(out, neutral) == out
+    (tmp_path / "busy").mkdir()
+    (tmp_path / "busy" / "notes.txt").write_text("mine")
+    with pytest.raises(SlideError, match="neither empty nor a pcam-slide cohort"):
+        check_cohort_dir(tmp_path / "busy")
+    r = pcam_slide(tmp_path / "a.tif", tmp_path / "b.tif", f"--out={tmp_path / 'busy'}")
+    assert r.returncode != 0 and "neither empty nor a pcam-slide cohort" in r.stderr
+    assert (tmp_path / "busy" / "notes.txt").read_text() == "mine"
+
+
+def test_resolve_slides(tmp_path):
+    for name in ("b.svs", "a.tif", "notes.txt", "c.ndpi"):
+        (tmp_path / name).write_bytes(b"x")
+    sub = tmp_path / "sub"
+    sub.mkdir()
+    (sub / "d.tif").write_bytes(b"x")
+    assert list(resolve_slides([str(tmp_path)])) == [
+        tmp_path / n for n in ("a.tif", "b.svs", "c.ndpi")
+    ]
+    assert list(resolve_slides([str(tmp_path / "*.tif"), str(sub / "d.tif")])) == [
+        tmp_path / "a.tif", sub / "d.tif"]  # fmt: skip
+    (sub / "list.txt").write_text("# a comment\nd.tif\n\n../a.tif\nd.tif\n")
+    assert list(resolve_slides([str(sub / "list.txt")])) == [sub / "d.tif", tmp_path / "a.tif"]
+    (sub / "list.csv").write_text("slide,mpp\nd.tif,0.25\n../a.tif,\n")
+    assert resolve_slides([str(sub / "list.csv")]) == {
+        sub / "d.tif": 0.25,
+        tmp_path / "a.tif": None,
+    }
+    (sub / "bad.csv").write_text("slide,mpp\nd.tif,fast\n")
+    with pytest.raises(SlideError, match=r"bad.csv:2: mpp 'fast' is not a number"):
+        resolve_slides([str(sub / "bad.csv")])
+    (sub / "cols.csv").write_text("name\nd.tif\n")
+    with pytest.raises(SlideError, match="expected a 'slide' or 'path' column"):
+        resolve_slides([str(sub / "cols.csv")])
+    (sub / "a.tif").write_bytes(b"x")
+    with pytest.raises(SlideError, match="two slides named 'a'"):
+        resolve_slides([str(tmp_path / "a.tif"), str(sub / "a.tif")])
+    with pytest.raises(SlideError, match="matches no file"):
+        resolve_slides([str(tmp_path / "*.mrxs")])
+    assert not is_cohort([str(tmp_path / "a.tif")])
+    assert is_cohort([str(tmp_path)]) and is_cohort(["x/*.svs"]) and is_cohort(["l.txt"])
+    assert is_cohort([str(tmp_path / "a.tif"), str(tmp_path / "b.svs")])
+
+
+def test_non_maximum_suppression_by_hand():
+    p = np.full((10, 12), np.nan, np.float32)
+    p[1:9, 1:11] = 0.1
+    p[2, 2], p[2, 4] = 0.9, 0.8  # 2 cells apart: the second is suppressed at radius 2.5 cells
+    p[7, 9] = 0.7  # far away: kept
+    p[8, 1] = 0.45  # below the floor
+    maxima = non_maximum_suppression(p, cell_um=10.0, floor=0.5, radius_um=25.0)
+    np.testing.assert_allclose(maxima, [[0.9, 2, 2], [0.7, 7, 9]], rtol=1e-6)
+    # radius 15 um (1.5 cells): both peaks survive; a lower floor takes more cells
+    assert len(non_maximum_suppression(p, cell_um=10.0, floor=0.5, radius_um=15.0)) == 3
+    low = non_maximum_suppression(p, cell_um=10.0, floor=0.4, radius_um=15.0)
+    assert [tuple(m[1:]) for m in low] == [(2, 2), (2, 4), (7, 9), (8, 1)]
+    # ties go to the first cell in row-major order; NaN is never a maximum
+    tie = np.full((3, 3), np.nan)
+    tie[0, 2] = tie[2, 0] = 0.6
+    assert [tuple(m[1:]) for m in non_maximum_suppression(tie, 1.0, radius_um=5.0)] == [(0, 2)]
+    assert non_maximum_suppression(np.full((4, 4), np.nan), 1.0).shape == (0, 3)
+    # level-0 centres of 32.5-pixel cells
+    assert detections_level0(maxima, 32.5) == [
+        (pytest.approx(0.9), 81, 81),
+        (pytest.approx(0.7), 309, 244),
+    ]
+    with pytest.raises(SlideError, match="nms_floor"):
+        non_maximum_suppression(p, 1.0, floor=1.5)
+
+
+def test_detections_csv_round_trip(tmp_path):
+    rows = [(0.875, 10, 20), (0.5, 300, 4000)]
+    write_detections_csv(tmp_path / "d.csv", rows)
+    assert (tmp_path / "d.csv").read_text() == "0.875,10,20\n0.5,300,4000\n"  # no header
+    np.testing.assert_array_equal(read_detections_csv(tmp_path / "d.csv"), rows)
+    (tmp_path / "h.csv").write_text("probability,x,y\n0.5,1,2\n")
+    np.testing.assert_array_equal(read_detections_csv(tmp_path / "h.csv"), [(0.5, 1, 2)])
+    (tmp_path / "bad.csv").write_text("0.5,1,2\n0.7;3;4\n")
+    with pytest.raises(SlideError, match=r"bad.csv:2: expected 'probability,X,Y'"):
+        read_detections_csv(tmp_path / "bad.csv")
