@@ -68,6 +68,11 @@ def base_config() -> ml_collections.ConfigDict:
     c.data.read_buffer = 64
     c.data.kaggle_valid_fraction = 0.1
     c.data.kaggle_split_seed = 0
+    # > 0: train on a class-balanced subset of this many patches of the training split, drawn
+    # with train_subset_seed and nested (the subset of N holds every smaller one of that seed);
+    # for data-efficiency studies (bench/when_equivariance_pays.py)
+    c.data.train_examples = 0
+    c.data.train_subset_seed = 0
 
     c.augment = ml_collections.ConfigDict(AugmentConfig().__dict__)
     c.augment.d4 = True
@@ -81,6 +86,9 @@ def base_config() -> ml_collections.ConfigDict:
     # stored in WORKDIR/train_plan.json and a resumed run keeps it. num_train_steps is then
     # ignored.
     c.train_minutes = 0.0
+    # > 0 with train_minutes: the budget's plan takes at most this many steps (a fixed number of
+    # epochs or the budget, whichever is shorter)
+    c.max_train_steps = 0
     c.seed = 0
     c.compute_dtype = "float32"  # float32 | bfloat16
     c.log_every_steps = 50
@@ -270,6 +278,9 @@ VALUE_RULES: tuple[Rule, ...] = (
     ("eval_batch_size", _AT_LEAST_1, "an integer >= 1"),
     ("num_train_steps", _AT_LEAST_1, "an integer >= 1"),
     ("train_minutes", _NON_NEGATIVE, "a number >= 0 (0: no wall-clock budget)"),
+    ("max_train_steps", _AT_LEAST_0, "an integer >= 0 (0: no cap on the budget's plan)"),
+    ("data.train_examples", _AT_LEAST_0, "an integer >= 0 (0: the whole training split)"),
+    ("data.train_subset_seed", _AT_LEAST_0, "an integer >= 0"),
     ("seed", _AT_LEAST_0, "an integer >= 0"),
     ("compute_dtype", _one_of("float32", "bfloat16"), "float32 or bfloat16"),
     ("log_every_steps", _AT_LEAST_1, "an integer >= 1"),

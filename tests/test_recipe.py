@@ -157,6 +157,21 @@ def test_train_minutes_plans_the_steps_and_a_restart_keeps_them(synthetic_root, 
         train.train_and_evaluate(c, other)
 
 
+def test_max_train_steps_caps_the_budget_plan(synthetic_root, tmp_path):
+    c = tiny_config(synthetic_root, "resnet", **TINY_RESNET)
+    c.train_minutes = 1.0  # far more than 7 steps need
+    c.max_train_steps = 7
+    workdir = tmp_path / "run"
+    train.train_and_evaluate(c, workdir)
+    plan = json.loads((workdir / "train_plan.json").read_text())
+    assert plan["num_train_steps"] == 7 and plan["hold_steps"] <= 7
+    steps = sorted(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit())
+    assert steps[-1] == 7
+    assert budget.capped(c, 100) == 7 and budget.capped(c, 5) == 5
+    c.max_train_steps = 0
+    assert budget.capped(c, 100) == 100
+
+
 def test_a_provisional_plan_is_fixed_at_its_hold_step(synthetic_root, tmp_path):
     # A provisional plan (as the probe writes it) of 40 steps, fixed at step 30. The budget
     # (3 s) is spent by then, so the re-plan ends the run there.

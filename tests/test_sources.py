@@ -7,6 +7,7 @@ import pickle
 from pathlib import Path
 
 import h5py
+import ml_collections
 import numpy as np
 import pytest
 from PIL import Image
@@ -247,3 +248,36 @@ def test_kaggle_bad_inputs(tmp_path):
     (tmp_path / "train_labels.csv").write_text("id,label\nabc,3\n")
     with pytest.raises(DataError, match=r"train_labels\.csv:2: label '3' is not 0 or 1"):
         sources.make_source("kaggle", tmp_path, "train")
+
+
+def test_train_subset_is_class_balanced_nested_and_seeded(subset_root):
+    config = ml_collections.ConfigDict(
+        {
+            "data": {
+                "source": "folder",
+                "root": str(subset_root),
+                "train_split": "train",
+                "kaggle_valid_fraction": 0.1,
+                "kaggle_split_seed": 0,
+                "train_examples": 1001,
+                "train_subset_seed": 3,
+            }
+        }
+    )
+    full = sources.make_source("folder", subset_root, "train")
+    small = sources.from_config(config, "train")
+    assert isinstance(small, sources.SubsetSource) and len(small) == 1001
+    assert np.bincount(small.labels).tolist() == [500, 501]  # the tumour class gets the odd one
+    np.testing.assert_array_equal(small.labels, full.labels[small.indices])
+    np.testing.assert_array_equal(small.read_image(7), full.read_image(int(small.indices[7])))
+    config.data.train_examples = 3000
+    bigger = sources.from_config(config, "train")
+    assert set(small.indices) < set(bigger.indices)  # nested: the 3,000 hold the 1,001
+    assert small.fingerprint() != bigger.fingerprint() != full.fingerprint()
+    config.data.train_subset_seed = 4
+    assert set(sources.from_config(config, "train").indices) != set(bigger.indices)
+    assert len(sources.from_config(config, "valid")) == 3000  # only the training split
+    assert len(pickle.loads(pickle.dumps(small))) == 1001  # grain's workers get it whole
+    config.data.train_examples = 20_002
+    with pytest.raises(DataError, match="train_examples=20002.*fewer than the 10,001"):
+        sources.from_config(config, "train")

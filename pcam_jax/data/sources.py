@@ -405,15 +405,58 @@ def make_source(
     return KaggleSource(root, split, kaggle_valid_fraction, kaggle_split_seed)
 
 
+class SubsetSource(PatchSource):
+    """A class-balanced subset of another source: `examples` patches, examples // 2 normal and
+    the rest tumour, each class's drawn in one order seeded by `seed`, so that for one seed the
+    subset of N holds the subset of every smaller N (a data-efficiency curve adds patches
+    rather than redrawing them). Index i is the base source's patch ``indices[i]``."""
+
+    def __init__(self, base: PatchSource, examples: int, seed: int) -> None:
+        self.base, self.name, self.split = base, base.name, base.split
+        self.examples, self.seed = int(examples), int(seed)
+        rng = np.random.default_rng(self.seed)
+        picks = []
+        for label, n in ((0, self.examples // 2), (1, self.examples - self.examples // 2)):
+            members = np.flatnonzero(base.labels == label)
+            order = rng.permutation(len(members))
+            if n > len(members):
+                raise DataError(
+                    f"data.train_examples={examples}: the {base.split} split has "
+                    f"{len(members):,} patches of class {label}, fewer than the {n:,} a "
+                    "class-balanced subset needs; lower data.train_examples"
+                )
+            picks.append(members[order[:n]])
+        self.indices = np.sort(np.concatenate(picks))
+        self.labels = base.labels[self.indices]
+
+    def read_image(self, index: int) -> np.ndarray:
+        return self.base.read_image(int(self.indices[index]))
+
+    def fingerprint(self) -> str:
+        return f"{self.base.fingerprint()}|subset={self.examples},seed={self.seed}"
+
+    def meta(self) -> dict[str, np.ndarray] | None:
+        meta = self.base.meta()
+        return None if meta is None else {k: v[self.indices] for k, v in meta.items()}
+
+    def describe(self) -> dict[str, Any]:
+        return {**self.base.describe(), "n": len(self), "subset_seed": self.seed}
+
+
 def from_config(config: Any, split: str) -> PatchSource:
-    """The `split` of a training config's data source (its ``data.*`` fields)."""
-    return make_source(
+    """The `split` of a training config's data source (its ``data.*`` fields); the training
+    split is a ``SubsetSource`` when ``data.train_examples`` > 0."""
+    source = make_source(
         config.data.source,
         config.data.root,
         split,
         kaggle_valid_fraction=config.data.kaggle_valid_fraction,
         kaggle_split_seed=config.data.kaggle_split_seed,
     )
+    examples = config.data.get("train_examples", 0)
+    if split == config.data.train_split and examples > 0:
+        return SubsetSource(source, examples, config.data.get("train_subset_seed", 0))
+    return source
 
 
 def available_splits(source: str, root: str | Path) -> list[str]:

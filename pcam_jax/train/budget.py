@@ -155,6 +155,12 @@ def steps_for_budget(
     return steps
 
 
+def capped(config: ml_collections.ConfigDict, steps: int) -> int:
+    """`steps`, at most config.max_train_steps when that is set (> 0)."""
+    cap = config.get("max_train_steps", 0)
+    return min(steps, cap) if cap > 0 else steps
+
+
 def _steps_within(
     config: ml_collections.ConfigDict, seconds: float, step_seconds: float, eval_seconds: float
 ) -> int:
@@ -233,7 +239,7 @@ def plan_steps_for_budget(
             f"{elapsed:.0f} s; not enough left for one step and one validation. Raise "
             "train_minutes."
         )
-    steps = _steps_within(config, left, step_seconds, eval_seconds)
+    steps = capped(config, _steps_within(config, left, step_seconds, eval_seconds))
     hold = min(REPLAN_STEPS, steps // 4)
     replan = length_free_before_hold(config.schedule) and hold > REPLAN_FROM
     plan = {
@@ -299,7 +305,7 @@ def replan_steps_for_budget(
     )
     final = {
         **plan,
-        "num_train_steps": step + more,
+        "num_train_steps": max(step, capped(config, step + more)),
         "replanned": True,
         "provisional_num_train_steps": plan["num_train_steps"],
         "measured_step_seconds": step_seconds,
