@@ -129,15 +129,24 @@ def run_dir(out: Path, label: str, seed: int) -> Path:
 
 
 def run_candidate(
-    label: str, config: str, overrides: list[str], seed: int, minutes: float, out: Path
+    label: str,
+    config: str,
+    overrides: list[str],
+    seed: int,
+    minutes: float,
+    out: Path,
+    *,
+    tta: bool = True,
 ) -> dict:
+    """Trains one candidate and seed (or reads back its finished run) and summarises it; with
+    `tta`, also the 8-view valid AUC (``tta_auc``)."""
     workdir = run_dir(out, label, seed)
     done = workdir / "bench_run.json"
     if done.is_file():  # finished by an earlier invocation: read it back, do not rerun
         meta = json.loads(done.read_text())
         t0, wall = meta["t0"], meta["wall_seconds"]
         print(f"  {label} seed {seed}: reusing the finished run in {workdir}", flush=True)
-        return summarise(label, seed, workdir, t0, wall)
+        return summarise(label, seed, workdir, t0, wall, tta=tta)
     if (workdir / "checkpoints").exists():
         raise SystemExit(f"{workdir} holds an unfinished run; remove it or choose another --out")
     cmd = [
@@ -158,10 +167,12 @@ def run_candidate(
         subprocess.run(cmd, check=True, stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
     wall = time.time() - t0
     done.write_text(json.dumps({"t0": t0, "wall_seconds": wall, "command": cmd}, indent=2))
-    return summarise(label, seed, workdir, t0, wall)
+    return summarise(label, seed, workdir, t0, wall, tta=tta)
 
 
-def summarise(label: str, seed: int, workdir: Path, t0: float, wall: float) -> dict:
+def summarise(
+    label: str, seed: int, workdir: Path, t0: float, wall: float, *, tta: bool = True
+) -> dict:
     """The curve and figures of a finished run from its events, plan and config."""
     scalars = read_scalars(workdir)
     plan = json.loads((workdir / "train_plan.json").read_text())
@@ -178,10 +189,10 @@ def summarise(label: str, seed: int, workdir: Path, t0: float, wall: float) -> d
         }
         for step, wall_time, value in scalars["val_auc"]
     ]
-    tta = tta_auc(workdir, curve[-1]["step"])
+    views = tta_auc(workdir, curve[-1]["step"]) if tta else float("nan")
     print(
         f"  {label} seed {seed}: {wall / 60:.1f} min, AUC {curve[-1]['val_auc']} "
-        f"(8-view TTA {tta:.4f})",
+        f"(8-view TTA {views:.4f})",
         flush=True,
     )
     return {
@@ -191,7 +202,7 @@ def summarise(label: str, seed: int, workdir: Path, t0: float, wall: float) -> d
         "images_per_second": sum(rates) / max(len(rates), 1),
         "final_auc": curve[-1]["val_auc"],
         "best_auc": max(c["val_auc"] for c in curve),
-        "tta_auc": tta,
+        "tta_auc": views,
         "batch": batch,
     }
 

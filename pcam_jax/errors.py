@@ -8,6 +8,7 @@ Modules raise these classes; none defines its own.
       DataError          a dataset, split or file of patches        (pcam_jax.data)
       InputError         a path or patch given to pcam-predict/-explain (pcam_jax.infer.patches)
       SlideError         a slide, its resolution or an output folder (pcam_jax.infer.slide)
+      AnnotationError    a ground-truth annotation, mask or label list (pcam_jax.camelyon)
       ModelError         a checkpoint, workdir or model bundle       (pcam_jax.infer, workdir)
       TrainingError      a training config or run                   (pcam_jax.train, config)
       DistributedError   contradictory multi-process flags          (pcam_jax.runtime)
@@ -31,6 +32,11 @@ class InputError(PcamError):
 
 class SlideError(PcamError):
     """A slide, its resolution or an output folder that pcam-slide cannot use."""
+
+
+class AnnotationError(PcamError):
+    """A ground-truth file (ASAP XML, GeoJSON, mask TIFF, reference list) that cannot be used;
+    the message names the file and the element at fault."""
 
 
 class ModelError(PcamError):
@@ -58,6 +64,7 @@ class Preempted(PcamError):
 
 
 __all__ = [
+    "AnnotationError",
     "DataError",
     "DistributedError",
     "InputError",

@@ -111,7 +111,7 @@ def write_cohort(
     """A synthetic CAMELYON16-like cohort in `folder`: `tumour` slides tumour_00N.tif (REAL
     tumour patches in TUMOUR) with ASAP XML ground truth in folder/annotations/, `normal`
     slides normal_00N.tif of normal patches only (each slide its own patches; 0.972 um/px,
-    JPEG tiles), one broken file and one slide without a resolution. Returns the paths by kind:
+    JPEG tiles), one broken file and one tumour slide without a resolution. Returns the paths by kind:
     "tumour", "normal", "broken", "no_mpp", "annotations"."""
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "annotations").mkdir(exist_ok=True)
@@ -135,4 +135,7 @@ def write_cohort(
     out["broken"].append(broken)
     images, _ = real_patches(subset_root, offset=64 * (tumour + normal))
     out["no_mpp"].append(write_slide(folder / "nompp_001.tif", mosaic(images), None, "jpeg"))
+    out["annotations"].append(
+        write_asap_xml(folder / "annotations" / "nompp_001.xml", [tumour_polygon()])
+    )
     return out

@@ -24,6 +24,7 @@ LAYERS: dict[str, int] = {
     "infer": 7,
     "explain": 8,
     "train": 8,
+    "camelyon": 8,
     "quickstart": 9,
     "cli": 10,
 }

@@ -16,6 +16,7 @@ BINARIES = {
     "pcam_jax.cli.predict": ["--out", "--model", "--tta", "--batch_size"],
     "pcam_jax.cli.slide": ["--out", "--model", "--mpp", "--stride", "--tissue_threshold"],
     "pcam_jax.cli.explain": ["--out", "--model", "--method", "--predictions", "--group_views"],
+    "pcam_jax.cli.camelyon_eval": ["--predictions", "--ground_truth", "--normal", "--out"],
 }
 
 

@@ -281,3 +281,20 @@ def test_train_subset_is_class_balanced_nested_and_seeded(subset_root):
     config.data.train_examples = 20_002
     with pytest.raises(DataError, match="train_examples=20002.*fewer than the 10,001"):
         sources.from_config(config, "train")
+
+
+def test_train_subset_statistics_are_cached_beside_the_data_under_their_own_name(tmp_path):
+    from pcam_jax.data import pipeline
+
+    x = np.random.default_rng(0).integers(0, 256, (40, 96, 96, 3), dtype=np.uint8)
+    for k, image in enumerate(x):
+        folder = tmp_path / "train" / str(k % 2)
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(image).save(folder / f"{k}.png")
+    full = sources.make_source("folder", tmp_path, "train")
+    subset = sources.SubsetSource(full, 10, seed=1)
+    a, b = pipeline.dataset_norm_stats(subset), pipeline.dataset_norm_stats(full)
+    assert a.n == 10 and b.n == 40 and a.mean != b.mean
+    cached = sorted(p.name for p in (tmp_path / ".pcam_jax_cache").iterdir())
+    assert cached == ["norm_stats_folder_train.json", "norm_stats_folder_train_subset10_seed1.json"]
+    assert pipeline.dataset_norm_stats(subset) == a  # read back, not recomputed over the full

@@ -235,7 +235,7 @@ def compute_norm_stats(source: PatchSource, block: int = 1024) -> NormStats:
 
 
 def _cache_candidates(source: PatchSource) -> list[Path]:
-    name = f"norm_stats_{source.name}_{source.split}.json"
+    name = f"norm_stats_{source.name}_{source.split}{getattr(source, 'cache_tag', '')}.json"
     root = Path(getattr(source, "root", ".")).resolve()
     user_cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "pcam_jax"
     digest = hashlib.sha256(str(root).encode()).hexdigest()[:16]

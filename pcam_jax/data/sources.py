@@ -414,6 +414,9 @@ class SubsetSource(PatchSource):
     def __init__(self, base: PatchSource, examples: int, seed: int) -> None:
         self.base, self.name, self.split = base, base.name, base.split
         self.examples, self.seed = int(examples), int(seed)
+        # where the normalisation statistics are cached: beside the data, under their own name
+        self.root = getattr(base, "root", Path("."))
+        self.cache_tag = f"_subset{self.examples}_seed{self.seed}"
         rng = np.random.default_rng(self.seed)
         picks = []
         for label, n in ((0, self.examples // 2), (1, self.examples - self.examples // 2)):

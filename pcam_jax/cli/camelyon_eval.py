@@ -1,0 +1,109 @@
+"""`pcam-camelyon-eval`: slide-level AUC and lesion-level FROC of a pcam-slide cohort against
+CAMELYON16 ground truth (see pcam_jax.camelyon).
+
+    pcam-camelyon-eval --predictions=DIR --ground_truth=GT_DIR --out=OUT
+                       [--normal=reference.csv] [--slide_score=file] [--pixel_um=7.776]
+                       [--bootstrap=1000] [--seed=0]
+
+DIR is a folder written by `pcam-slide SLIDES... --out=DIR`: one sub-folder per slide (its
+summary.json and detections.csv, `probability,X,Y` per line), slide_scores.csv and slides.csv
+(failed slides are skipped with a warning). GT_DIR holds each tumour slide's ground truth, the
+first of STEM.xml (ASAP), STEM.geojson, STEM.json, STEM_mask.tif, STEM.tif (a mask).
+Without --normal a slide without a ground-truth file is normal; with it (a list of normal
+stems, or CAMELYON16's reference.csv with Tumor/Normal), the list decides and an unlisted slide
+without ground truth is skipped with a warning.
+
+The FROC is the challenge's (Evaluation_FROC.py): lesions dilated by 37.5 um, isolated tumour
+cells (major axis < 275 um) ignored, the mean sensitivity at 1/4, 1/2, 1, 2, 4, 8 false
+positives per slide, on a mask of about --pixel_um microns per pixel (the official level 5:
+7.776 um), at each slide's own resolution.
+
+OUT (new, or an empty folder) receives, all at once: slide_auc.json (AUC, bootstrap 95% CI,
+slides), roc.png, froc.json (score, the six sensitivities, per-slide counts), froc.png and
+froc_curve.csv.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+
+from absl import flags
+
+from pcam_jax.camelyon.report import run_camelyon_eval, summary_line
+from pcam_jax.cli import common
+from pcam_jax.errors import PcamError
+
+_PREDICTIONS = flags.DEFINE_string(
+    "predictions", None, "A pcam-slide cohort folder (one sub-folder per slide)."
+)
+_GROUND_TRUTH = flags.DEFINE_string(
+    "ground_truth", None, "A folder of ground truth: STEM.xml, STEM.geojson or STEM_mask.tif."
+)
+_NORMAL = flags.DEFINE_string(
+    "normal",
+    None,
+    "A list of normal slide stems, or CAMELYON16's reference.csv (STEM,Tumor|Normal,...).",
+)
+_SLIDE_SCORE = flags.DEFINE_string(
+    "slide_score",
+    "file",
+    "The slide score: file (DIR/slide_scores.csv, else score_max) or a summary.json key "
+    "(score_max, score_top10_mean).",
+)
+_PIXEL_UM = flags.DEFINE_float(
+    "pixel_um",
+    7.776,
+    "Target pixel size of the evaluation mask, microns (the official level 5 of 0.243 um).",
+    lower_bound=0.0,
+)
+_BOOTSTRAP = flags.DEFINE_integer(
+    "bootstrap", 1000, "Bootstrap resamples of the slide AUC interval (0: none).", lower_bound=0
+)
+common.check_finite("pixel_um")
+
+PROG = "pcam-camelyon-eval"
+
+
+def _warn(line: str) -> None:
+    print(f"{PROG}: warning: {line}", file=sys.stderr, flush=True)
+
+
+def main(argv: Sequence[str]) -> None:
+    if len(argv) > 1:
+        sys.exit(f"{PROG}: error: unexpected arguments: {' '.join(argv[1:])}")
+    missing = [
+        f"--{name}"
+        for name, value in (
+            ("predictions", _PREDICTIONS.value),
+            ("ground_truth", _GROUND_TRUTH.value),
+            ("out", common.OUT.value),
+        )
+        if not value
+    ]
+    if missing:
+        sys.exit(f"{PROG}: error: {', '.join(missing)} required; see --help")
+    try:
+        result = run_camelyon_eval(
+            _PREDICTIONS.value,
+            _GROUND_TRUTH.value,
+            common.OUT.value,
+            normal=_NORMAL.value,
+            pixel_um=_PIXEL_UM.value,
+            slide_score=_SLIDE_SCORE.value,
+            n_bootstrap=_BOOTSTRAP.value,
+            seed=common.SEED.value,
+            log=_warn,
+        )
+    except PcamError as e:
+        sys.exit(f"{PROG}: error: {e}")
+    print(f"{PROG}: {summary_line(result)} -> {common.OUT.value}")
+
+
+def run() -> None:
+    """Console-script entry point."""
+    common.run_binary(main, __doc__, [__name__], shared=("out", "seed"))
+
+
+if __name__ == "__main__":
+    run()
