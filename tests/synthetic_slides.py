@@ -106,15 +106,22 @@ def write_asap_xml(path: Path, polygons: list[list[tuple[float, float]]]) -> Pat
 
 
 def write_cohort(
-    subset_root: Path, folder: Path, *, tumour: int = 3, normal: int = 3
+    subset_root: Path,
+    folder: Path,
+    *,
+    tumour: int = 3,
+    normal: int = 3,
+    annotations: Path | None = None,
 ) -> dict[str, list[Path]]:
     """A synthetic CAMELYON16-like cohort in `folder`: `tumour` slides tumour_00N.tif (REAL
     tumour patches in TUMOUR) with ASAP XML ground truth in folder/annotations/, `normal`
     slides normal_00N.tif of normal patches only (each slide its own patches; 0.972 um/px,
-    JPEG tiles), one broken file and one tumour slide without a resolution. Returns the paths by kind:
-    "tumour", "normal", "broken", "no_mpp", "annotations"."""
+    JPEG tiles), one broken file and one tumour slide without a resolution. Returns the paths by
+    kind: "tumour", "normal", "broken", "no_mpp", "annotations" (in `annotations`, by default
+    folder/annotations)."""
+    notes = annotations or folder / "annotations"
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "annotations").mkdir(exist_ok=True)
+    notes.mkdir(parents=True, exist_ok=True)
     out: dict[str, list[Path]] = {
         k: [] for k in ("tumour", "normal", "broken", "no_mpp", "annotations")
     }
@@ -123,7 +130,7 @@ def write_cohort(
         out["tumour"].append(
             write_slide(folder / f"tumour_{k + 1:03d}.tif", mosaic(images), 0.972, "jpeg")
         )
-        xml = folder / "annotations" / f"tumour_{k + 1:03d}.xml"
+        xml = notes / f"tumour_{k + 1:03d}.xml"
         out["annotations"].append(write_asap_xml(xml, [tumour_polygon()]))
     for k in range(normal):
         images, _ = real_patches(subset_root, tumour=None, offset=64 * (tumour + k))
@@ -135,7 +142,5 @@ def write_cohort(
     out["broken"].append(broken)
     images, _ = real_patches(subset_root, offset=64 * (tumour + normal))
     out["no_mpp"].append(write_slide(folder / "nompp_001.tif", mosaic(images), None, "jpeg"))
-    out["annotations"].append(
-        write_asap_xml(folder / "annotations" / "nompp_001.xml", [tumour_polygon()])
-    )
+    out["annotations"].append(write_asap_xml(notes / "nompp_001.xml", [tumour_polygon()]))
     return out

@@ -224,3 +224,46 @@ def test_detections_csv_round_trip(tmp_path):
     (tmp_path / "bad.csv").write_text("0.5,1,2\n0.7;3;4\n")
     with pytest.raises(SlideError, match=r"bad.csv:2: expected 'probability,X,Y'"):
         read_detections_csv(tmp_path / "bad.csv")
+
+
+def readme_commands(section: str) -> list[str]:
+    """The command lines of the first code block under README heading `section`."""
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    block = text.split(f"## {section}\n", 1)[1].split("```\n", 2)[1]
+    return [line for line in block.splitlines() if line.strip()]
+
+
+def test_readme_camelyon16_commands_on_a_synthetic_cohort(subset_root, tmp_path):
+    """The README's "Evaluate on CAMELYON16" commands, as written, on a synthetic cohort laid out
+    like CAMELYON16's test set; the bundled model's slide AUC and FROC are well above chance."""
+    testing = tmp_path / "CAMELYON16" / "testing"
+    cohort = write_cohort(
+        subset_root,
+        testing / "images",
+        tumour=4,
+        normal=4,
+        annotations=testing / "lesion_annotations",
+    )
+    rows = [f"{p.stem},Tumor" for p in cohort["tumour"] + cohort["no_mpp"]]
+    rows += [f"{p.stem},Normal" for p in cohort["normal"]]
+    (testing / "reference.csv").write_text("\n".join(rows) + "\n")
+    commands = readme_commands("Evaluate on CAMELYON16")
+    assert [c.split()[0] for c in commands] == ["pcam-slide", "pcam-camelyon-eval"]
+    bin_dir = Path(sys.executable).parent
+    env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}
+    slide = subprocess.run(
+        commands[0], shell=True, cwd=tmp_path, env=env, capture_output=True, text=True
+    )
+    assert slide.returncode == 1 and "8 of 10 slides done, 2 failed" in slide.stdout, slide.stderr
+    ev = subprocess.run(
+        commands[1], shell=True, cwd=tmp_path, env=env, capture_output=True, text=True
+    )
+    assert ev.returncode == 0, ev.stderr
+    assert "broken_001" in ev.stderr and "nompp_001" in ev.stderr  # skipped, with a warning
+    auc = json.loads((tmp_path / "c16_eval" / "slide_auc.json").read_text())
+    froc = json.loads((tmp_path / "c16_eval" / "froc.json").read_text())
+    print(f"bundled model on the synthetic cohort: {ev.stdout.strip()}")
+    assert (froc["n_tumour"], froc["n_normal"], froc["lesions"]) == (4, 4, 4)
+    assert auc["auc"] >= 0.9 and froc["froc"] >= 0.75  # chance: AUC 0.5, FROC near 0
+    assert {p.name for p in (tmp_path / "c16_eval").iterdir()} == {
+        "slide_auc.json", "roc.png", "froc.json", "froc.png", "froc_curve.csv"}  # fmt: skip
