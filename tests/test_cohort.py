@@ -136,8 +136,12 @@ def test_killed_cohort_run_resumes_to_the_same_outputs(cohort, first_run, tmp_pa
     assert len(scores) == len(slides) and set(scores) <= ref_scores
 
 
-def test_a_cohort_folder_refuses_other_settings_and_foreign_folders(first_run, tmp_path):
+def test_a_cohort_folder_refuses_other_settings_and_foreign_folders(cohort, first_run, tmp_path):
     out, _ = first_run
+    slides = cohort["tumour"][0].parent
+    r = pcam_slide(slides, f"--out={slides}")  # the input folder as the output: refused
+    assert r.returncode != 0 and "neither empty nor a pcam-slide cohort" in r.stderr
+    assert not (slides / "cohort.json").exists()
     record = json.loads((out / "cohort.json").read_text())
     assert check_cohort_dir(out, record) == out
     changed = {**record, "settings": {**record["settings"], "stride": 16}}
