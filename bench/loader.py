@@ -7,6 +7,13 @@ Converts the real subset's train split (20,000 JPEG patches) to PCam HDF5 once
 endless) for each source x workers {0, 1, 2} x {no augmentation, D4}, and the
 D4 + photometric setting. A benchmark, not a test: the target on a 2-core
 machine is >= 3,000 images/s from HDF5 with D4 augmentation.
+
+The last row, ``full``, is HDF5 with 2 workers and configs/cpu_subset.py's augmentation
+through the path its ``augment.where`` picks on this machine
+(``pcam_jax.data.device_augment.split_augment``; ``--augment_where`` overrides it): on the
+host the workers augment; on the device the loader only reads, decodes, shuffles and batches
+uint8, and the augmentation's cost moves into the train step (``bench/epoch.py`` times both).
+The output ends with ``hdf5_full_augment_images_per_s=N``.
 """
 
 from __future__ import annotations
@@ -17,10 +24,14 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+import jax
 from absl import app, flags
 
-from pcam_jax.data import convert, pipeline, sources
+from pcam_jax.config import load_config_file
+from pcam_jax.data import convert, device_augment, pipeline, sources
 from pcam_jax.data.pcam_format import split_paths
+
+REPO = Path(__file__).resolve().parents[1]
 
 _SUBSET = flags.DEFINE_string(
     "subset",
@@ -31,6 +42,12 @@ _WORKDIR = flags.DEFINE_string("workdir", "/tmp/pcam_jax_bench", "Where the HDF5
 _BATCHES = flags.DEFINE_integer("batches", 150, "Timed batches per setting.")
 _BATCH_SIZE = flags.DEFINE_integer("batch_size", 64, "Batch size.")
 _WORKERS = flags.DEFINE_list("workers", ["0", "1", "2"], "Worker counts to time.")
+_AUGMENT_WHERE = flags.DEFINE_enum(
+    "augment_where",
+    None,
+    list(pipeline.AUGMENT_WHERE),
+    "augment.where for the `full` row (default: configs/cpu_subset.py's).",
+)
 
 
 def images_per_second(
@@ -88,6 +105,22 @@ def main(argv: Sequence[str]) -> None:
             best_hdf5_d4 = max(best_hdf5_d4, rate)
         print(f"{name:<10} {aug_name:<15} {workers:>7} {rate:>9,.0f}", flush=True)
     print(f"hdf5_d4_images_per_s={best_hdf5_d4:.0f}")
+    host_part, where = full_augment()
+    rate = images_per_second(srcs["pcam_hdf5"], host_part, 2)
+    print(f"{'pcam_hdf5':<10} {'full':<15} {2:>7} {rate:>9,.0f}  (augmented on the {where})")
+    print(f"hdf5_full_augment_images_per_s={rate:.0f}")
+
+
+def full_augment() -> tuple[pipeline.AugmentConfig, str]:
+    """The loader's part of cpu_subset's augmentation on this machine, and where it runs."""
+    config = load_config_file(REPO / "configs" / "cpu_subset.py")
+    fields = config.augment.to_dict()
+    if _AUGMENT_WHERE.value:
+        fields["where"] = _AUGMENT_WHERE.value
+    platform = jax.default_backend()
+    host_part, _ = device_augment.split_augment(fields, platform)
+    where = device_augment.resolve_where(fields["where"], platform, fields["rotate_degrees"])
+    return host_part, f"{where} ({platform})"
 
 
 def _cpu_count() -> int:

@@ -23,7 +23,7 @@ from typing import Any
 
 import ml_collections
 
-from pcam_jax.data.pipeline import AugmentConfig
+from pcam_jax.data.pipeline import AUGMENT_WHERE, AugmentConfig
 from pcam_jax.errors import TrainingError
 
 # Fields that do not change the trained parameters: a restarted run may change them.
@@ -44,6 +44,15 @@ RUN_NEUTRAL_FIELDS: frozenset[str] = frozenset(
         "num_train_steps",
     }
 )
+# Fields added after workdirs were first written, with the value that gives the behaviour from
+# before them: a stored config.json without one of them reads as holding that value, so older
+# runs resume and evaluate unchanged.
+LEGACY_DEFAULTS: dict[str, Any] = {
+    "data.train_examples": 0,
+    "data.train_subset_seed": 0,
+    "max_train_steps": 0,
+    "augment.where": "host",
+}
 OVERRIDE_PREFIX = "--config."
 #: Patches in the full PCam training split (epochs are counted in it).
 PCAM_TRAIN_PATCHES = 262_144
@@ -76,6 +85,10 @@ def base_config() -> ml_collections.ConfigDict:
 
     c.augment = ml_collections.ConfigDict(AugmentConfig().__dict__)
     c.augment.d4 = True
+    # host (grain workers, per patch) | device (inside the jit-compiled step) | auto: device on
+    # GPU/TPU, host on CPU (pcam_jax.data.device_augment.resolve_where). Changes the random
+    # draws, so not run-neutral; a run stores what auto chose in WORKDIR/config.json.
+    c.augment.where = "auto"
 
     c.batch_size = 64  # global, split over all devices
     c.eval_batch_size = 256
@@ -324,6 +337,7 @@ VALUE_RULES: tuple[Rule, ...] = (
     ("augment.hue", _in_range(0.0, 0.5), "a number of turns in [0, 0.5]"),
     ("augment.hed_sigma", _FRACTION, "a number in [0, 1]"),
     ("augment.hed_bias", _FRACTION, "a number in [0, 1]"),
+    ("augment.where", _one_of(*AUGMENT_WHERE), " or ".join(AUGMENT_WHERE)),
 )
 
 

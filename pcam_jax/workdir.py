@@ -47,7 +47,12 @@ import orbax.checkpoint as ocp
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from pcam_jax.config import RUN_NEUTRAL_FIELDS, flatten_config, unflatten_config
+from pcam_jax.config import (
+    LEGACY_DEFAULTS,
+    RUN_NEUTRAL_FIELDS,
+    flatten_config,
+    unflatten_config,
+)
 from pcam_jax.errors import InputError, ModelError, TrainingError
 from pcam_jax.runtime.distributed import is_primary, make_mesh
 from pcam_jax.runtime.files import write_json
@@ -74,7 +79,12 @@ def read_config(workdir: str | Path) -> ml_collections.ConfigDict:
     path = Path(workdir) / CONFIG_JSON
     if not path.is_file():
         raise ModelError(f"{path}: not found; is {path.parent} a pcam-train --workdir?")
-    return unflatten_config(json.loads(path.read_text()))
+    return unflatten_config(stored_values(path))
+
+
+def stored_values(path: Path) -> dict[str, Any]:
+    """The flat fields of a config.json, with LEGACY_DEFAULTS for the fields it predates."""
+    return {**LEGACY_DEFAULTS, **json.loads(path.read_text())}
 
 
 def store_config(config: ml_collections.ConfigDict, workdir: Path) -> None:
@@ -93,7 +103,7 @@ def check_config(config: ml_collections.ConfigDict, workdir: Path) -> None:
     path = workdir / CONFIG_JSON
     if not path.is_file() or not any(checkpoints_dir(workdir).glob("[0-9]*")):
         return
-    stored = json.loads(path.read_text())
+    stored = stored_values(path)
     current = flatten_config(config)
     changed = [
         f"  {k}: {stored.get(k, '<absent>')!r} (stored) -> {current.get(k, '<absent>')!r}"

@@ -489,3 +489,23 @@ def test_bfloat16_compute_trains(synthetic_root, tmp_path):
     assert np.isfinite(val["nll"])
     params = _final_params(tmp_path / "run")
     assert all(v.dtype == np.float32 for v in params.values())  # float32 master weights
+
+
+def test_a_workdir_from_before_the_newer_fields_resumes_and_loads(tmp_path):
+    """config.json written before data.train_examples, max_train_steps and augment.where existed
+    reads as holding their legacy values (config.LEGACY_DEFAULTS); a changed value is refused."""
+    from pcam_jax.config import LEGACY_DEFAULTS, flatten_config
+
+    config = load_config_file(REPO / "configs/cpu_subset.py")
+    config.unlock()
+    config.augment.where = "host"  # what train_and_evaluate stores: the resolved path
+    flat = flatten_config(config)
+    old = {k: v for k, v in flat.items() if k not in LEGACY_DEFAULTS}
+    (tmp_path / "config.json").write_text(json.dumps(old))
+    (tmp_path / "checkpoints" / "5").mkdir(parents=True)
+    layout.check_config(config, tmp_path)  # resumes
+    stored = read_config(tmp_path)
+    assert stored.data.train_examples == 0 and stored.augment.where == "host"
+    config.data.train_examples = 1000
+    with pytest.raises(TrainingError, match=r"data.train_examples: 0 \(stored\) -> 1000"):
+        layout.check_config(config, tmp_path)

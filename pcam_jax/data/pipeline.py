@@ -5,7 +5,9 @@
               deals global batch k, positions [kB, (k+1)B) of the shuffle, so
               that process p gets its slice [kB + pb, kB + (p+1)b))
            -> RandomAugment (training only; per-record rng from grain, so each
-              record's augmentation does not depend on the number of workers)
+              record's augmentation does not depend on the number of workers;
+              left out with augment.where=device, where the train step applies
+              the same transforms, pcam_jax.data.device_augment)
            -> Batch (drop remainder for training)
     device -> normalize (per-channel (x - mean) / std, the first op of the
               jit-compiled step)
@@ -47,10 +49,13 @@ RGB_FROM_HED = np.array(
     [[0.65, 0.70, 0.29], [0.07, 0.99, 0.11], [0.27, 0.57, 0.78]], dtype=np.float32
 )
 HED_FROM_RGB = np.linalg.inv(RGB_FROM_HED).astype(np.float32)
-_RGB_TO_YIQ = np.array(
+RGB_TO_YIQ = np.array(
     [[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]], dtype=np.float32
 )
-_YIQ_TO_RGB = np.linalg.inv(_RGB_TO_YIQ).astype(np.float32)
+YIQ_TO_RGB = np.linalg.inv(RGB_TO_YIQ).astype(np.float32)
+#: Values of the ``augment.where`` field: where training augmentation runs (see
+#: ``pcam_jax.data.device_augment``; RandomAugment below is the host path).
+AUGMENT_WHERE: tuple[str, ...] = ("host", "device", "auto")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -117,16 +122,16 @@ def _jitter_colour(x: np.ndarray, rng: np.random.Generator, cfg: AugmentConfig) 
     if cfg.brightness:
         x = x * rng.uniform(1 - cfg.brightness, 1 + cfg.brightness)
     if cfg.contrast:
-        gray_mean = float((x @ _RGB_TO_YIQ[0]).mean())
+        gray_mean = float((x @ RGB_TO_YIQ[0]).mean())
         x = (x - gray_mean) * rng.uniform(1 - cfg.contrast, 1 + cfg.contrast) + gray_mean
     if cfg.saturation:
-        gray = (x @ _RGB_TO_YIQ[0])[..., None]
+        gray = (x @ RGB_TO_YIQ[0])[..., None]
         x = (x - gray) * rng.uniform(1 - cfg.saturation, 1 + cfg.saturation) + gray
     if cfg.hue:
         angle = 2 * np.pi * rng.uniform(-cfg.hue, cfg.hue)
         c, s = np.cos(angle), np.sin(angle)
         rot = np.array([[1, 0, 0], [0, c, -s], [0, s, c]], dtype=np.float32)
-        x = x @ (_YIQ_TO_RGB @ rot @ _RGB_TO_YIQ).T
+        x = x @ (YIQ_TO_RGB @ rot @ RGB_TO_YIQ).T
     return x
 
 

@@ -47,6 +47,7 @@ from pcam_jax.train.setup import (
     make_train_loader,
     norm_stats,
     replicate,
+    resolve_augment_where,
     with_schedule,
 )
 from pcam_jax.train.step import TrainMetrics, compile_train_step
@@ -60,6 +61,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
     """
     chrono = Chrono()  # a train_minutes budget counts from here
     check_recipe(config)  # before the lock creates the workdir
+    config = resolve_augment_where(config)  # config.json records where augmentation ran
     with workdir_lock(workdir):
         run = _Run.set_up(config, Path(workdir), chrono)
         return _loop(run)

@@ -1,16 +1,19 @@
 """Setting up a run: the checks of a config, the data, the initial state, the sharding.
 
-``check_recipe`` refuses values no run can use before anything is built or written.
-``make_train_loader`` is the training input pipeline (``pcam_jax.data.pipeline``): this
-process's share of every global batch, seeded shuffle and augmentation. ``create_state`` builds
-the TrainState from ``model.init`` (and a pretrained checkpoint for Inception), with its
-optimizer (``train.optim``) and EMA. ``replicate`` puts the state on every device of the mesh;
-``global_batch`` assembles each process's share into the step's global arrays.
-Imports: models, data, infer.model, train.optim/step, runtime, errors.
+``check_recipe`` refuses values no run can use before anything is built or written;
+``resolve_augment_where`` fixes where ``augment.where=auto`` augments on this machine, so that
+config.json records it. ``make_train_loader`` is the training input pipeline
+(``pcam_jax.data.pipeline``): this process's share of every global batch, seeded shuffle and,
+unless the train step augments on the device (``data.device_augment``), augmentation.
+``create_state`` builds the TrainState from ``model.init`` (and a pretrained checkpoint for
+Inception), with its optimizer (``train.optim``) and EMA. ``replicate`` puts the state on every
+device of the mesh; ``global_batch`` assembles each process's share into the step's global arrays.
+Imports: models, config, data, train.optim/step, runtime, errors.
 """
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +30,7 @@ from jax.sharding import PartitionSpec as P
 
 from pcam_jax import models
 from pcam_jax.config import check_values
-from pcam_jax.data import pipeline, sources
+from pcam_jax.data import device_augment, pipeline, sources
 from pcam_jax.errors import TrainingError
 from pcam_jax.runtime.distributed import is_primary, to_global
 from pcam_jax.train.optim import make_optimizer
@@ -37,25 +40,47 @@ from pcam_jax.train.step import TrainState
 def check_recipe(config: ml_collections.ConfigDict) -> None:
     """Raises TrainingError naming the first field no run can use: out of its range
     (``config.check_values``) or, for this machine, a batch that does not split over its
-    devices."""
+    devices, or a continuous rotation asked of the device augmentation."""
     check_values(config)
     if config.batch_size % jax.device_count():
         raise TrainingError(
             f"config.batch_size={config.batch_size} must be a multiple of the "
             f"{jax.device_count()} devices"
         )
+    aug = config.augment
+    if aug.get("where") == "device" and aug.rotate_degrees:
+        raise TrainingError(
+            f"config.augment.rotate_degrees={aug.rotate_degrees}: continuous rotation runs on "
+            "the host only, and config.augment.where=device; set --config.augment.where=host "
+            "(or auto) or --config.augment.rotate_degrees=0"
+        )
+
+
+def resolve_augment_where(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """A copy of `config` whose ``augment.where`` is ``host`` or ``device`` as ``auto`` resolves
+    on this platform (``device_augment.resolve_where``): the run stores the choice, and a
+    resume on a machine where ``auto`` picks the other path is refused rather than changed."""
+    if config.augment.get("where", "host") != "auto":
+        return config
+    resolved = copy.deepcopy(config)
+    resolved.augment.where = device_augment.resolve_where(
+        "auto", jax.default_backend(), config.augment.rotate_degrees
+    )
+    return resolved
 
 
 def make_train_loader(
     config: ml_collections.ConfigDict, source: sources.PatchSource
 ) -> grain.DataLoader:
-    """This process's training loader: its share of every global batch, augmented."""
+    """This process's training loader: its share of every global batch, augmented on the host
+    unless ``augment.where`` resolves to ``device`` (the train step's then)."""
+    host_augment, _ = device_augment.split_augment(config.augment.to_dict(), jax.default_backend())
     return pipeline.make_loader(
         source,
         batch_size=config.batch_size // jax.process_count(),
         train=True,
         seed=config.seed,
-        augment=pipeline.AugmentConfig.from_mapping(config.augment.to_dict()),
+        augment=host_augment,
         worker_count=config.data.worker_count,
         worker_buffer_size=config.data.worker_buffer_size,
         read_threads=config.data.read_threads,

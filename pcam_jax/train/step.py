@@ -6,12 +6,16 @@
 same update to its replica of the parameters and optimizer state. ``compile_train_step`` wraps
 it in jit(shard_map) with the state donated. The dropout key is derived from the run's key, the
 step and the device index, so a step's result depends only on its inputs (bitwise resume).
+With ``augment.where`` resolved to ``"device"`` the step first augments its shard of the uint8
+batch (``pcam_jax.data.device_augment``: D4, HED and colour jitter, drawn from the run's key, the
+step and each example's position in the global batch), then normalises; the loader then only
+reads and batches.
 
 ``TrainState`` is flax's TrainState plus the BatchNorm statistics and, with ``ema_decay > 0``,
 the exponential moving average of both (``update_ema`` at ``ema_decay_at``), which validation
 and pcam-eval use. The loss is softmax cross-entropy (label smoothing optional) in float32,
 plus ``aux_loss_weight`` x the auxiliary head's for Inception. Imports: infer.model (the input
-transform and output conventions inference shares), runtime.
+transform and output conventions inference shares), data.device_augment, runtime.
 """
 
 from __future__ import annotations
@@ -27,6 +31,8 @@ from clu import metrics
 from flax.training import train_state
 from jax.sharding import PartitionSpec as P
 
+from pcam_jax.data import device_augment
+from pcam_jax.data.pipeline import AugmentConfig
 from pcam_jax.infer.model import Preprocess, cast_floats, split_outputs
 from pcam_jax.runtime.distributed import AXIS
 from pcam_jax.runtime.xla_options import compiler_options
@@ -92,16 +98,22 @@ def train_step(
     schedule: optax.Schedule,
     label_smoothing: float = 0.0,
     ema_decay: float = 0.0,
+    augment: AugmentConfig | None = None,
 ) -> tuple[TrainState, dict[str, jax.Array]]:
     """One SGD step on this device's share of the batch; call inside shard_map over 'data'.
 
     rng is the run's base key: the step's dropout key is derived from it, the
     step number and the device index, so the step is a pure function. With
-    ema_decay > 0 the EMA of the updated parameters and BatchNorm statistics is
-    advanced too (``ema_decay_at``).
+    `augment` (static) the uint8 images are first augmented on the device, each
+    example from the key, the step and its global position
+    (``device_augment.augment_shard``). With ema_decay > 0 the EMA of the
+    updated parameters and BatchNorm statistics is advanced too (``ema_decay_at``).
     """
+    images = batch["image"]
+    if augment is not None:
+        images = device_augment.augment_shard(images, rng, state.step, augment, AXIS)
     rng = jax.random.fold_in(jax.random.fold_in(rng, state.step), jax.lax.axis_index(AXIS))
-    images = preprocess(batch["image"])
+    images = preprocess(images)
     labels = batch["label"]
     kwargs = {"return_aux": True} if aux_loss_weight > 0 else {}
 
@@ -151,8 +163,10 @@ def compile_train_step(
     """jit(shard_map(train_step)) for `config`: (state, global batch, key) -> (state, metrics).
 
     The batch is split over the ``data`` axis, state and key are replicated; the state argument
-    is donated.
+    is donated. The step augments on the device when ``config.augment.where`` resolves to
+    ``"device"`` on this platform (``device_augment.split_augment``).
     """
+    _, augment = device_augment.split_augment(config.augment.to_dict(), jax.default_backend())
     return jax.jit(
         jax.shard_map(
             partial(
@@ -162,6 +176,7 @@ def compile_train_step(
                 schedule=schedule,
                 label_smoothing=config.label_smoothing,
                 ema_decay=config.ema_decay,
+                augment=augment,
             ),
             mesh=mesh,
             in_specs=(P(), P(AXIS), P()),
