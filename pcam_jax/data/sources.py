@@ -457,7 +457,7 @@ def from_config(config: Any, split: str) -> PatchSource:
         kaggle_split_seed=config.data.kaggle_split_seed,
     )
     examples = config.data.get("train_examples", 0)
-    if split == config.data.train_split and examples > 0:
+    if examples > 0 and split == config.data.get("train_split", "train"):
         return SubsetSource(source, examples, config.data.get("train_subset_seed", 0))
     return source
 
