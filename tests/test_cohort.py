@@ -106,6 +106,12 @@ def test_cohort_records_failures_and_a_rerun_keeps_finished_slides(cohort, first
     assert third.returncode == 0, third.stderr
     assert third.stderr.count("done earlier, kept") == 6
     assert json.loads((out / "nompp_001" / "summary.json").read_text())["level0_mpp"] == 0.972
+    # a later run over one slide keeps the slides finished earlier in the cohort's tables
+    (listing.parent / "one.txt").write_text("tumour_001.tif\n")
+    fourth = pcam_slide(listing.parent / "one.txt", f"--out={out}")
+    assert fourth.returncode == 0, fourth.stderr
+    assert len(read_rows(out / "slides.csv")) == 7
+    assert len((out / "slide_scores.csv").read_text().splitlines()) == 7
 
 
 def test_killed_cohort_run_resumes_to_the_same_outputs(cohort, first_run, tmp_path):

@@ -13,7 +13,8 @@ DIR (``--out``) holds:
     cohort.json        the settings and model of the run; a rerun with other ones is refused
     slides.csv         slide, status (done | failed), score_max, score_topk, tumour_area_mm2,
                        cells, detections, seconds, error: one row per slide of the run, in the
-                       order given, rewritten atomically after every slide
+                       order given, then the slides earlier runs finished in DIR; rewritten
+                       atomically after every slide
     slide_scores.csv   the done slides' scores in the CAMELYON16 format (image_name,probability
                        = score_max; no header)
     STEM/              each slide's pcam-slide outputs (``pcam_jax.infer.slide_outputs``)
@@ -243,8 +244,17 @@ def run_cohort(
         else:
             todo.append(path)
 
+    # slides finished in DIR by earlier runs over other slides stay in the tables
+    stems = {p.stem for p in slides}
+    earlier = [
+        _row(Path(summary.get("slide", sub.name)), summary)
+        for sub in sorted(p for p in out.iterdir() if p.is_dir() and p.name not in stems)
+        if (summary := done_summary(sub)) is not None
+        and Path(summary.get("slide", "")).stem == sub.name
+    ]
+
     def table() -> list[dict[str, Any]]:
-        return [rows[p] for p in slides if p in rows]
+        return [rows[p] for p in slides if p in rows] + earlier
 
     def prepare(path: Path) -> PreparedSlide:
         own = slides[path] if settings.mpp is None else None
