@@ -136,14 +136,14 @@ def cpu_seconds() -> tuple[float, float]:
     return t.user + t.system, workers
 
 
-def device_memory() -> str:
-    """Device 0's memory in use and its peak, or n/a where the backend does not report it."""
+def device_memory() -> tuple[float, float] | None:
+    """Device 0's memory (GiB in use, GiB peak), or None where the backend does not report it."""
     stats = jax.devices()[0].memory_stats()
     if not stats or "bytes_in_use" not in stats:
-        return "n/a"
+        return None
     gib = 2.0**30
     peak = stats.get("peak_bytes_in_use", stats["bytes_in_use"])
-    return f"{stats['bytes_in_use'] / gib:.2f} GiB in use, {peak / gib:.2f} GiB peak"
+    return stats["bytes_in_use"] / gib, peak / gib
 
 
 # --- the timed run ---------------------------------------------------------------------------
@@ -238,7 +238,11 @@ def report(config: Any, args: argparse.Namespace, parts: dict[str, Any], m: dict
         f"validation = {epoch:,.0f} s per epoch of {PCAM_TRAIN_PATCHES:,} patches "
         "(extrapolated)"
     )
-    print(f"device memory: {device_memory()}")
+    memory = device_memory()
+    if memory is None:
+        print("device memory: n/a (the backend does not report it)")
+    else:
+        print(f"device memory: {memory[0]:.2f} GiB in use, {memory[1]:.2f} GiB peak")
     print(
         f"host CPU: {m['main_cores'] + m['worker_cores']:.2f} cores busy during the timed steps "
         f"(this process {m['main_cores']:.2f}, loader workers {m['worker_cores']:.2f}; "
@@ -248,6 +252,7 @@ def report(config: Any, args: argparse.Namespace, parts: dict[str, Any], m: dict
     print(f"val_seconds={m['val_seconds']:.3f}")
     print(f"epoch_seconds={epoch:.0f}")
     print(f"epoch_fraction_run={steps * batch / PCAM_TRAIN_PATCHES:.4f}")
+    print(f"device_peak_gib={memory[1]:.2f}" if memory else "device_peak_gib=n/a")
 
 
 def parse_args() -> tuple[argparse.Namespace, list[str]]:

@@ -45,6 +45,10 @@ sys.path.insert(0, str(REPO / "bench"))
 
 SUBSET = Path(os.environ.get("PCAM_SUBSET_ROOT", REPO.parent / "shared/data/pcam-subset"))
 CPU_SUBSET = "configs/cpu_subset.py"
+# the grids of BENCHMARKS.md (learning curves, seed comparison, data efficiency) were begun with
+# the augmentation in the loader's workers, before configs/cpu_subset.py moved it to the device;
+# every run of these grids keeps it there so that their rows stay comparable
+AUGMENT_WHERE = "host"
 
 # label -> (config file, overrides). The three ResNets share the cpu_subset recipe and budget.
 # Each label names its widths: "-2x" is twice the plain model's total channels (4x its FLOPs),
@@ -158,6 +162,7 @@ def run_candidate(
         f"--config.data.root={SUBSET}",
         f"--config.seed={seed}",
         f"--config.train_minutes={minutes}",
+        f"--config.augment.where={AUGMENT_WHERE}",
         *[f"--config.{o}" for o in overrides],
     ]
     print("+", " ".join(cmd), flush=True)
