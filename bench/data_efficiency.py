@@ -25,7 +25,9 @@ Resume across sessions: each finished run is a row of docs/data_efficiency_runs.
 summary kept in the repository); a run already there is not trained again, so the grid can be
 run piecewise, one session at a time. The workdirs and training logs stay under --out, outside
 the repository. ``--report-only`` trains nothing and writes, from the CSV, the table
-(docs/data_efficiency.md) and the PNG (docs/data_efficiency.png). No test split is used; valid
+(docs/data_efficiency.md, which ends with one verdict per size: a lead only when every seed of
+one model lies above every seed of the other, else a tie; and the crossover, if any) and the PNG
+(docs/data_efficiency.png). No test split is used; valid
 is the 3,000 patches of the subset's valid split, and nothing is selected on it (the final EMA
 checkpoint of every run is the one reported).
 """
@@ -174,9 +176,57 @@ def report(runs: dict) -> None:
             f"| {r['size']:,} | {r['model']} | {per_seed} | **{r['mean']:.4f}** | "
             f"{r['spread']:.4f} | {r['epochs']} | {r['minutes']} |"
         )
+    lines += ["", *verdicts(rows)]
     TABLE.write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     plot(rows)
+
+
+def verdicts(rows: list[dict]) -> list[str]:
+    """One line per size where both the plain and a p4 ResNet ran: the difference of the means,
+    called a lead only when every seed of one model lies above every seed of the other and
+    each has at least 2 seeds (with 3 against 3 that happens by chance once in 10, either way),
+    else a tie; then the crossover: the sizes at which each side leads."""
+    by = {(r["size"], r["model"]): r for r in rows}
+    lines, leads = [], {"p4resnet-cm": [], "resnet": []}
+    for size in sorted({r["size"] for r in rows}):
+        for other in ("p4resnet-cm", "p4resnet-2x"):
+            if (size, "resnet") not in by or (size, other) not in by:
+                continue
+            plain, group = by[(size, "resnet")], by[(size, other)]
+            diff = group["mean"] - plain["mean"]
+            spread = max(plain["spread"], group["spread"])
+            seeds = f"{len(group['aucs'])} and {len(plain['aucs'])} seeds"
+            apart = min(group["aucs"]) > max(plain["aucs"]) or min(plain["aucs"]) > max(
+                group["aucs"]
+            )
+            if not apart or min(len(group["aucs"]), len(plain["aucs"])) < 2:
+                verdict = "tie"
+            else:
+                verdict = f"{other} leads" if diff > 0 else "resnet leads"
+                if other == "p4resnet-cm":
+                    leads["p4resnet-cm" if diff > 0 else "resnet"].append(size)
+            lines.append(
+                f"- {size:,} patches: {other} {group['mean']:.4f} against resnet "
+                f"{plain['mean']:.4f} ({diff:+.4f}; larger spread over seeds {spread:.4f}; "
+                f"{seeds}; seeds {'apart' if apart else 'overlapping'}): {verdict}"
+            )
+    if leads["p4resnet-cm"] and leads["resnet"]:
+        lines.append(
+            f"- crossover (equal FLOPs): the p4 ResNet leads at {_sizes(leads['p4resnet-cm'])} "
+            f"patches, the plain one at {_sizes(leads['resnet'])}"
+        )
+    else:
+        lines.append(
+            "- crossover (equal FLOPs): none measured; the p4 ResNet leads "
+            f"at {_sizes(leads['p4resnet-cm']) or 'no size'} and the plain one at "
+            f"{_sizes(leads['resnet']) or 'no size'}"
+        )
+    return lines
+
+
+def _sizes(sizes: list[int]) -> str:
+    return ", ".join(f"{s:,}" for s in sizes)
 
 
 def plot(rows: list[dict]) -> None:

@@ -330,17 +330,23 @@ def resume_config(tmp_path_factory):
     return path
 
 
-def test_resume_after_sigkill_ends_bitwise_identical(synthetic_root, resume_config, tmp_path):
+@pytest.mark.parametrize("where", ["host", "device"])
+def test_resume_after_sigkill_ends_bitwise_identical(
+    synthetic_root, resume_config, tmp_path, where
+):
+    """Killed after its step-6 checkpoint and restarted, a run ends with the parameters and EMA
+    of a run never interrupted, with the augmentation in the loader or in the step."""
     straight, killed = tmp_path / "straight", tmp_path / "killed"
+    where_flag = f"--config.augment.where={where}"
     subprocess.run(
-        _train_cmd(resume_config, straight, synthetic_root),
+        _train_cmd(resume_config, straight, synthetic_root, where_flag),
         env=_env(),
         check=True,
         capture_output=True,
         timeout=600,
     )
     proc = subprocess.Popen(
-        _train_cmd(resume_config, killed, synthetic_root),
+        _train_cmd(resume_config, killed, synthetic_root, where_flag),
         env=_env(),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -354,7 +360,7 @@ def test_resume_after_sigkill_ends_bitwise_identical(synthetic_root, resume_conf
     steps = sorted(int(p.name) for p in (killed / "checkpoints").iterdir() if p.name.isdigit())
     assert steps and max(steps) < 14  # it really was interrupted
     subprocess.run(
-        _train_cmd(resume_config, killed, synthetic_root),
+        _train_cmd(resume_config, killed, synthetic_root, where_flag),
         env=_env(),
         check=True,
         capture_output=True,
@@ -367,12 +373,16 @@ def test_resume_after_sigkill_ends_bitwise_identical(synthetic_root, resume_conf
             np.testing.assert_array_equal(a[k], b[k], err_msg=f"{weights} {k}")
     raw, ema = _final_params(straight, "raw"), _final_params(straight, "ema")
     assert any(not np.array_equal(raw[k], ema[k]) for k in raw)  # EMA is not the raw weights
+    stored = json.loads((killed / "config.json").read_text())
+    assert stored["augment.where"] == where
 
 
 def test_one_and_two_devices_give_the_same_parameters(synthetic_root, resume_config, tmp_path):
     # Plain SGD: the update is proportional to the gradient, so a gradient counted once
     # per device (2x on two devices) fails this. Adam would hide that (it is nearly
     # invariant to the gradient's scale) and amplifies float noise in near-zero gradients.
+    # The augmentation runs in the step (augment.where=device), where each device augments its
+    # shard: an example's draw must not depend on which device holds it.
     runs = {}
     for devices in (1, 2):
         workdir = tmp_path / f"dev{devices}"
@@ -386,6 +396,7 @@ def test_one_and_two_devices_give_the_same_parameters(synthetic_root, resume_con
                 "--config.optimizer.name=sgd",
                 "--config.optimizer.momentum=0",
                 "--config.optimizer.learning_rate=0.01",
+                "--config.augment.where=device",
             ),
             env=_env(devices),
             check=True,
