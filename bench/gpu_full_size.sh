@@ -14,8 +14,8 @@
 #        the one GPU, each sized by train_minutes=$TRAIN_MIN to end its schedule in time:
 #          p4mdensenet, densenet    Veeling et al.'s DenseNets (configs/densenet.py's Adam 1e-3)
 #                                   with the cpu_subset augmentation on the device
-#          resnet-2x, p4resnet-2x   the cpu_subset recipe at twice its widths (32 ... 256 channels;
-#                                   the p4 model at the plain model's FLOPs)
+#          resnet-2x, p4resnet-2x   the cpu_subset recipe (augmentation on the device) at twice
+#                                   its widths (32 ... 256 channels; p4 at the plain one's FLOPs)
 #        -> gpu_curve.csv, gpu_runs.json, gpu_logs.txt (bench/gpu_curve_summary.py), and the run
 #        with the best final valid AUC exported with pcam-export -> bundle.tar
 #
@@ -86,7 +86,7 @@ if [[ $part == train || $part == all ]]; then
     timeout "${RUN_S:-330}" "$PY" bench/gpu_train.py --config="$config" --workdir="$runs/$label" \
       --config.data.source=folder --config.data.root="$data" \
       --config.data.worker_count="${WORKERS:-3}" --config.train_minutes="${TRAIN_MIN:-4}" \
-      --config.augment.where=device "$@" >"$runs/$label/train.log" 2>&1 &
+      "$@" >"$runs/$label/train.log" 2>&1 &
   }
   DENSE=(--config.eval_every_steps=250 --config.checkpoint_every_steps=250 "${AUG[@]}")
   start p4mdensenet configs/p4mdensenet.py "${DENSE[@]}" ${TRAIN_ARGS:-}

@@ -79,7 +79,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.data.kaggle_split_seed = 0
     # > 0: train on a class-balanced subset of this many patches of the training split, drawn
     # with train_subset_seed and nested (the subset of N holds every smaller one of that seed);
-    # for data-efficiency studies (bench/when_equivariance_pays.py)
+    # for data-efficiency studies (bench/data_efficiency.py)
     c.data.train_examples = 0
     c.data.train_subset_seed = 0
 
@@ -87,7 +87,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.augment.d4 = True
     # host (grain workers, per patch) | device (inside the jit-compiled step) | auto: device on
     # GPU/TPU, host on CPU (pcam_jax.data.device_augment.resolve_where). Changes the random
-    # draws, so not run-neutral; a run stores what auto chose in WORKDIR/config.json.
+    # draws, so not run-neutral; a run stores what auto chose in WORKDIR/config.json. On the
+    # 2-core CPU the device path ran the cpu_subset step as fast and freed the loader
+    # (BENCHMARKS.md "Augmentation on the device"), so configs/cpu_subset.py sets device.
     c.augment.where = "auto"
 
     c.batch_size = 64  # global, split over all devices
