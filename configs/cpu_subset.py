@@ -77,8 +77,8 @@ def get_config(model: str = "p4resnet") -> ml_collections.ConfigDict:
     c.augment.hed_sigma = 0.05
     c.augment.hed_bias = 0.02
     # on the device (inside the jit-compiled step): the loader then only reads and decodes. On the
-    # 2-core machine the loader rises from 1,807 to 6,887 images/s with this augmentation and the
-    # step keeps its speed (BENCHMARKS.md "Augmentation on the device")
+    # 2-core machine the loader rose from 1,807 to 6,887-8,643 images/s with this augmentation and
+    # the step kept its speed (BENCHMARKS.md "Augmentation on the device")
     c.augment.where = "device"
     c.batch_size = 64
     c.eval_batch_size = 250
