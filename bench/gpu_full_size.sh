@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The GPU items of BENCHMARKS.md's "Full-size models on a GPU" (benchmark, not a test): an
+# The GPU items of BENCHMARKS.md's "On a GPU" (issue 22; benchmark, not a test): an
 # end-to-end P4M-DenseNet epoch with its peak device memory by batch size, then the full-size
 # models trained to the end of a wall-clock schedule on the real subset, and the best exported as
 # a bundle. On a CUDA machine whose python3 has jax[cuda], flax, optax, grain, clu, h5py:
@@ -52,10 +52,12 @@ export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1 TF_CPP_MIN_
   "$PY" -c "import jax, flax, optax, grain; print('jax', jax.__version__, 'flax', flax.__version__, 'optax', optax.__version__, 'grain', grain.__version__, jax.devices())"
 } 2>&1 | tee -a "$out/device.txt"
 
-# cpu_subset's photometric augmentation, on the device (configs/cpu_subset.py)
-AUG=(--config.augment.d4=True --config.augment.brightness=0.1 --config.augment.contrast=0.1
-  --config.augment.saturation=0.1 --config.augment.hue=0.02 --config.augment.hed_sigma=0.05
-  --config.augment.hed_bias=0.02 --config.augment.where=device)
+# configs/cpu_subset.py's augmentation (D4, colour and HED jitter, on the device), read from the
+# config itself, as --config.augment.* overrides for the other configs
+AUG=($("$PY" -c "from pcam_jax.config import load_config_file
+a = load_config_file('configs/cpu_subset.py').augment
+print(' '.join(f'--config.augment.{k}={v}' for k, v in a.items()))"))
+kv() { grep -m1 "^$1=" /tmp/epoch_run.txt | cut -d= -f2; }  # KEY=VALUE line of the last epoch run
 
 if [[ $part == epoch || $part == all ]]; then
   echo "dtype,batch,images_per_s,epoch_seconds,val_seconds,device_peak_gib" >"$out/epoch.csv"
@@ -70,7 +72,6 @@ if [[ $part == epoch || $part == all ]]; then
       ${SYNTH_ARGS:-} --config.batch_size="$batch" --config.compute_dtype="$dtype" \
       --config.data.worker_count="${WORKERS:-8}" "${AUG[@]}" 2>&1 |
       grep -v -i warning | tee /tmp/epoch_run.txt >>"$out/epoch.txt"
-    kv() { grep -m1 "^$1=" /tmp/epoch_run.txt | cut -d= -f2; }
     echo "$dtype,$batch,$(kv images_per_s),$(kv epoch_seconds),$(kv val_seconds),$(kv device_peak_gib)" |
       tee -a "$out/epoch.csv"
   done
