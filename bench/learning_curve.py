@@ -32,8 +32,10 @@ from __future__ import annotations
 
 import argparse
 import csv
+import ctypes
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -132,6 +134,15 @@ def run_dir(out: Path, label: str, seed: int) -> Path:
     return out / "runs" / f"{label}-s{seed}"
 
 
+def _term_with_parent() -> None:
+    """Runs in the child before exec: the kernel sends it SIGTERM when this benchmark dies, by
+    any signal (pcam-train then saves a checkpoint and stops; the unfinished run is started
+    again by the next invocation). The launching thread is this script's main thread, so the
+    death of the thread is the death of the process (see pcam_jax.runtime.children)."""
+    if sys.platform.startswith("linux"):
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG = 1
+
+
 def run_candidate(
     label: str,
     config: str,
@@ -169,7 +180,14 @@ def run_candidate(
     workdir.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
     with open(workdir / "train.log", "w") as log:
-        subprocess.run(cmd, check=True, stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
+        subprocess.run(
+            cmd,
+            check=True,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=REPO,
+            preexec_fn=_term_with_parent,
+        )
     wall = time.time() - t0
     done.write_text(json.dumps({"t0": t0, "wall_seconds": wall, "command": cmd}, indent=2))
     return summarise(label, seed, workdir, t0, wall, tta=tta)
@@ -224,7 +242,7 @@ def tta_auc(workdir: Path, step: int) -> float:
     if not (result.is_file() and json.loads(result.read_text())["checkpoint_step"] == step):
         cmd = [sys.executable, "-m", "pcam_jax.cli.eval", f"--workdir={workdir}"]
         cmd += [f"--checkpoint={step}", "--split=valid", "--tta", "--bootstrap=0"]
-        subprocess.run(cmd, check=True, capture_output=True, cwd=REPO)
+        subprocess.run(cmd, check=True, capture_output=True, cwd=REPO, preexec_fn=_term_with_parent)
     return float(json.loads(result.read_text())["auc"])
 
 
