@@ -173,9 +173,10 @@ def report(runs: dict) -> None:
     ]
     for r in rows:
         per_seed = " / ".join(f"{a:.4f}" for a in r["aucs"])
+        spread = f"{r['spread']:.4f}" if len(r["aucs"]) > 1 else "-"
         lines.append(
             f"| {r['size']:,} | {r['model']} | {per_seed} | **{r['mean']:.4f}** | "
-            f"{r['spread']:.4f} | {r['epochs']} | {r['minutes']} |"
+            f"{spread} | {r['epochs']} | {r['minutes']} |"
         )
     lines += ["", *verdicts(rows)]
     TABLE.write_text("\n".join(lines) + "\n")
@@ -187,9 +188,11 @@ def verdicts(rows: list[dict]) -> list[str]:
     """One line per size where both the plain and a p4 ResNet ran: the difference of the means,
     called a lead only when every seed of one model lies above every seed of the other and
     each has at least 2 seeds (with 3 against 3 that happens by chance once in 10, either way),
-    else a tie; then the crossover: the sizes at which each side leads."""
+    a tie when the seeds overlap, and no verdict with a single seed on either side; then the
+    crossover at equal FLOPs: the sizes at which each side leads and those in between."""
     by = {(r["size"], r["model"]): r for r in rows}
-    lines, leads = [], {"p4resnet-cm": [], "resnet": []}
+    lines: list[str] = []
+    at_equal_flops: dict[str, list[int]] = {"p4": [], "tie": [], "plain": [], "one seed": []}
     for size in sorted({r["size"] for r in rows}):
         for other in ("p4resnet-cm", "p4resnet-2x"):
             if (size, "resnet") not in by or (size, other) not in by:
@@ -201,28 +204,39 @@ def verdicts(rows: list[dict]) -> list[str]:
             apart = min(group["aucs"]) > max(plain["aucs"]) or min(plain["aucs"]) > max(
                 group["aucs"]
             )
-            if not apart or min(len(group["aucs"]), len(plain["aucs"])) < 2:
-                verdict = "tie"
+            if min(len(group["aucs"]), len(plain["aucs"])) < 2:
+                verdict, key = "no verdict (one seed: its spread is unknown)", "one seed"
+            elif not apart:
+                verdict, key = "tie", "tie"
             else:
                 verdict = f"{other} leads" if diff > 0 else "resnet leads"
-                if other == "p4resnet-cm":
-                    leads["p4resnet-cm" if diff > 0 else "resnet"].append(size)
+                key = "p4" if diff > 0 else "plain"
+            if other == "p4resnet-cm":
+                at_equal_flops[key].append(size)
+            detail = f"{diff:+.4f}; {seeds}"
+            if key != "one seed":
+                overlap = "apart" if apart else "overlapping"
+                detail += f"; larger spread over seeds {spread:.4f}; seeds {overlap}"
             lines.append(
                 f"- {size:,} patches: {other} {group['mean']:.4f} against resnet "
-                f"{plain['mean']:.4f} ({diff:+.4f}; larger spread over seeds {spread:.4f}; "
-                f"{seeds}; seeds {'apart' if apart else 'overlapping'}): {verdict}"
+                f"{plain['mean']:.4f} ({detail}): {verdict}"
             )
-    if leads["p4resnet-cm"] and leads["resnet"]:
-        lines.append(
-            f"- crossover (equal FLOPs): the p4 ResNet leads at {_sizes(leads['p4resnet-cm'])} "
-            f"patches, the plain one at {_sizes(leads['resnet'])}"
+    parts = [
+        f"{what} at {_sizes(at_equal_flops[key])}"
+        for key, what in (
+            ("p4", "the p4 ResNet leads"),
+            ("tie", "the two tie"),
+            ("one seed", "one seed each (no verdict)"),
+            ("plain", "the plain ResNet leads"),
         )
+        if at_equal_flops[key]
+    ]
+    p4, plain = at_equal_flops["p4"], at_equal_flops["plain"]
+    if p4 and plain and max(p4) < min(plain):
+        where = f"between {max(p4):,} and {min(plain):,} patches"
+        lines.append(f"- crossover (equal FLOPs) {where}: {'; '.join(parts)}")
     else:
-        lines.append(
-            "- crossover (equal FLOPs): none measured; the p4 ResNet leads "
-            f"at {_sizes(leads['p4resnet-cm']) or 'no size'} and the plain one at "
-            f"{_sizes(leads['resnet']) or 'no size'}"
-        )
+        lines.append(f"- crossover (equal FLOPs): none measured; {'; '.join(parts)}")
     return lines
 
 
