@@ -17,8 +17,9 @@ sqrt(|G|)), so they cost about 4x (p4) and 8x (p4m) their plain sibling. How the
 under this recipe is measured in BENCHMARKS.md ("Accuracy per minute", "Data efficiency"): with
 all 20,000 patches the plain ResNet leads on valid (0.9475 against 0.9432 for p4) but the two tie
 on patches from other slides (0.9251 and 0.9257); with 1,000 patches the p4 model leads (0.9020
-against 0.8953). The default is the p4 model for that, for its exact invariance to quarter turns
-and for its quarter of the parameters; the bundled model is one. The recipe: AdamW (decoupled
+against 0.8953), from 3,000 on it does not (0.9255 against 0.9263 at 3,000, a tie). The default
+is the p4 model for its tie on other slides, its exact invariance to quarter turns and its
+quarter of the parameters; the bundled model is one. The recipe: AdamW (decoupled
 weight decay on kernels), warm-up + cosine sized by train_minutes to the machine's measured
 speed, label smoothing, an EMA of the weights (what validation and pcam-eval use), and
 augmentation chosen to generalise across slides: D4 (exact for the group models' invariance; for
