@@ -136,9 +136,10 @@ def run_dir(out: Path, label: str, seed: int) -> Path:
 
 def _term_with_parent() -> None:
     """Runs in the child before exec: the kernel sends it SIGTERM when this benchmark dies, by
-    any signal (pcam-train then saves a checkpoint and stops; the unfinished run is started
-    again by the next invocation). The launching thread is this script's main thread, so the
-    death of the thread is the death of the process (see pcam_jax.runtime.children)."""
+    any signal (pcam-train then saves a checkpoint and stops, as when preempted; the workdir
+    is left unfinished, without bench_run.json). The launching thread is this script's main
+    thread, so the death of the thread is the death of the process (see
+    pcam_jax.runtime.children)."""
     if sys.platform.startswith("linux"):
         ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG = 1
 
