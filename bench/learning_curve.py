@@ -80,6 +80,17 @@ CANDIDATES.update(
 # STUDY_WIDTH_MULTIPLIER); the validation runs once, at the end, within the budget
 STUDY = ("cnn", "p4cnn", "p4mcnn", "allcnn", "p4allcnn", "p4mallcnn")
 CANDIDATES.update({k: (f"{CPU_SUBSET}:{k}", ["eval_every_steps=100000"]) for k in STUDY})
+# transfer learning from the packaged ImageNet EfficientNet-Lite0 (configs/transfer_*.py): the
+# study's frozen backbone + new head, fine-tuning at the native 96 and upsampled to 160, and the
+# fine-tuned network made exactly p4-invariant by pooling its 4 rotated views
+CANDIDATES.update(
+    {
+        "effnet-frozen": ("configs/transfer_frozen.py", []),
+        "effnet-ft96": ("configs/transfer_finetune.py", []),
+        "effnet-ft160": ("configs/transfer_finetune.py:160", []),
+        "effnet-ft96-p4": ("configs/transfer_finetune_d4.py:p4", []),
+    }
+)
 
 
 def parse_candidate(spec: str) -> tuple[str, str, list[str]]:

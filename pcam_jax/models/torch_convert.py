@@ -1,7 +1,9 @@
 """Convert torchvision's Inception v3 ImageNet state_dict to flax variables for ``InceptionV3``.
 
-Depends on numpy only (torch is optional: used just to read a ``.pth`` file when importable), so
-the fixture generator in ``tests/fixtures/`` can load this file in a torch-only environment.
+Depends on numpy only (``read_state_dict`` reads a ``.pth`` without torch, through
+``models.torch_checkpoint``, imported when called), so the fixture generator in
+``tests/fixtures/`` can load this file in a torch-only environment. ``config.init_from`` reaches
+``load_pretrained`` through ``models.pretrained``, the one entry for every transfer model.
 
 Name mapping (torch key -> flax path, ``/``-separated, same module names as torchvision)::
 
@@ -89,20 +91,11 @@ def convert_state_dict(
 
 
 def read_state_dict(path: str | Path) -> dict[str, np.ndarray]:
-    """Read ``inception_v3_google-*.pth`` (needs torch) or an ``.npz`` of the same keys."""
-    path = Path(path)
-    if path.suffix == ".npz":
-        with np.load(path) as f:
-            return {k: f[k] for k in f.files}
-    try:
-        import torch  # noqa: PLC0415
-    except ImportError as e:
-        raise ImportError(
-            f"reading {path} needs torch; or convert it once to .npz elsewhere with "
-            "np.savez(out, **{k: v.numpy() for k, v in torch.load(path).items()})"
-        ) from e
-    sd = torch.load(path, map_location="cpu", weights_only=True)
-    return {k: v.numpy() for k, v in sd.items()}
+    """Read ``inception_v3_google-*.pth`` (zip or legacy layout) or an ``.npz`` of the same keys,
+    without torch (``pcam_jax.models.torch_checkpoint``)."""
+    from pcam_jax.models import torch_checkpoint  # here, not at the top: this file loads alone
+
+    return torch_checkpoint.read_state_dict(path)
 
 
 def _merge(dst: Any, src: Mapping, path: str = "") -> Any:

@@ -85,13 +85,40 @@ def triangular_schedule(low: float, high: float, cycle_steps: int) -> optax.Sche
 
 
 def make_optimizer(
-    cfg: Any, schedule: optax.Schedule, trainable_mask: Any = None
+    cfg: Any, schedule: optax.Schedule, trainable_mask: Any = None, head_mask: Any = None
 ) -> optax.GradientTransformation:
     """The optimizer named by `cfg.name` with weight decay and gradient clipping.
 
     trainable_mask: optional pytree of bools (True = trained); False leaves get
     zero updates (a frozen backbone).
+    head_mask: optional pytree of bools, True for a transfer model's new heads. With
+    ``cfg.backbone_lr_scale != 1`` the other (pretrained) parameters get their own copy of the
+    optimizer whose updates are scaled by it, i.e. the schedule's rate times the scale, weight
+    decay included; clipping then applies to each part's gradient norm separately.
     """
+    scale = cfg.get("backbone_lr_scale", 1.0)
+    split = head_mask is not None and scale != 1.0
+    if trainable_mask is None and not split:
+        return _base_optimizer(cfg, schedule)
+    import jax
+
+    def label(trained: bool, head: bool) -> str:
+        if not trained:
+            return "freeze"
+        return "backbone" if split and not head else "train"
+
+    trained = trainable_mask if trainable_mask is not None else head_mask
+    if trainable_mask is None:
+        trained = jax.tree_util.tree_map(lambda _: True, head_mask)
+    heads = head_mask if head_mask is not None else trained
+    labels = jax.tree_util.tree_map(label, trained, heads)
+    transforms = {"train": _base_optimizer(cfg, schedule), "freeze": optax.set_to_zero()}
+    if split:
+        transforms["backbone"] = optax.chain(_base_optimizer(cfg, schedule), optax.scale(scale))
+    return optax.multi_transform(transforms, labels)
+
+
+def _base_optimizer(cfg: Any, schedule: optax.Schedule) -> optax.GradientTransformation:
     name = cfg.name
     parts: list[optax.GradientTransformation] = []
     if cfg.grad_clip_norm > 0:
@@ -119,11 +146,7 @@ def make_optimizer(
         )
     else:
         raise ValueError(f"unknown optimizer.name {name!r}: expected adam, adamw, sgd or rmsprop")
-    tx = optax.chain(*parts)
-    if trainable_mask is not None:
-        labels = _labels(trainable_mask)
-        tx = optax.multi_transform({"train": tx, "freeze": optax.set_to_zero()}, labels)
-    return tx
+    return optax.chain(*parts)
 
 
 def kernels_only(params: Any) -> Any:
@@ -131,9 +154,3 @@ def kernels_only(params: Any) -> Any:
     import jax
 
     return jax.tree_util.tree_map(lambda p: p.ndim >= 2, params)
-
-
-def _labels(mask: Any) -> Any:
-    import jax
-
-    return jax.tree_util.tree_map(lambda m: "train" if m else "freeze", mask)

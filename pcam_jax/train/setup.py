@@ -5,16 +5,16 @@
 config.json records it. ``make_train_loader`` is the training input pipeline
 (``pcam_jax.data.pipeline``): this process's share of every global batch, seeded shuffle and,
 unless the train step augments on the device (``data.device_augment``), augmentation.
-``create_state`` builds the TrainState from ``model.init`` (and a pretrained checkpoint for
-Inception), with its optimizer (``train.optim``) and EMA. ``replicate`` puts the state on every
-device of the mesh; ``global_batch`` assembles each process's share into the step's global arrays.
+``create_state`` builds the TrainState from ``model.init`` (and ImageNet weights for a transfer
+model, ``models.pretrained``), with its optimizer (``train.optim``) and EMA. ``replicate`` puts
+the state on every device of the mesh; ``global_batch`` assembles each process's share into the
+step's global arrays.
 Imports: models, config, data, train.optim/step, runtime, errors.
 """
 
 from __future__ import annotations
 
 import copy
-from pathlib import Path
 from typing import Any
 
 import flax.linen as nn
@@ -96,30 +96,13 @@ def initial_variables(
     size = models.input_size(config.model.name)
     variables = models.init_variables(model, key, (2, size, size, 3))
     if config.init_from:
-        if config.model.name != "inception_v3":
-            raise TrainingError(
-                f"config.init_from is set but model {config.model.name!r} has no pretrained "
-                "weights loader (only inception_v3 reads torchvision state dicts)"
-            )
-        from pcam_jax.models import torch_convert
+        from pcam_jax.models import pretrained
 
-        path = Path(config.init_from)
-        if not path.is_file():
-            raise TrainingError(
-                f"config.init_from={str(path)!r}: file not found; download torchvision's "
-                "inception_v3_google-*.pth elsewhere and copy it here"
-            )
-        variables = torch_convert.load_pretrained(variables, path)
+        try:
+            variables = pretrained.load_into(config.model.name, variables, config.init_from)
+        except (FileNotFoundError, ValueError) as e:
+            raise TrainingError(f"config.init_from: {e}") from None
     return dict(variables)
-
-
-def trainable_mask(model: nn.Module, params: Any) -> Any:
-    """None (train everything), or the heads-only mask of a frozen Inception backbone."""
-    if getattr(model, "freeze_backbone", False):
-        from pcam_jax.models.inception import trainable_mask as heads_only
-
-        return heads_only(params)
-    return None
 
 
 def create_state(
@@ -128,7 +111,13 @@ def create_state(
     """The initial TrainState: ``initial_variables`` (seed ``config.seed``), the optimizer of
     `schedule` (heads only for a frozen backbone) and, with ``ema_decay > 0``, the EMA."""
     variables = initial_variables(config, model, jax.random.key(config.seed))
-    tx = make_optimizer(config.optimizer, schedule, trainable_mask(model, variables["params"]))
+    params = variables["params"]
+    tx = make_optimizer(
+        config.optimizer,
+        schedule,
+        models.trainable_mask(model, params),
+        models.head_mask(model, params),
+    )
     batch_stats = variables.get("batch_stats", {})
     ema = None
     if config.ema_decay > 0:
@@ -148,8 +137,8 @@ def with_schedule(
     config: ml_collections.ConfigDict, model: nn.Module, state: TrainState, schedule: optax.Schedule
 ) -> TrainState:
     """`state` with the optimizer of another schedule (same optimizer state structure)."""
-    mask = trainable_mask(model, state.params)
-    return state.replace(tx=make_optimizer(config.optimizer, schedule, mask))
+    masks = models.trainable_mask(model, state.params), models.head_mask(model, state.params)
+    return state.replace(tx=make_optimizer(config.optimizer, schedule, *masks))
 
 
 def norm_stats(config: ml_collections.ConfigDict, train_source: Any) -> pipeline.NormStats:
