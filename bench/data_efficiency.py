@@ -13,13 +13,16 @@ were drawn) of 1,000, 3,000 and 10,000 of the subset's 20,000 training patches; 
                 77k params): what configs/cpu_subset.py trains
   p4resnet-2x   the p4 ResNet at about the plain model's parameters (8/16/32/64 features x 4:
                 twice the channels, 4x the FLOPs), at 1,000 only (EQUAL_PARAMETER_SIZES)
+  effnet-ft96   the ImageNet-pretrained EfficientNet-Lite0 fine-tuned at 96x96
+                (configs/transfer_finetune.py, its own recipe): pretraining's point
 
 with 3 seeds at 1,000 and 3,000 and 1 at 10,000 (SEEDS). Every run is the cpu_subset recipe
 (AdamW peak 4e-3, warm-up + cosine, EMA, D4 + HED + colour augmentation) trained for EPOCHS
 epochs of its subset or the 28-minute budget, whichever is shorter (``max_train_steps`` caps the
 ``train_minutes`` plan), so the schedule always runs to its end. The full 20,000 is the existing
 point of BENCHMARKS.md ("Accuracy per minute": 28-minute runs at peak 4e-3, read from
-docs/learning_curve_seeds_2026-11-27_summary.csv).
+docs/learning_curve_seeds_2026-11-27_summary.csv; for effnet-ft96 "Transfer learning", read from
+docs/transfer_summary.csv).
 
 Resume across sessions: each finished run is a row of docs/data_efficiency_runs.csv (the
 summary kept in the repository); a run already there is not trained again, so the grid can be
@@ -48,7 +51,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "bench"))
 
-from learning_curve import CANDIDATES, CPU_SUBSET, SUBSET, run_candidate, run_dir  # noqa: E402
+from learning_curve import CANDIDATES, SUBSET, run_candidate, run_dir  # noqa: E402
 
 RUNS_CSV = REPO / "docs" / "data_efficiency_runs.csv"
 TABLE = REPO / "docs" / "data_efficiency.md"
@@ -56,14 +59,21 @@ PLOT = REPO / "docs" / "data_efficiency.png"
 MINUTES = 28.0
 EPOCHS = 60
 BATCH = 64
-MODELS = ("resnet", "p4resnet-cm", "p4resnet-2x")
+# effnet-ft96: the ImageNet-pretrained EfficientNet-Lite0 fine-tuned (configs/transfer_finetune.py)
+MODELS = ("resnet", "p4resnet-cm", "p4resnet-2x", "effnet-ft96")
 SEEDS = {1000: (0, 1, 2), 3000: (0, 1, 2), 10000: (0,)}  # size -> seeds of every model
 # p4resnet-2x (equal parameters, 4x the FLOPs) only where labels are scarcest: at 1,000 it ties
 # the plain ResNet, and at 3,000 each of its runs would take the whole 28-minute budget
 EQUAL_PARAMETER_SIZES = (1000,)
-# the full training split: BENCHMARKS.md "Accuracy per minute", 28-minute runs at peak 4e-3
-FULL_CSV = REPO / "docs" / "learning_curve_seeds_2026-11-27_summary.csv"
-FULL_LABELS = {"resnet-lr4e-3": "resnet", "p4resnet-lr4e-3": "p4resnet-cm"}
+# the full training split: BENCHMARKS.md "Accuracy per minute", 28-minute runs at peak 4e-3, and
+# "Transfer learning" (bench/learning_curve.py's summary of the transfer runs), file -> labels
+FULL_SOURCES: dict[Path, dict[str, str]] = {
+    REPO / "docs" / "learning_curve_seeds_2026-11-27_summary.csv": {
+        "resnet-lr4e-3": "resnet",
+        "p4resnet-lr4e-3": "p4resnet-cm",
+    },
+    REPO / "docs" / "transfer_summary.csv": {"effnet-ft96": "effnet-ft96"},
+}
 FIELDS = (
     "size", "model", "seed", "val_auc", "steps", "epochs", "wall_minutes", "images_per_second",
     "machine", "date",
@@ -99,7 +109,6 @@ def write_runs(runs: dict[tuple[int, str, int], dict[str, str]]) -> None:
 
 def train_one(size: int, model: str, seed: int, out: Path) -> dict[str, str]:
     config, overrides = CANDIDATES[model]
-    assert config == CPU_SUBSET
     workdir = run_dir(out, f"{model}-n{size}", seed)
     if workdir.exists() and not (workdir / "bench_run.json").is_file():
         shutil.rmtree(workdir)  # a run killed midway (its budget was spent): start it again
@@ -144,10 +153,17 @@ def summary_rows(runs: dict) -> list[dict]:
                 "minutes": "/".join(r["wall_minutes"] for r in rs),
             }
         )
-    with open(FULL_CSV) as f:
-        full = [r for r in csv.DictReader(f) if r["candidate"] in FULL_LABELS]
-    for label, model in FULL_LABELS.items():
-        rs = [r for r in full if r["candidate"] == label]
+    full = []
+    for path, labels in FULL_SOURCES.items():
+        if path.is_file():
+            with open(path) as f:
+                full += [
+                    (labels[r["candidate"]], r)
+                    for r in csv.DictReader(f)
+                    if r["candidate"] in labels
+                ]
+    for model in dict.fromkeys(m for m, _ in full):
+        rs = [r for m, r in full if m == model]
         aucs = [float(r["final_auc"]) for r in rs]
         out.append(
             {
@@ -194,7 +210,7 @@ def verdicts(rows: list[dict]) -> list[str]:
     lines: list[str] = []
     at_equal_flops: dict[str, list[int]] = {"p4": [], "tie": [], "plain": [], "one seed": []}
     for size in sorted({r["size"] for r in rows}):
-        for other in ("p4resnet-cm", "p4resnet-2x"):
+        for other in ("p4resnet-cm", "p4resnet-2x", "effnet-ft96"):
             if (size, "resnet") not in by or (size, other) not in by:
                 continue
             plain, group = by[(size, "resnet")], by[(size, other)]
@@ -263,7 +279,7 @@ def plot(rows: list[dict]) -> None:
         xscale="log",
         xlabel="labelled training patches (class-balanced, nested)",
         ylabel="valid AUC (n=3,000; final EMA)",
-        title="When does equivariance pay? p4 against plain ResNets",
+        title="When do equivariance and pretraining pay?",
     )
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=8, loc="lower right")

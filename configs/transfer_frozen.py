@@ -19,6 +19,7 @@ from pcam_jax.config import sibling_config
 def get_config() -> ml_collections.ConfigDict:
     c = sibling_config(__file__, "transfer_finetune.py")  # weights, data, budget, augmentation
     c.model.freeze_backbone = True
+    c.model.frozen_blocks = 0  # the whole backbone is frozen
     c.model.drop_connect_rate = 0.0
     c.optimizer.learning_rate = 1e-2  # the head alone: a linear model on fixed features
     c.optimizer.backbone_lr_scale = 1.0  # unused: the backbone is frozen

@@ -109,6 +109,7 @@ class MBConvBlock(nn.Module):
     drop_rate: float = 0.0
     frozen: bool = False
     axis_name: str | None = None
+    views: int = 1  # the batch holds this many views of each example, view-major
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
@@ -123,12 +124,19 @@ class MBConvBlock(nn.Module):
         x = nn.Conv(self.cout, (1, 1), use_bias=False, name="project_conv")(x)
         x = bn("bn2")(x)
         if self.stride == 1 and self.cin == self.cout:
-            if self.drop_rate > 0:  # stochastic depth: the whole residual branch, per example
-                x = nn.Dropout(self.drop_rate, broadcast_dims=(1, 2, 3))(
-                    x, deterministic=not train or self.frozen
-                )
+            if self.drop_rate > 0 and train and not self.frozen:
+                x = x * self.stochastic_depth_mask(x.shape[0]).astype(x.dtype)
             x = x + inputs
         return x
+
+    def stochastic_depth_mask(self, batch: int) -> jax.Array:
+        """(batch, 1, 1, 1): 0 for a dropped residual branch, 1 / keep for a kept one; one draw
+        per example, shared by its views (so view pooling stays exactly invariant)."""
+        keep = 1.0 - self.drop_rate
+        per_example = jax.random.bernoulli(
+            self.make_rng("dropout"), keep, (batch // self.views, 1, 1, 1)
+        )
+        return jnp.tile(per_example, (self.views, 1, 1, 1)) / keep
 
 
 class DepthwiseConv(nn.Module):
@@ -212,7 +220,7 @@ class EfficientNetLite(nn.Module):
         order = groups.group_order(self.group)
         if order > 1:  # views stacked along the batch: (|G| N, S, S, 3), view-major
             x = jnp.concatenate([groups.transform_plane(x, self.group, g) for g in range(order)])
-        feats = self.features(x, train)
+        feats = self.features(x, train, views=order)
         if order > 1:
             feats = feats.reshape(order, n, feats.shape[-1]).mean(axis=0)
         if self.freeze_backbone:
@@ -228,8 +236,9 @@ class EfficientNetLite(nn.Module):
             return ()
         return ("conv_stem", "bn0", *(f"blocks_{i}" for i in range(self.frozen_blocks)))
 
-    def features(self, x: jax.Array, train: bool) -> jax.Array:
-        """The backbone: images -> pooled features (N, 1280)."""
+    def features(self, x: jax.Array, train: bool, views: int = 1) -> jax.Array:
+        """The backbone: images -> pooled features (N, 1280); `views`: the batch holds that
+        many views of each example, view-major (they share their stochastic-depth draws)."""
         if self.transform_input:  # (u - m) / s with u in [0, 1]  ->  (255 u - 127) / 128
             mean, std = jnp.asarray(_TV_MEAN), jnp.asarray(_TV_STD)
             x = ((x * std + mean) * 255.0 - 127.0) / 128.0
@@ -254,6 +263,7 @@ class EfficientNetLite(nn.Module):
                 drop_rate=self.drop_connect_rate * i / len(plan),
                 frozen=self.freeze_backbone or i < self.frozen_blocks,
                 axis_name=self.axis_name,
+                views=views,
                 name=f"blocks_{i}",
             )(x, train)
         x = nn.Conv(1280, (1, 1), use_bias=False, name="conv_head")(x)
