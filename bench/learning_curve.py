@@ -81,12 +81,14 @@ CANDIDATES.update(
 STUDY = ("cnn", "p4cnn", "p4mcnn", "allcnn", "p4allcnn", "p4mallcnn")
 CANDIDATES.update({k: (f"{CPU_SUBSET}:{k}", ["eval_every_steps=100000"]) for k in STUDY})
 # transfer learning from the packaged ImageNet EfficientNet-Lite0 (configs/transfer_*.py): the
-# study's frozen backbone + new head, fine-tuning at the native 96 and upsampled to 160, and the
-# fine-tuned network made exactly p4-invariant by pooling its 4 rotated views
+# study's frozen backbone + new head, fine-tuning at the native 96 (with the stem and first 5
+# blocks frozen, the recipe's default, or none) and upsampled to 160, and the fine-tuned network
+# made exactly p4-invariant by pooling its 4 rotated views
 CANDIDATES.update(
     {
         "effnet-frozen": ("configs/transfer_frozen.py", []),
         "effnet-ft96": ("configs/transfer_finetune.py", []),
+        "effnet-ft96-unfrozen": ("configs/transfer_finetune.py", ["model.frozen_blocks=0"]),
         "effnet-ft160": ("configs/transfer_finetune.py:160", []),
         "effnet-ft96-p4": ("configs/transfer_finetune_d4.py:p4", []),
     }

@@ -33,6 +33,7 @@ def get_config(side: str = "96") -> ml_collections.ConfigDict:
             "frozen_blocks": 5,
             "dropout_rate": 0.2,
             "drop_connect_rate": 0.2,
+            "bn_momentum": 0.99,  # BN running statistics, as in the ImageNet training
         }
     )
     c.init_from = "efficientnet-lite0"

@@ -241,7 +241,8 @@ def test_a_short_fine_tuning_run_learns(synthetic_root, tmp_path):
         "--config.data.worker_count=0",
         "--config.augment.where=host",
         "--config.train_minutes=0",
-        "--config.num_train_steps=40",
+        "--config.num_train_steps=60",
+        "--config.model.bn_momentum=0.9",  # running statistics adapt within the short run
         "--config.batch_size=16",
         "--config.eval_batch_size=64",
         "--config.eval_every_steps=40",

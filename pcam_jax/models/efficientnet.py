@@ -110,10 +110,11 @@ class MBConvBlock(nn.Module):
     frozen: bool = False
     axis_name: str | None = None
     views: int = 1  # the batch holds this many views of each example, view-major
+    bn_momentum: float = 0.99
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
-        bn = _bn_factory(train, self.frozen, self.axis_name)
+        bn = _bn_factory(train, self.frozen, self.axis_name, self.bn_momentum)
         inputs = x
         mid = self.cin * self.expand
         if self.expand != 1:
@@ -183,11 +184,11 @@ def depthwise_conv(x: jax.Array, kernel: jax.Array, stride: int) -> jax.Array:
     return y
 
 
-def _bn_factory(train: bool, frozen: bool, axis_name: str | None) -> Any:
+def _bn_factory(train: bool, frozen: bool, axis_name: str | None, momentum: float) -> Any:
     use_ra = frozen or not train
     return lambda name: nn.BatchNorm(
         use_running_average=use_ra,
-        momentum=0.99,
+        momentum=momentum,
         epsilon=1e-3,
         axis_name=None if use_ra else axis_name,
         name=name,
@@ -208,6 +209,7 @@ class EfficientNetLite(nn.Module):
     frozen_blocks: int = 0
     dropout_rate: float | None = None  # before the classifier; None: the variant's own
     drop_connect_rate: float = 0.2  # stochastic depth of the last block (linear in depth)
+    bn_momentum: float = 0.99  # running statistics: new = momentum * old + (1 - momentum) * batch
     axis_name: str | None = None  # cross-device batch norm (shard_map / pmap axis)
 
     @nn.compact
@@ -248,7 +250,7 @@ class EfficientNetLite(nn.Module):
         if not 0 <= self.frozen_blocks <= len(plan):
             raise ValueError(f"frozen_blocks={self.frozen_blocks}: expected 0 ... {len(plan)}")
         frozen = self.freeze_backbone or self.frozen_blocks > 0
-        bn = _bn_factory(train, frozen, self.axis_name)
+        bn = _bn_factory(train, frozen, self.axis_name, self.bn_momentum)
         x = nn.Conv(32, (3, 3), (2, 2), padding="SAME", use_bias=False, name="conv_stem")(x)
         x = jax.nn.relu6(bn("bn0")(x))
         for i, (k, s, e, cin, cout) in enumerate(plan):
@@ -264,9 +266,10 @@ class EfficientNetLite(nn.Module):
                 frozen=self.freeze_backbone or i < self.frozen_blocks,
                 axis_name=self.axis_name,
                 views=views,
+                bn_momentum=self.bn_momentum,
                 name=f"blocks_{i}",
             )(x, train)
         x = nn.Conv(1280, (1, 1), use_bias=False, name="conv_head")(x)
-        bn = _bn_factory(train, self.freeze_backbone, self.axis_name)
+        bn = _bn_factory(train, self.freeze_backbone, self.axis_name, self.bn_momentum)
         x = jax.nn.relu6(bn("bn1")(x))
         return jnp.mean(x, axis=(1, 2))
