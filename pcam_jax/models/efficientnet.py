@@ -254,8 +254,6 @@ class EfficientNetLite(nn.Module):
         x = nn.Conv(32, (3, 3), (2, 2), padding="SAME", use_bias=False, name="conv_stem")(x)
         x = jax.nn.relu6(bn("bn0")(x))
         for i, (k, s, e, cin, cout) in enumerate(plan):
-            if i == self.frozen_blocks and self.frozen_blocks > 0:
-                x = jax.lax.stop_gradient(x)
             x = MBConvBlock(
                 k,
                 s,
@@ -269,6 +267,8 @@ class EfficientNetLite(nn.Module):
                 bn_momentum=self.bn_momentum,
                 name=f"blocks_{i}",
             )(x, train)
+            if i == self.frozen_blocks - 1:  # nothing below this point is trained
+                x = jax.lax.stop_gradient(x)
         x = nn.Conv(1280, (1, 1), use_bias=False, name="conv_head")(x)
         bn = _bn_factory(train, self.freeze_backbone, self.axis_name, self.bn_momentum)
         x = jax.nn.relu6(bn("bn1")(x))
