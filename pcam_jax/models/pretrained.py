@@ -35,7 +35,7 @@ from typing import Any
 
 import numpy as np
 
-from pcam_jax.models import torch_checkpoint
+from pcam_jax.models import torch_checkpoint, torch_convert
 
 #: Packaged weights: name -> (model names they fit, Python package, file inside it, pip name).
 WEIGHT_PACKAGES: dict[str, tuple[tuple[str, ...], str, str, str]] = {
@@ -119,16 +119,6 @@ def efficientnet_key_to_path(key: str) -> tuple[str, ...] | None:
     raise ValueError(f"unexpected key {key!r}")
 
 
-def convert_array(value: np.ndarray) -> np.ndarray:
-    """Layout: conv OIHW -> HWIO, linear (out, in) -> (in, out), others as they are."""
-    value = np.asarray(value, dtype=np.float32)
-    if value.ndim == 4:
-        return np.transpose(value, (2, 3, 1, 0))
-    if value.ndim == 2:
-        return value.T
-    return value
-
-
 def _flatten(tree: Mapping, prefix: tuple = ()) -> dict[tuple, Any]:
     out: dict[tuple, Any] = {}
     for k, v in tree.items():
@@ -181,7 +171,7 @@ def load_efficientnet(
         if path not in want:
             extra.append((key,))
             continue
-        got[path] = convert_array(value)
+        got[path] = torch_convert.convert_array(key, value)
     head = [p for p in want if p[1] == "fc"]
     head_fits = all(p in got and np.shape(got[p]) == np.shape(want[p]) for p in head)
     if not head_fits:
@@ -219,8 +209,6 @@ def load_into(model_name: str, variables: Mapping[str, Any], spec: str | Path) -
     if "efficientnet" in model_name:
         return load_efficientnet(variables, state_dict, str(path))
     if model_name == "inception_v3":
-        from pcam_jax.models import torch_convert
-
         return torch_convert.load_pretrained(variables, state_dict)
     raise ValueError(
         f"model {model_name!r} has no pretrained weights (init_from is for efficientnet_* and "
