@@ -156,14 +156,32 @@ def test_drawn_parameters_follow_the_host_distributions():
 # --- randomness: (seed, step, global position) only ------------------------------------------
 
 
+def _assert_same_up_to_rounding(actual: np.ndarray, desired: np.ndarray) -> None:
+    """Equal images, but for the float32 rounding of a batch compiled at another size: XLA may
+    vectorise a batch of 4 and of 8 differently, which moves a value sitting at x.5 by one grey
+    level after ``rint`` (seen once in 221,184 values on CI's CPU). The draws themselves are
+    compared bitwise by the callers."""
+    diff = np.abs(actual.astype(np.float64) - desired.astype(np.float64))
+    assert diff.max() <= 1 and np.count_nonzero(diff) <= 1e-4 * diff.size, (
+        diff.max(),
+        np.count_nonzero(diff),
+    )
+
+
 def test_an_example_draws_from_its_global_position_and_the_step_only(patches):
     key, images = jax.random.key(0), jnp.asarray(patches)
+    draw = jax.jit(lambda k, s, pos: da.draw_params(da.example_keys(k, s, pos), STRONG))
+    whole_draws = draw(key, 5, jnp.arange(8))
+    half_draws = [draw(key, 5, jnp.arange(4)), draw(key, 5, 4 + jnp.arange(4))]
+    for field, value in whole_draws._asdict().items():  # the randomness rule, bitwise
+        halves_value = np.concatenate([np.asarray(getattr(h, field)) for h in half_draws])
+        np.testing.assert_array_equal(halves_value, np.asarray(value), err_msg=field)
     whole = np.asarray(_augment_batch(images, key, 5, 0, cfg=STRONG))
     halves = [
         np.asarray(_augment_batch(images[:4], key, 5, 0, cfg=STRONG)),
         np.asarray(_augment_batch(images[4:], key, 5, 4, cfg=STRONG)),
     ]
-    np.testing.assert_array_equal(np.concatenate(halves), whole)  # bitwise
+    _assert_same_up_to_rounding(np.concatenate(halves), whole)
     other_step = np.asarray(_augment_batch(images, key, 6, 0, cfg=STRONG))
     other_seed = np.asarray(_augment_batch(images, jax.random.key(1), 5, 0, cfg=STRONG))
     wrong_offset = np.asarray(_augment_batch(images[4:], key, 5, 0, cfg=STRONG))
@@ -190,8 +208,8 @@ def test_two_devices_augment_their_shards_as_one_device_augments_the_batch():
             mesh=mesh, in_specs=(P("data"), P(), P()), out_specs=P("data"),
         ))(images, key, step)
         whole = jax.jit(da.augment_batch, static_argnames="cfg")(images, key, step, 0, cfg=STRONG)
-        np.testing.assert_array_equal(np.asarray(sharded), np.asarray(whole))
-        print("ok")
+        diff = np.abs(np.asarray(sharded, np.float64) - np.asarray(whole, np.float64))
+        print(diff.max(), np.count_nonzero(diff), diff.size)
         """
     ).replace("{STRONG!r}", repr(STRONG.__dict__))
     out = subprocess.run(
@@ -202,7 +220,10 @@ def test_two_devices_augment_their_shards_as_one_device_augments_the_batch():
         text=True,
         timeout=300,
     )
-    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-3000:]
+    assert out.returncode == 0, out.stderr[-3000:]
+    max_diff, n_diff, size = (float(v) for v in out.stdout.split())
+    assert size == 8 * 96 * 96 * 3
+    assert max_diff <= 1 and n_diff <= 1e-4 * size, out.stdout  # see _assert_same_up_to_rounding
 
 
 # --- the config's choice ---------------------------------------------------------------------
