@@ -14,15 +14,15 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
+from pcam_jax.data.subset import subset_root
+
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-SUBSET = Path(os.environ.get("PCAM_SUBSET_ROOT", REPO.parent / "shared/data/pcam-subset"))
+SUBSET = subset_root()
 
 
 def main() -> None:

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import platform
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -27,8 +26,9 @@ import numpy as np
 import tifffile
 from PIL import Image
 
+from pcam_jax.data.subset import subset_root
+
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 
 CAMELYON_CELLS = 300_000  # tissue cells of 32 px at 0.972 um/px in a large CAMELYON16 slide
 MPP = 0.243  # CAMELYON16's level-0 resolution
@@ -65,10 +65,9 @@ def main() -> None:
     import jax
 
     from pcam_jax import infer
+    from pcam_jax.camelyon.synthetic import mosaic, real_patches
     from pcam_jax.infer.cohort import resolve_slides, run_cohort
     from pcam_jax.infer.slide_outputs import SlideSettings
-    from tests.conftest import SUBSET_ROOT
-    from tests.synthetic_slides import mosaic, real_patches
 
     g = args.grid
     lo, hi = g // 4, g - g // 4
@@ -78,7 +77,7 @@ def main() -> None:
         path = work / "slides" / f"slide_{k + 1:03d}.tif"
         if not path.is_file():
             patches, _ = real_patches(
-                SUBSET_ROOT, grid=g, tumour=(slice(lo, hi), slice(lo, hi)), offset=k * g * g // 2
+                subset_root(), grid=g, tumour=(slice(lo, hi), slice(lo, hi)), offset=k * g * g // 2
             )
             write_40x_slide(path, mosaic(patches))
     device = f"{jax.devices()[0].device_kind} x{jax.device_count()} ({platform.machine()})"

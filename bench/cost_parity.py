@@ -3,7 +3,7 @@ a model by the cost they will pay on a whole slide (pcam-slide's cells/s follows
 FLOPs).
 
     python bench/cost_parity.py --runs ../bench-runs/seed_comparison/runs \
-        [--labels resnet p4resnet-cm cnn p4cnn ...] [--csv docs/cost_parity.csv]
+        [--labels resnet p4resnet-cm cnn p4cnn ...] [--csv docs/results/cost_parity.csv]
 
 Reads the finished runs of ``bench/learning_curve.py`` (one workdir per LABEL-s0, trained under
 the same recipe and budget), loads each one's LAST checkpoint with its EMA weights (no choice
@@ -26,14 +26,11 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "bench"))
 
 VIEWS = {  # name -> the (k, flip) D4 elements averaged
     1: [(0, False)],
@@ -51,18 +48,18 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--runs", type=Path, required=True)
     ap.add_argument("--labels", nargs="+", default=None, help="default: every finished run")
-    ap.add_argument("--csv", type=Path, default=REPO / "docs" / "cost_parity.csv")
+    ap.add_argument("--csv", type=Path, default=REPO / "docs" / "results" / "cost_parity.csv")
     args = ap.parse_args()
 
     from models import flops_per_image
 
     from pcam_jax.data.pipeline import d4_transform
     from pcam_jax.data.sources import make_source
+    from pcam_jax.data.subset import subset_root
     from pcam_jax.infer.load import load_workdir
     from pcam_jax.infer.metrics import binary_metrics
-    from tests.conftest import SUBSET_ROOT
 
-    valid = make_source("folder", SUBSET_ROOT, "valid")
+    valid = make_source("folder", subset_root(), "valid")
     images = valid.read_images(0, len(valid))
     labels = args.labels or sorted(
         p.name.removesuffix("-s0")

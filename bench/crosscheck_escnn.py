@@ -32,7 +32,6 @@ Exit status 0 when every check passes; prints the residuals and differences.
 import argparse
 import os
 import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
@@ -40,7 +39,6 @@ import numpy as np
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
-sys.path.insert(0, str(ROOT))
 
 TOL_RESIDUAL = 1e-5  # projection residual, relative (float32 filters, float64 projection)
 TOL_CONTROL = 0.1  # negative controls must exceed this

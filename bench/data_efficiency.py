@@ -21,16 +21,16 @@ with 3 seeds at 1,000 and 3,000 and 1 at 10,000 (SEEDS). Every run is the cpu_su
 epochs of its subset or the 28-minute budget, whichever is shorter (``max_train_steps`` caps the
 ``train_minutes`` plan), so the schedule always runs to its end. The full 20,000 is the existing
 point of BENCHMARKS.md ("Accuracy per minute": 28-minute runs at peak 4e-3, read from
-docs/learning_curve_seeds_2026-11-27_summary.csv; for effnet-ft96 "Transfer learning", read from
-docs/transfer_summary.csv).
+docs/results/learning_curve_seeds_2026-11-27_summary.csv; for effnet-ft96 "Transfer learning", read from
+docs/results/transfer_summary.csv).
 
-Resume across sessions: each finished run is a row of docs/data_efficiency_runs.csv (the
+Resume across sessions: each finished run is a row of docs/results/data_efficiency_runs.csv (the
 summary kept in the repository); a run already there is not trained again, so the grid can be
 run piecewise, one session at a time. The workdirs and training logs stay under --out, outside
 the repository. ``--report-only`` trains nothing and writes, from the CSV, the table
-(docs/data_efficiency.md, which ends with one verdict per size: a lead only when every seed of
+(docs/results/data_efficiency.md, which ends with one verdict per size: a lead only when every seed of
 one model lies above every seed of the other, else a tie; and the crossover, if any) and the PNG
-(docs/data_efficiency.png). No test split is used; valid
+(docs/results/data_efficiency.png). No test split is used; valid
 is the 3,000 patches of the subset's valid split, and nothing is selected on it (the final EMA
 checkpoint of every run is the one reported).
 """
@@ -44,18 +44,16 @@ import os
 import platform
 import shutil
 import statistics
-import sys
 import time
 from pathlib import Path
 
+from learning_curve import CANDIDATES, SUBSET, run_candidate, run_dir  # bench/, beside this file
+
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "bench"))
 
-from learning_curve import CANDIDATES, SUBSET, run_candidate, run_dir  # noqa: E402
-
-RUNS_CSV = REPO / "docs" / "data_efficiency_runs.csv"
-TABLE = REPO / "docs" / "data_efficiency.md"
-PLOT = REPO / "docs" / "data_efficiency.png"
+RUNS_CSV = REPO / "docs" / "results" / "data_efficiency_runs.csv"
+TABLE = REPO / "docs" / "results" / "data_efficiency.md"
+PLOT = REPO / "docs" / "results" / "data_efficiency.png"
 MINUTES = 28.0
 EPOCHS = 60
 BATCH = 64
@@ -68,11 +66,11 @@ EQUAL_PARAMETER_SIZES = (1000,)
 # the full training split: BENCHMARKS.md "Accuracy per minute", 28-minute runs at peak 4e-3, and
 # "Transfer learning" (bench/learning_curve.py's summary of the transfer runs), file -> labels
 FULL_SOURCES: dict[Path, dict[str, str]] = {
-    REPO / "docs" / "learning_curve_seeds_2026-11-27_summary.csv": {
+    REPO / "docs" / "results" / "learning_curve_seeds_2026-11-27_summary.csv": {
         "resnet-lr4e-3": "resnet",
         "p4resnet-lr4e-3": "p4resnet-cm",
     },
-    REPO / "docs" / "transfer_summary.csv": {"effnet-ft96": "effnet-ft96"},
+    REPO / "docs" / "results" / "transfer_summary.csv": {"effnet-ft96": "effnet-ft96"},
 }
 FIELDS = (
     "size", "model", "seed", "val_auc", "steps", "epochs", "wall_minutes", "images_per_second",

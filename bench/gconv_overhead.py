@@ -13,17 +13,14 @@ The last line is ``gconv_overhead_ratio=<worst median ratio>`` (target <= 1.10).
 
 import argparse
 import os
-import sys
 import time
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+import jax
+import jax.numpy as jnp
+import numpy as np
 
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
-
-from pcam_jax.equivariant import groups as G  # noqa: E402
-from pcam_jax.runtime.xla_options import compiler_options  # noqa: E402
+from pcam_jax.equivariant import groups as G
+from pcam_jax.runtime.xla_options import compiler_options
 
 # (group, kind, batch, size, c_in, c_out): c_* are channels per group copy
 CASES = [

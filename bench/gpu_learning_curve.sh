@@ -20,7 +20,7 @@ data=${DATA:-/tmp/pcam-subset}
 mkdir -p "$out"
 runs=/tmp/gpu_curve_runs
 rm -rf "$runs" && mkdir -p "$runs"
-export PYTHONUNBUFFERED=1 XLA_PYTHON_CLIENT_PREALLOCATE=false TF_CPP_MIN_LOG_LEVEL=3
+export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1 XLA_PYTHON_CLIENT_PREALLOCATE=false TF_CPP_MIN_LOG_LEVEL=3
 FULL_MIN=${FULL_MIN:-6}  # 4 was too short for p4mdensenet: 8 processes compiling at once made its set-up 202 s
 CPU_STEPS=${CPU_STEPS:-5000}
 RUN_S=${RUN_S:-480}

@@ -64,7 +64,6 @@ def install_stand_in() -> bool:
 
 
 if __name__ == "__main__":
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     install_stand_in()
     from pcam_jax.cli.train import run
 

@@ -17,6 +17,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 py=${PYTHON:-python3}
 ref_py=${REF_PYTHON:-$py}
+export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}  # this checkout, for the jax side
 device=${DEVICE:-gpu}
 site=${ESCNN_SITE:-/tmp/escnn_site}
 rounds=${ROUNDS:-2}

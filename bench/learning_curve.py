@@ -1,7 +1,7 @@
 """Benchmark (not a test): validation AUC against wall-clock minutes on the real PCam subset.
 
     python bench/learning_curve.py --minutes 30 --seeds 0 1 2 --out runs/learning_curve \
-        [--candidates resnet p4resnet-cm p4mresnet] [--plot docs/learning_curve.png]
+        [--candidates resnet p4resnet-cm p4mresnet] [--plot docs/results/learning_curve.png]
 
 Every candidate is trained by ``pcam-train`` (a subprocess, one at a time, so it has the
 machine to itself) from the same config (``configs/cpu_subset.py`` unless the candidate says
@@ -34,18 +34,17 @@ import argparse
 import csv
 import ctypes
 import json
-import os
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "bench"))
+from pcam_jax.data.subset import subset_root
 
-SUBSET = Path(os.environ.get("PCAM_SUBSET_ROOT", REPO.parent / "shared/data/pcam-subset"))
+REPO = Path(__file__).resolve().parents[1]
+
+SUBSET = subset_root()
 CPU_SUBSET = "configs/cpu_subset.py"
 # the grids of BENCHMARKS.md (learning curves, seed comparison, data efficiency) were begun with
 # the augmentation in the loader's workers, before configs/cpu_subset.py moved it to the device;

@@ -30,12 +30,13 @@ from absl import app, flags
 from pcam_jax.config import load_config_file
 from pcam_jax.data import convert, device_augment, pipeline, sources
 from pcam_jax.data.pcam_format import split_paths
+from pcam_jax.data.subset import subset_root
 
 REPO = Path(__file__).resolve().parents[1]
 
 _SUBSET = flags.DEFINE_string(
     "subset",
-    str(Path(__file__).resolve().parents[2] / "shared/data/pcam-subset"),
+    str(subset_root()),
     "The real PCam subset in the folder layout.",
 )
 _WORKDIR = flags.DEFINE_string("workdir", "/tmp/pcam_jax_bench", "Where the HDF5 copy is cached.")

@@ -16,19 +16,16 @@ and images cast, as the trainer's ``compute_dtype``). Prints a markdown table.
 
 import argparse
 import os
-import sys
 import time
 from functools import partial
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
 
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
-import optax  # noqa: E402
-
-from pcam_jax import models  # noqa: E402
-from pcam_jax.runtime.xla_options import compiler_options  # noqa: E402
+from pcam_jax import models
+from pcam_jax.runtime.xla_options import compiler_options
 
 
 def numpy_variables(model, x, seed=0):

@@ -1,9 +1,9 @@
 """Benchmark (not a test): pcam-slide's speed, in tissue cells per second, with a model bundle.
 
     python bench/slide_speed.py [--model=MODEL_DIR] [--grid 24] [--out runs/slide_speed]
-                                [--heatmap docs/heatmap.png]
+                                [--heatmap docs/results/heatmap.png]
 
-Builds two synthetic slides from REAL PCam valid patches (tests/synthetic_slides.py: a grid x
+Builds two synthetic slides from REAL PCam valid patches (pcam_jax.camelyon.synthetic: a grid x
 grid mosaic, tumour patches in a central rectangle, white margin): one at the model's 0.972
 um/px with lossless tiles (read without resampling) and one 20x-like at 0.486 um/px with JPEG
 tiles (read at level 0 and resampled by 2). Each is run twice through
@@ -20,7 +20,6 @@ import argparse
 import json
 import platform
 import shutil
-import sys
 import tempfile
 from pathlib import Path
 
@@ -28,7 +27,6 @@ import numpy as np
 from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 
 CAMELYON_CELLS = 300_000  # tissue cells of 32 px at 0.972 um/px in a large CAMELYON16 slide
 
@@ -45,14 +43,14 @@ def main() -> None:
     import jax
 
     from pcam_jax import infer
+    from pcam_jax.camelyon.synthetic import MARGIN, mosaic, real_patches, write_slide
+    from pcam_jax.data.subset import subset_root
     from pcam_jax.infer.metrics import binary_metrics
     from pcam_jax.infer.slide_outputs import SlideSettings, run_slide
-    from tests.conftest import SUBSET_ROOT
-    from tests.synthetic_slides import MARGIN, mosaic, real_patches, write_slide
 
     g = args.grid
     lo, hi = g // 4, g - g // 4
-    patches, labels = real_patches(SUBSET_ROOT, grid=g, tumour=(slice(lo, hi), slice(lo, hi)))
+    patches, labels = real_patches(subset_root(), grid=g, tumour=(slice(lo, hi), slice(lo, hi)))
     image = mosaic(patches)
     model = infer.load_model(args.model)
     work = args.out or Path(tempfile.mkdtemp(prefix="slide_speed."))

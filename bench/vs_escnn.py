@@ -92,7 +92,6 @@ def jax_child(args) -> None:
     import numpy as np
     import optax
 
-    sys.path.insert(0, str(ROOT))
     from pcam_jax import models
     from pcam_jax.runtime.xla_options import compiler_options
 

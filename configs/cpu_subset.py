@@ -11,15 +11,14 @@ total channels (16 ... 128), so about the same FLOPs per image (the group models
 parameters). The study's systems train under the same recipe, CPU-sized
 (STUDY_WIDTH_MULTIPLIER): ``:cnn``, ``:p4cnn``, ``:p4mcnn`` (the 6-layer CNN at a quarter of its
 widths) and ``:allcnn``, ``:p4allcnn``, ``:p4mallcnn`` (All-CNN-C at an eighth), so the plain
-member of each family costs about what the plain ResNet costs (0.046 and 0.09 GFLOPs per image
-against 0.068); the group members keep the study's equal-parameter widths (divided by
-sqrt(|G|)), so they cost about 4x (p4) and 8x (p4m) their plain sibling. How the models compare
-under this recipe is measured in BENCHMARKS.md ("Accuracy per minute", "Data efficiency"): with
-all 20,000 patches the plain ResNet leads on valid (0.9475 against 0.9432 for p4) but the two tie
-on patches from other slides (0.9251 and 0.9257); with 1,000 patches the p4 model leads (0.9020
-against 0.8953), from 3,000 on it does not (0.9255 against 0.9263 at 3,000, a tie). The default
-is the p4 model for its tie on other slides, its exact invariance to quarter turns and its
-quarter of the parameters; the bundled model is one. The recipe: AdamW (decoupled
+member of each family costs about what the plain ResNet costs; the group members keep the
+study's equal-parameter widths (divided by sqrt(|G|)), so they cost about 4x (p4) and 8x (p4m)
+their plain sibling (BENCHMARKS.md, "The study's systems under one recipe"). How the models
+compare under this recipe is measured in BENCHMARKS.md ("Accuracy per minute", "Data
+efficiency"): the plain ResNet leads on valid with all the training patches, the two tie on
+patches from other slides, and the p4 model leads only with the fewest labels. The default is
+the p4 model for its tie on other slides, its exact invariance to quarter turns and its quarter
+of the parameters; the bundled model is one. The recipe: AdamW (decoupled
 weight decay on kernels), warm-up + cosine sized by train_minutes to the machine's measured
 speed, label smoothing, an EMA of the weights (what validation and pcam-eval use), and
 augmentation chosen to generalise across slides: D4 (exact for the group models' invariance; for
@@ -77,9 +76,8 @@ def get_config(model: str = "p4resnet") -> ml_collections.ConfigDict:
     c.augment.hue = 0.02
     c.augment.hed_sigma = 0.05
     c.augment.hed_bias = 0.02
-    # on the device (inside the jit-compiled step): the loader then only reads and decodes. On the
-    # 2-core machine the loader rose from 1,807 to 6,887-8,643 images/s with this augmentation and
-    # the step kept its speed (BENCHMARKS.md "Augmentation on the device")
+    # on the device (inside the jit-compiled step): the loader then only reads and decodes, several
+    # times faster, and the step keeps its speed (BENCHMARKS.md "Augmentation on the device")
     c.augment.where = "device"
     c.batch_size = 64
     c.eval_batch_size = 250

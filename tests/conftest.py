@@ -1,21 +1,16 @@
-"""Shared fixtures: a small synthetic PCam and the real 23,000-patch subset."""
+"""Shared fixtures: a small synthetic PCam, the real 23,000-patch subset, the subprocess tests'
+config file and float32 matmuls at full precision. Plain helpers live in ``tests/helpers.py``."""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
+import jax
 import pytest
 from absl import flags
 
-from pcam_jax.data import synth
-
-SUBSET_ROOT = Path(
-    os.environ.get(
-        "PCAM_SUBSET_ROOT", Path(__file__).resolve().parents[1].parent / "shared/data/pcam-subset"
-    )
-)
-SMALL_SIZES = {"train": 192, "valid": 64, "test": 64}
+from pcam_jax.data import subset, synth
+from tests.helpers import RESUME_CONFIG, SMALL_SIZES
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -46,9 +41,26 @@ def synthetic_copy(synthetic_root: Path, tmp_path: Path) -> Path:
 @pytest.fixture(scope="session")
 def subset_root() -> Path:
     """The real PCam subset (JPEG folders); tests using it skip when it is absent."""
-    if not (SUBSET_ROOT / "train").is_dir():
+    root = subset.subset_root()
+    if not subset.subset_present(root):
         pytest.skip(
-            f"real PCam subset not found at {SUBSET_ROOT} (set PCAM_SUBSET_ROOT to its path); "
+            f"real PCam subset not found at {root} (set {subset.SUBSET_ENV} to its path); "
             "it lives outside the repository in ../shared/data/pcam-subset"
         )
-    return SUBSET_ROOT
+    return root
+
+
+@pytest.fixture(scope="session")
+def resume_config(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """helpers.RESUME_CONFIG (a small CNN run) written as a config file, for subprocess tests."""
+    path = tmp_path_factory.mktemp("cfg") / "resume.py"
+    path.write_text(RESUME_CONFIG)
+    return path
+
+
+@pytest.fixture
+def highest_precision():
+    """float32 matmuls and convolutions at full precision (a module opts in with
+    ``pytestmark = pytest.mark.usefixtures("highest_precision")``)."""
+    with jax.default_matmul_precision("highest"):
+        yield

@@ -5,6 +5,7 @@ no module outgrows its room."""
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 import pytest
@@ -110,3 +111,9 @@ def test_only_pcam_train_and_the_quickstart_import_the_trainer():
 @pytest.mark.parametrize("path", package_modules(), ids=lambda p: str(p.relative_to(PACKAGE)))
 def test_no_module_outgrows_its_room(path):
     assert len(path.read_text().splitlines()) <= MAX_MODULE_LINES
+
+
+def test_the_architecture_page_lists_exactly_these_layers_and_ranks():
+    table = (PACKAGE.parent / "docs" / "architecture.md").read_text()
+    rows = re.findall(r"^\| (\d+) \| `([a-z_]+)(?:/|\.py)` \|", table, flags=re.M)
+    assert {name: int(rank) for rank, name in rows} == LAYERS

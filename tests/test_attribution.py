@@ -10,8 +10,6 @@ from __future__ import annotations
 import csv
 import dataclasses
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import h5py
@@ -31,7 +29,7 @@ from pcam_jax.explain import attribution
 from pcam_jax.explain import figures as explain
 from pcam_jax.infer.evaluate import evaluate
 from pcam_jax.workdir import read_config
-from tests.test_train import tiny_config
+from tests.helpers import run_cli, tiny_config
 
 SIZES = {"train": 512, "valid": 128, "test": 16}
 TINY_P4 = {"widths": (4, 8, 8, 16)}
@@ -251,11 +249,6 @@ def test_layer_choice_and_bad_requests(models_pair, tumour_patches):
 # --- pcam-explain -------------------------------------------------------------------------------
 
 
-def _explain(*args: str) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "pcam_jax.cli.explain", *args]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=600)
-
-
 def _image_folder(root: Path, images: np.ndarray, labels: np.ndarray) -> Path:
     for i, (im, lab) in enumerate(zip(images, labels, strict=True)):
         (root / str(int(lab))).mkdir(parents=True, exist_ok=True)
@@ -268,7 +261,8 @@ def test_pcam_explain_panels_gallery_and_group_views(models_pair, data, tmp_path
     x, y = _split(data["root"], "valid", 8)
     folder = _image_folder(tmp_path / "patches", x, y)
 
-    r = _explain(
+    r = run_cli(
+        "explain",
         str(folder),
         f"--out={tmp_path / 'panels'}",
         f"--model={workdir}",
@@ -284,7 +278,8 @@ def test_pcam_explain_panels_gallery_and_group_views(models_pair, data, tmp_path
 
     # a gallery from pcam-eval's predictions: the patches come from the workdir's data
     evaluate(read_config(workdir), workdir, split="valid", n_bootstrap=0)
-    r = _explain(
+    r = run_cli(
+        "explain",
         f"--predictions={workdir / 'eval' / 'valid_predictions.csv'}",
         f"--out={tmp_path / 'gallery'}",
         "--per_row=4",
@@ -297,23 +292,17 @@ def test_pcam_explain_panels_gallery_and_group_views(models_pair, data, tmp_path
 
     # a gallery from pcam-predict's CSV: the patches are read back from its paths
     predictions = tmp_path / "predictions.csv"
-    r = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pcam_jax.cli.predict",
-            str(folder),
-            f"--model={workdir}",
-            "--checkpoint=last",
-            f"--out={predictions}",
-            "--noprogress",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=600,
+    r = run_cli(
+        "predict",
+        folder,
+        f"--model={workdir}",
+        "--checkpoint=last",
+        f"--out={predictions}",
+        "--noprogress",
     )
     assert r.returncode == 0, r.stderr
-    r = _explain(
+    r = run_cli(
+        "explain",
         f"--predictions={predictions}",
         f"--model={workdir}",
         "--checkpoint=last",
@@ -324,7 +313,8 @@ def test_pcam_explain_panels_gallery_and_group_views(models_pair, data, tmp_path
     picked = list(csv.DictReader(open(tmp_path / "gallery2" / "gallery.csv")))
     assert {p["row"] for p in picked} >= {"confident_tumour", "confident_normal"}
 
-    r = _explain(
+    r = run_cli(
+        "explain",
         str(folder / "1" / next(iter(sorted(p.name for p in (folder / "1").iterdir())))),
         "--group_views",
         f"--out={tmp_path / 'group'}",
@@ -341,9 +331,9 @@ def test_pcam_explain_bad_inputs_leave_nothing(models_pair, tmp_path):
     out = tmp_path / "out"
     bad_csv = tmp_path / "bad.csv"
     bad_csv.write_text("a,b\n1,2\n")
-    r = _explain(f"--predictions={bad_csv}", f"--out={out}")
+    r = run_cli("explain", f"--predictions={bad_csv}", f"--out={out}")
     assert r.returncode != 0 and "bad.csv" in r.stderr and "p_tumour" in r.stderr
-    r = _explain(str(tmp_path / "missing.png"), f"--out={out}")
+    r = run_cli("explain", str(tmp_path / "missing.png"), f"--out={out}")
     assert r.returncode != 0 and "missing.png" in r.stderr
     assert not out.exists() and not list(tmp_path.glob(".out.*"))
 

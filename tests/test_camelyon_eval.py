@@ -7,9 +7,6 @@ from __future__ import annotations
 
 import csv
 import json
-import os
-import subprocess
-import sys
 from collections import deque
 from pathlib import Path
 from types import SimpleNamespace
@@ -21,16 +18,16 @@ from pcam_jax.camelyon import annotations as ann
 from pcam_jax.camelyon import froc
 from pcam_jax.camelyon.evaluate import decide, read_cohort, read_reference
 from pcam_jax.camelyon.masks import read_mask_tiff
-from pcam_jax.errors import AnnotationError, SlideError
-from tests.synthetic_annotations import (
+from pcam_jax.camelyon.synthetic import (
     feature,
     level0_mask,
     write_asap_xml,
     write_geojson,
     write_mask_tiff,
 )
+from pcam_jax.errors import AnnotationError, SlideError
+from tests.helpers import run_cli
 
-REPO = Path(__file__).resolve().parents[1]
 PROG = "pcam-camelyon-eval"
 
 
@@ -455,7 +452,7 @@ def test_pcam_slides_tumour_geojson_reads_back_cell_for_cell(tmp_path):
 
 def test_mask_tiffs_in_strips_and_a_slide_given_as_a_mask(tmp_path, monkeypatch):
     from pcam_jax.camelyon import masks
-    from tests.synthetic_slides import write_slide
+    from pcam_jax.camelyon.synthetic import write_slide
 
     mask0 = np.zeros((1000, 1500), bool)
     mask0[100:400, 200:701] = True
@@ -598,7 +595,7 @@ def write_prediction(root: Path, stem: str, detections: list, slide: str) -> Non
 def fabricated_cohort(tmp_path: Path) -> tuple[Path, Path]:
     """Five slides (T1 ASAP XML with its slide file, T2 a mask TIFF, T3 GeoJSON whose slide
     is gone, N1 and N2 normal), a failed slide, and a ground truth without predictions."""
-    from tests.synthetic_slides import write_slide
+    from pcam_jax.camelyon.synthetic import write_slide
 
     pred, gt = tmp_path / "pred", tmp_path / "gt"
     gt.mkdir()
@@ -632,22 +629,16 @@ def fabricated_cohort(tmp_path: Path) -> tuple[Path, Path]:
     return pred, gt
 
 
-def run_cli(*args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    return subprocess.run(
-        [sys.executable, "-m", "pcam_jax.cli.camelyon_eval", *args],
-        env=env,
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-
-
 def test_the_binary_on_a_fabricated_cohort(tmp_path):
     pred, gt = fabricated_cohort(tmp_path)
     out = tmp_path / "eval"
-    r = run_cli(f"--predictions={pred}", f"--ground_truth={gt}", f"--out={out}", "--bootstrap=200")
+    r = run_cli(
+        "camelyon_eval",
+        f"--predictions={pred}",
+        f"--ground_truth={gt}",
+        f"--out={out}",
+        "--bootstrap=200",
+    )
     assert r.returncode == 0, r.stderr
     assert "Broken" in r.stderr and "Orphan" in r.stderr  # the failed slide, the orphan
     assert "T3: slide '/gone/T3.tif' cannot be opened" in r.stderr
@@ -688,13 +679,18 @@ def test_the_binary_on_a_fabricated_cohort(tmp_path):
 
 def test_the_binary_refuses_bad_inputs_and_leaves_no_output(tmp_path):
     out = tmp_path / "eval"
-    r = run_cli(f"--predictions={tmp_path / 'none'}", f"--ground_truth={tmp_path}", f"--out={out}")
+    r = run_cli(
+        "camelyon_eval",
+        f"--predictions={tmp_path / 'none'}",
+        f"--ground_truth={tmp_path}",
+        f"--out={out}",
+    )
     assert r.returncode != 0 and "Traceback" not in r.stderr
     assert f"{PROG}: error: --predictions={tmp_path / 'none'}: no such folder" in r.stderr
     assert not out.exists()
     pred, gt = fabricated_cohort(tmp_path)
     (gt / "T3.geojson").write_text('{"type": "FeatureCollection", "features": []}')
-    r = run_cli(f"--predictions={pred}", f"--ground_truth={gt}", f"--out={out}")
+    r = run_cli("camelyon_eval", f"--predictions={pred}", f"--ground_truth={gt}", f"--out={out}")
     assert r.returncode != 0 and "Traceback" not in r.stderr
     assert "T3.geojson: no tumour polygons" in r.stderr
     assert not out.exists() and not [p for p in tmp_path.iterdir() if p.name.startswith(".eval")]

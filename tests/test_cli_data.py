@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -11,6 +10,7 @@ import pytest
 from pcam_jax.cli.data import SUBCOMMANDS, main
 from pcam_jax.data import sources
 from pcam_jax.data.pcam_format import split_paths
+from tests.helpers import cli_cmd
 
 
 @pytest.mark.parametrize("name", sorted(SUBCOMMANDS))
@@ -79,24 +79,16 @@ def test_synth_verify_stats_convert_from_the_command_line(tmp_path, capsys):
 
 
 def test_data_errors_exit_1_with_a_message(tmp_path, capsys):
-    assert main(["pcam-data", "stats", f"--root={tmp_path}"]) == 1
-    err = capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:
+        main(["pcam-data", "stats", f"--root={tmp_path}"])
+    err = str(e.value.code)  # what the interpreter prints on stderr, exit status 1
     assert err.startswith("pcam-data stats: error:") and "pcam-data download" in err
-    assert "Traceback" not in err
+    assert "Traceback" not in capsys.readouterr().err
 
 
 def test_console_script_runs_as_a_process(tmp_path):
     proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pcam_jax.cli.data",
-            "synth",
-            f"--out={tmp_path}",
-            "--n_train=4",
-            "--n_valid=2",
-            "--n_test=2",
-        ],
+        cli_cmd("data", "synth", f"--out={tmp_path}", "--n_train=4", "--n_valid=2", "--n_test=2"),
         capture_output=True,
         text=True,
         timeout=120,

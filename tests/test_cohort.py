@@ -1,7 +1,7 @@
 """pcam-slide on a cohort (pcam_jax.infer.cohort) and its lesion detections
 (pcam_jax.infer.detections), on a synthetic CAMELYON16-like cohort made of REAL PCam patches:
 tumour and normal slides, one broken file and one slide without a resolution
-(tests/synthetic_slides.write_cohort)."""
+(pcam_jax.camelyon.synthetic.write_cohort)."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from pcam_jax.camelyon.synthetic import write_cohort
 from pcam_jax.errors import SlideError
 from pcam_jax.infer.cohort import check_cohort_dir, is_cohort, resolve_slides
 from pcam_jax.infer.detections import (
@@ -25,15 +26,14 @@ from pcam_jax.infer.detections import (
     read_detections_csv,
     write_detections_csv,
 )
-from tests.synthetic_slides import write_cohort
+from tests.helpers import cli_cmd, run_cli
 
 OUTPUTS = ("tiles.csv", "probabilities.npy", "tumour.geojson", "detections.csv", "summary.json")
 TIMING = ("seconds", "cells_per_second")
 
 
 def pcam_slide(*args: str | Path) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "pcam_jax.cli.slide", *map(str, args), "--noprogress"]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    return run_cli("slide", *args, "--noprogress")
 
 
 def read_rows(path: Path) -> list[dict[str, str]]:
@@ -118,7 +118,7 @@ def test_killed_cohort_run_resumes_to_the_same_outputs(cohort, first_run, tmp_pa
     reference, _ = first_run
     out = tmp_path / "killed"
     slides = sorted(cohort["tumour"] + cohort["normal"])
-    cmd = [sys.executable, "-m", "pcam_jax.cli.slide", *map(str, slides), f"--out={out}"]
+    cmd = cli_cmd("slide", *slides, f"--out={out}")
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     first = out / slides[0].stem / "summary.json"
     deadline = time.monotonic() + 300

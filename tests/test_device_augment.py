@@ -22,7 +22,7 @@ from pcam_jax.data.pipeline import AugmentConfig
 from pcam_jax.errors import Preempted, TrainingError
 from pcam_jax.runtime.preemption import PreemptionWatcher
 from pcam_jax.train import setup
-from tests.test_train import REPO, TINY_CNN, _env, _final_params, tiny_config
+from tests.helpers import REPO, TINY_CNN, child_env, final_params, tiny_config
 
 # Every part on, at about twice cpu_subset's strengths, so that a wrong parameter shows.
 STRONG = AugmentConfig(
@@ -214,7 +214,7 @@ def test_two_devices_augment_their_shards_as_one_device_augments_the_batch():
     ).replace("{STRONG!r}", repr(STRONG.__dict__))
     out = subprocess.run(
         [sys.executable, "-c", script],
-        env=_env(devices=2),
+        env=child_env(devices=2),
         cwd=REPO,
         capture_output=True,
         text=True,
@@ -306,7 +306,7 @@ def test_device_runs_are_deterministic_resume_bitwise_and_read_plain_batches(
         with pytest.raises(Preempted):
             train.train_and_evaluate(_device_config(synthetic_root, 4), runs["preempted"])
     train.train_and_evaluate(_device_config(synthetic_root, 4), runs["preempted"])
-    a, b, resumed = (_final_params(runs[n]) for n in ("a", "b", "preempted"))
+    a, b, resumed = (final_params(runs[n]) for n in ("a", "b", "preempted"))
     assert a.keys() == b.keys() == resumed.keys()
     for k in a:
         np.testing.assert_array_equal(b[k], a[k], err_msg=f"same seed {k}")

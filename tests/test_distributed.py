@@ -7,7 +7,6 @@ import json
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -17,10 +16,8 @@ import numpy as np
 import pytest
 
 from pcam_jax.runtime import distributed
-from tests.test_train import _final_params
+from tests.helpers import QUICKSTART, assert_params_equal, child_env, final_params, free_port
 
-REPO = Path(__file__).resolve().parents[1]
-QUICKSTART = REPO / "configs" / "quickstart.py"
 # a few steps of quickstart, checkpoints at 3 and 6; dropout on, so that equal
 # parameters also show that each device drew the same dropout mask for the same rows
 SHORT = [
@@ -32,26 +29,10 @@ SHORT = [
 ]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _env(devices: int) -> dict[str, str]:
-    env = dict(os.environ)
-    env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
-    env["JAX_PLATFORMS"] = "cpu"
-    env["PYTHONPATH"] = str(REPO)
-    for k in [k for k in env if k.startswith(("SLURM_", "JAX_COORDINATOR", "JAX_NUM_PROC"))]:
-        del env[k]
-    return env
-
-
 def _launch(module: str, args: list[str], processes: int, logdir: Path, name: str) -> list[str]:
     """Runs `processes` copies of `module` (one CPU device each) joined through a
     coordinator on 127.0.0.1; returns each process's output. Fails if any fails."""
-    port = _free_port()
+    port = free_port()
     procs, logs = [], []
     for i in range(processes):
         log = logdir / f"{name}.{i}.log"
@@ -63,7 +44,7 @@ def _launch(module: str, args: list[str], processes: int, logdir: Path, name: st
         )
         with open(log, "w") as f:
             cmd = [sys.executable, "-m", module, *args, *extra]
-            env = _env(1 if processes > 1 else 2)
+            env = child_env(1 if processes > 1 else 2)
             procs.append(subprocess.Popen(cmd, env=env, stdout=f, stderr=subprocess.STDOUT))
         logs.append(log)
     deadline = time.time() + 600
@@ -88,12 +69,6 @@ def _stopped_at_step_3(run: Path, copy: Path) -> Path:
     return copy
 
 
-def _assert_params_equal(got: dict, want: dict) -> None:
-    assert got.keys() == want.keys()
-    for k in want:
-        np.testing.assert_allclose(got[k], want[k], rtol=1e-5, atol=1e-6, err_msg=k)
-
-
 def _train_args(workdir: Path, root: Path) -> list[str]:
     return [f"--config={QUICKSTART}", f"--workdir={workdir}", f"--config.data.root={root}", *SHORT]
 
@@ -115,8 +90,8 @@ def test_two_processes_equal_one_process_with_two_devices_and_resume_on_one_or_t
     assert "4 devices" not in out[0]
     data_files = sorted(p.name for p in (two / "checkpoints" / "6" / "data").iterdir())
     assert "process_0-of-2.json" in data_files and "process_1-of-2.json" in data_files
-    a = _final_params(one)
-    _assert_params_equal(_final_params(two), a)
+    a = final_params(one)
+    assert_params_equal(final_params(two), a)
     assert max(float(np.abs(v).max()) for v in a.values()) > 0
 
     # one process (2 devices, no workers) resumes from the two processes' step-3 checkpoint
@@ -124,7 +99,7 @@ def test_two_processes_equal_one_process_with_two_devices_and_resume_on_one_or_t
     out = _launch("pcam_jax.cli.train", _train_args(resumed, synthetic_root), 1, tmp_path, "resume")
     assert "resumed from checkpoint 3" in out[0]
     assert "'processes': 2" in out[0]  # it knew the checkpoint came from two processes
-    _assert_params_equal(_final_params(resumed), a)
+    assert_params_equal(final_params(resumed), a)
 
     # two processes resume from their own step-3 checkpoint (each its grain state)
     again = _stopped_at_step_3(two, tmp_path / "again")
@@ -136,7 +111,7 @@ def test_two_processes_equal_one_process_with_two_devices_and_resume_on_one_or_t
         "again",
     )
     assert "resumed from checkpoint 3" in out[0] and "'processes': 2" not in out[0]
-    _assert_params_equal(_final_params(again), a)
+    assert_params_equal(final_params(again), a)
 
     # the control: a naive resume that takes process 0's own grain state (where
     # process 0 stopped, one record short of the global position) ends elsewhere
@@ -151,7 +126,7 @@ def test_two_processes_equal_one_process_with_two_devices_and_resume_on_one_or_t
     (ckpt / "record" / "metadata").write_text(json.dumps(record))
     out = _launch("pcam_jax.cli.train", _train_args(naive, synthetic_root), 1, tmp_path, "naive")
     assert "resumed from checkpoint 3" in out[0] and "'processes': 2" not in out[0]
-    d = _final_params(naive)
+    d = final_params(naive)
     assert any(not np.allclose(d[k], a[k], rtol=1e-5, atol=1e-6) for k in a)
 
     # two-process evaluation gathers every prediction; only process 0 reports and writes

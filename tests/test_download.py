@@ -19,7 +19,8 @@ import pytest
 from pcam_jax.cli.data import main
 from pcam_jax.data import download
 from pcam_jax.data.download import download_pcam, read_checksums
-from pcam_jax.data.pcam_format import META_COLUMNS, PCAM_MD5, SPLITS, DataError
+from pcam_jax.data.pcam_format import META_COLUMNS, PCAM_MD5, SPLITS
+from pcam_jax.errors import DataError
 
 N = 8
 TRAIN_X = "camelyonpatch_level_2_split_train_x.h5.gz"

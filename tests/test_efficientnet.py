@@ -28,8 +28,8 @@ from pcam_jax.config import load_config_file
 from pcam_jax.equivariant import groups as G
 from pcam_jax.models import pretrained, torch_checkpoint
 from pcam_jax.train.optim import make_optimizer
+from tests.helpers import REPO
 
-REPO = Path(__file__).resolve().parents[1]
 REF_PYTHON = os.environ.get("PCAM_ESCNN_PYTHON") or (
     str(REPO / ".venv-escnn/bin/python") if (REPO / ".venv-escnn/bin/python").exists() else None
 )

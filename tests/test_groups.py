@@ -9,24 +9,13 @@ import pytest
 
 from pcam_jax.equivariant import groups as G
 from pcam_jax.runtime.xla_options import CPU_COMPILER_OPTIONS, DISABLE_ENV, compiler_options
+from tests.helpers import equivariance_error, normal_array, rel_err
 
 RTOL = 1e-5
 GROUPS = ["p4", "p4m"]
 
 
-@pytest.fixture(autouse=True)
-def _highest_precision():
-    with jax.default_matmul_precision("highest"):
-        yield
-
-
-def rel_err(a, b) -> float:
-    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    return float(np.max(np.abs(a - b)) / max(np.max(np.abs(b)), 1e-12))
-
-
-def rng_array(shape, seed=0):
-    return jnp.asarray(np.random.default_rng(seed).normal(size=shape), jnp.float32)
+pytestmark = pytest.mark.usefixtures("highest_precision")
 
 
 # ------------------------------------------------------------------ tables
@@ -119,40 +108,23 @@ def naive_expand(w, group):
 @pytest.mark.parametrize("k", [1, 3, 4])
 def test_kernel_expansion_matches_naive_reference(group, k):
     n = G.group_order(group)
-    w = rng_array((k, k, 2, 3))
+    w = normal_array((k, k, 2, 3))
     np.testing.assert_array_equal(G.lift_kernel(w, group), naive_lift(w, group))
-    w2 = rng_array((k, k, 2, n, 3))
+    w2 = normal_array((k, k, 2, n, 3))
     np.testing.assert_array_equal(G.expand_group_kernel(w2, group), naive_expand(w2, group))
 
 
 def test_named_expansions():
-    w = rng_array((3, 3, 2, 5))
+    w = normal_array((3, 3, 2, 5))
     assert G.lift_p4_kernel(w).shape == (3, 3, 2, 20)
     assert G.lift_p4m_kernel(w).shape == (3, 3, 2, 40)
-    assert G.expand_p4_kernel(rng_array((3, 3, 2, 4, 5))).shape == (3, 3, 8, 20)
-    assert G.expand_p4m_kernel(rng_array((3, 3, 2, 8, 5))).shape == (3, 3, 16, 40)
+    assert G.expand_p4_kernel(normal_array((3, 3, 2, 4, 5))).shape == (3, 3, 8, 20)
+    assert G.expand_p4m_kernel(normal_array((3, 3, 2, 8, 5))).shape == (3, 3, 16, 40)
     with pytest.raises(ValueError):
-        G.expand_group_kernel(rng_array((3, 3, 2, 4, 5)), "p4m")
+        G.expand_group_kernel(normal_array((3, 3, 2, 4, 5)), "p4m")
 
 
 # ------------------------------------------------------------------ equivariance of the ops
-
-
-def check_equivariant(f, x, group, in_group: bool, out_kind: str):
-    """f(g x) == g f(x) for every g; ``out_kind`` in {'group', 'plane', 'invariant'}."""
-    y = f(x)
-    assert float(jnp.std(y)) > 0
-    errs = []
-    for g in range(G.group_order(group)):
-        gx = G.transform_group_features(x, group, g) if in_group else G.transform_plane(x, group, g)
-        if out_kind == "group":
-            gy = G.transform_group_features(y, group, g)
-        elif out_kind == "plane":
-            gy = G.transform_plane(y, group, g)
-        else:
-            gy = y
-        errs.append(rel_err(f(gx), gy))
-    return max(errs)
 
 
 @pytest.mark.parametrize("group", GROUPS)
@@ -169,14 +141,14 @@ def check_equivariant(f, x, group, in_group: bool, out_kind: str):
 )
 def test_lifting_and_group_conv_equivariance(group, size, k, stride, padding):
     n = G.group_order(group)
-    x = rng_array((2, size, size, 3))
-    w1 = rng_array((k, k, 3, 4), 1)
-    w2 = rng_array((3, 3, 4, n, 5), 2)
+    x = normal_array((2, size, size, 3))
+    w1 = normal_array((k, k, 3, 4), 1)
+    w2 = normal_array((3, 3, 4, n, 5), 2)
     lift = lambda v: G.lifting_conv(v, w1, group, stride, padding)  # noqa: E731
-    assert check_equivariant(lift, x, group, False, "group") < RTOL
+    assert equivariance_error(lift, x, group, False, "group") < RTOL
     h = lift(x)
     gconv = lambda v: G.group_conv(v, w2, group, 1, "SAME")  # noqa: E731
-    assert check_equivariant(gconv, h, group, True, "group") < RTOL
+    assert equivariance_error(gconv, h, group, True, "group") < RTOL
 
 
 @pytest.mark.parametrize(
@@ -194,8 +166,8 @@ def test_lifting_and_group_conv_equivariance(group, size, k, stride, padding):
 def test_conv_with_cpu_compiler_options_matches_xla_default(h, w, k, stride, padding):
     """``conv`` and its gradients compiled with ``xla_options.compiler_options()`` (YNNPACK on
     CPU) equal XLA's default compilation of the same convolution."""
-    x = rng_array((2, h, w, 5))
-    ker = rng_array((k, k, 5, 7), 1)
+    x = normal_array((2, h, w, 5))
+    ker = normal_array((k, k, 5, 7), 1)
 
     def loss(x, ker):
         return jnp.sum(jnp.sin(G.conv(x, ker, stride, padding)))
@@ -219,9 +191,9 @@ def test_compiler_options_per_backend(monkeypatch):
 @pytest.mark.parametrize("shape", [(2, 6, 6, 5), (3, 7, 5, 4), (37, 3), (1, 1, 1, 2)])
 def test_channel_sum_and_channel_affine_equal_plain_expressions(shape):
     """The two-stage reductions give the plain sums, values and gradients."""
-    x = rng_array(shape)
+    x = normal_array(shape)
     c = shape[-1]
-    mul, shift = rng_array((c,), 1), rng_array((c,), 2)
+    mul, shift = normal_array((c,), 1), normal_array((c,), 2)
     axes = tuple(range(len(shape) - 1))
     assert rel_err(G.channel_sum(x), jnp.sum(x, axis=axes)) < 1e-6
 
@@ -247,7 +219,7 @@ def test_channel_sum_and_channel_affine_equal_plain_expressions(shape):
 def test_tiled_pooling_equals_reduce_window(kind, window, stride, padding):
     """Pooling whose windows tile the map (a reshape + reduction) equals ``lax.reduce_window``:
     values, and gradients on an input without ties."""
-    x = rng_array((2, 6, 6, 3))
+    x = normal_array((2, 6, 6, 3))
     init, op = (-jnp.inf, jax.lax.max) if kind == "max" else (0.0, jax.lax.add)
     pool = G.max_pool if kind == "max" else G.avg_pool
     pad = G._lax_padding(padding)
@@ -258,7 +230,7 @@ def test_tiled_pooling_equals_reduce_window(kind, window, stride, padding):
         return s if kind == "max" else s / window**2
 
     assert rel_err(pool(x, window, stride, padding), ref(x)) < 1e-6
-    w = rng_array(ref(x).shape, 1)
+    w = normal_array(ref(x).shape, 1)
     g = jax.grad(lambda x: jnp.sum(w * pool(x, window, stride, padding)))(x)
     assert rel_err(g, jax.grad(lambda x: jnp.sum(w * ref(x)))(x)) < 1e-6
 
@@ -267,8 +239,8 @@ def test_tiled_pooling_equals_reduce_window(kind, window, stride, padding):
 def test_wrong_permutation_and_wrong_expansion_fail(group):
     """Negative controls: the check must catch a wrong group law or a missing permutation."""
     n = G.group_order(group)
-    x = rng_array((2, 9, 9, 2 * n))
-    w = rng_array((3, 3, 2, n, 3), 3)
+    x = normal_array((2, 9, 9, 2 * n))
+    w = normal_array((3, 3, 2, n, 3), 3)
     y = G.group_conv(x, w, group)
     t = G.cayley_table(group)
     errs_wrong_law = []
@@ -287,21 +259,21 @@ def test_wrong_permutation_and_wrong_expansion_fail(group):
         return lifted
 
     f = lambda v: G.conv(v, no_perm(w))  # noqa: E731
-    assert check_equivariant(f, x, group, True, "group") > 0.1
+    assert equivariance_error(f, x, group, True, "group") > 0.1
 
 
 @pytest.mark.parametrize("group", GROUPS)
 def test_group_pooling(group):
     n = G.group_order(group)
-    x = rng_array((2, 8, 8, 3 * n))
+    x = normal_array((2, 8, 8, 3 * n))
     for reduce in ("max", "mean"):
         f = lambda v, r=reduce: G.group_pool(v, group, r)  # noqa: E731
         assert f(x).shape == (2, 8, 8, 3)
-        assert check_equivariant(f, x, group, True, "plane") < RTOL
+        assert equivariance_error(f, x, group, True, "plane") < RTOL
         for gr, sr in itertools.product(("max", "mean"), repeat=2):
             inv = lambda v, a=gr, b=sr: G.invariant_pool(v, group, a, b)  # noqa: E731
             assert inv(x).shape == (2, 3)
-            assert check_equivariant(inv, x, group, True, "invariant") < RTOL
+            assert equivariance_error(inv, x, group, True, "invariant") < RTOL
     np.testing.assert_allclose(
         G.group_pool(x, group, "max"), np.asarray(x).reshape(2, 8, 8, 3, n).max(-1)
     )
@@ -310,26 +282,26 @@ def test_group_pooling(group):
 @pytest.mark.parametrize("group", GROUPS)
 def test_spatial_pooling_exact_tiling_and_counter_example(group):
     n = G.group_order(group)
-    x = rng_array((2, 96, 96, 2 * n))
+    x = normal_array((2, 96, 96, 2 * n))
     for pool in (G.max_pool, G.avg_pool):
         f = lambda v, p=pool: p(v, 2, 2, "VALID")  # noqa: E731
         assert f(x).shape == (2, 48, 48, 2 * n)
-        assert check_equivariant(f, x, group, True, "group") < RTOL
+        assert equivariance_error(f, x, group, True, "group") < RTOL
         # counter-example: 3x3 windows, stride 2, 'SAME' on an even size pad (0, 1)
         bad = lambda v, p=pool: p(v, 3, 2, "SAME")  # noqa: E731
-        assert check_equivariant(bad, x, group, True, "group") > 1e-3
+        assert equivariance_error(bad, x, group, True, "group") > 1e-3
 
 
 def test_strided_same_conv_on_96_breaks_equivariance():
     """The issue's counter-example: 3x3 stride 2 'SAME' on 96x96 is not equivariant."""
-    x = rng_array((1, 96, 96, 3))
-    w = rng_array((3, 3, 3, 4), 1)
+    x = normal_array((1, 96, 96, 3))
+    w = normal_array((3, 3, 3, 4), 1)
     f = lambda v: G.lifting_conv(v, w, "p4", 2, "SAME")  # noqa: E731
     assert not G.window_is_equivariant(96, 3, 2, "SAME")
-    assert check_equivariant(f, x, "p4", False, "group") > 1e-2
+    assert equivariance_error(f, x, "p4", False, "group") > 1e-2
     g = lambda v: G.lifting_conv(v, w, "p4", 2, "SAME")  # same op on an odd size is exact  # noqa: E731
     assert G.window_is_equivariant(95, 3, 2, "SAME")
-    assert check_equivariant(g, x[:, :95, :95], "p4", False, "group") < RTOL
+    assert equivariance_error(g, x[:, :95, :95], "p4", False, "group") < RTOL
 
 
 def test_geometry_rule_predicts_exactness():
@@ -341,9 +313,9 @@ def test_geometry_rule_predicts_exactness():
     ):
         if size + 2 * (pad == 1) < k:
             continue
-        x = rng_array((1, size, size, 1), size)
+        x = normal_array((1, size, size, 1), size)
         if k not in w_cache:
-            w_cache[k] = rng_array((k, k, 1, 1), 100 + k)
+            w_cache[k] = normal_array((k, k, 1, 1), 100 + k)
         y = np.asarray(G.conv(x, w_cache[k], s, pad))
         exact = True
         for g in (1, 4):  # quarter turn and mirror generate p4m
@@ -369,7 +341,7 @@ def test_geometry_rule_predicts_exactness():
 @pytest.mark.parametrize("group", GROUPS)
 def test_group_batch_norm(group):
     n = G.group_order(group)
-    x = rng_array((4, 6, 6, 3 * n)) * 3.0 + 1.0
+    x = normal_array((4, 6, 6, 3 * n)) * 3.0 + 1.0
     scale, bias = jnp.array([1.0, 2.0, 0.5]), jnp.array([0.0, -1.0, 3.0])
     y, mean, var = G.group_batch_norm(x, scale, bias, group)
     xs = np.asarray(x).reshape(4, 6, 6, 3, n)
@@ -379,6 +351,6 @@ def test_group_batch_norm(group):
     np.testing.assert_allclose(ys.mean((0, 1, 2, 4)), bias, atol=1e-5)
     np.testing.assert_allclose(ys.std((0, 1, 2, 4)), scale, rtol=1e-3)
     f = lambda v: G.group_batch_norm(v, scale, bias, group)[0]  # noqa: E731
-    assert check_equivariant(f, x, group, True, "group") < RTOL
+    assert equivariance_error(f, x, group, True, "group") < RTOL
     # per-(channel, group-copy) statistics would not be shared: the copies differ in mean
     assert np.ptp(xs.mean((0, 1, 2))[0]) > 0

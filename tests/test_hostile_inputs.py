@@ -1,6 +1,11 @@
-"""Hostile and careless inputs through the real binaries (subprocesses): each is refused with
-one line naming the file or field, no traceback, a non-zero status, and nothing written or
-changed: inputs stay byte-identical, no output and no workdir is left behind."""
+"""Hostile and careless inputs through the binaries: each is refused with one line naming the
+file or field, no traceback, a non-zero status, and nothing written or changed: inputs stay
+byte-identical, no output and no workdir is left behind.
+
+The refusals run the binaries' entry points in this process (``helpers.run_in_process``: same
+argv, stdout, stderr and status); the real-process path is checked once against it
+(``test_a_refusal_reads_the_same_from_a_child_process``) and kept where the process itself is
+the point (a folder the OS refuses to write, a killed run's leftovers)."""
 
 from __future__ import annotations
 
@@ -18,24 +23,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from pcam_jax.camelyon.synthetic import write_slide
 from pcam_jax.data.pcam_format import split_paths
 from pcam_jax.runtime import files
-from tests.synthetic_slides import write_slide
-from tests.test_train import REPO, _env
+from tests.helpers import QUICKSTART, run_cli, run_in_process
 
-QUICKSTART = REPO / "configs" / "quickstart.py"
 ERROR_LINE = re.compile(r"^(pcam-[a-z]+|pcam-data [a-z]+): error: ")
-
-
-def run(module: str, *args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", f"pcam_jax.cli.{module}", *map(str, args)],
-        env=_env(),
-        cwd=cwd or REPO,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
 
 
 def refused(r: subprocess.CompletedProcess, *needles: str) -> str:
@@ -82,13 +75,20 @@ def test_predict_refuses_an_output_that_is_an_input(patches, target):
     (patches / "link.png").symlink_to(patches / "p1.png")
     before = digest(*(p for p in patches.iterdir() if p.is_file()))
     inputs = [patches / "v_x.h5", patches / "p0.png", patches / "p1.png"]
-    r = run("predict", *inputs, f"--out={patches / target}", "--progress=false")
+    r = run_in_process("predict", *inputs, f"--out={patches / target}", "--progress=false")
     refused(r, f"--out={patches / target}", "is one of the inputs")
     assert digest(*(p for p in patches.iterdir() if p.is_file())) == before
 
 
+def test_a_refusal_reads_the_same_from_a_child_process(patches, tmp_path):
+    args = ("predict", patches / "p0.png", f"--out={tmp_path / 'missing' / 'p.csv'}")
+    child, here = run_cli(*args), run_in_process(*args)
+    assert (child.returncode, child.stdout) == (here.returncode, here.stdout) == (1, "")
+    assert refused(child, "does not exist") == refused(here, "does not exist")
+
+
 def test_predict_checks_its_output_folder_before_predicting(patches, tmp_path):
-    r = run("predict", patches / "p0.png", f"--out={tmp_path / 'missing' / 'p.csv'}")
+    r = run_in_process("predict", patches / "p0.png", f"--out={tmp_path / 'missing' / 'p.csv'}")
     refused(r, "missing", "does not exist")
 
 
@@ -98,7 +98,7 @@ def test_predict_refuses_labels_outside_0_1(patches):
         y[3] = 2
         f["y"][...] = y
     out = patches.parent / "p.csv"
-    r = run("predict", patches / "v_x.h5", f"--out={out}")
+    r = run_in_process("predict", patches / "v_x.h5", f"--out={out}")
     refused(r, "v_y.h5", "outside {0, 1}", "index 3")
     assert not out.exists()
 
@@ -106,14 +106,16 @@ def test_predict_refuses_labels_outside_0_1(patches):
 def test_predict_names_an_hdf5_file_of_the_wrong_shape(tmp_path):
     with h5py.File(tmp_path / "bad_x.h5", "w") as f:
         f["x"] = np.zeros((4, 96, 96), np.float32)
-    r = run("predict", tmp_path / "bad_x.h5", f"--out={tmp_path / 'p.csv'}")
+    r = run_in_process("predict", tmp_path / "bad_x.h5", f"--out={tmp_path / 'p.csv'}")
     refused(r, "bad_x.h5", "(4, 96, 96)", "float32")
     assert listing(tmp_path) == ["bad_x.h5"]
 
 
 @pytest.mark.parametrize("value", ["0", "-5"])
 def test_predict_refuses_a_batch_size_below_one(patches, tmp_path, value):
-    r = run("predict", patches / "p0.png", f"--out={tmp_path / 'p.csv'}", f"--batch_size={value}")
+    r = run_in_process(
+        "predict", patches / "p0.png", f"--out={tmp_path / 'p.csv'}", f"--batch_size={value}"
+    )
     refused(r, "--batch_size")
     assert not (tmp_path / "p.csv").exists()
 
@@ -135,7 +137,7 @@ def test_train_refuses_bad_config_values_before_creating_the_workdir(
     synthetic_root, tmp_path, override, field
 ):
     workdir = tmp_path / "run"
-    r = run(
+    r = run_in_process(
         "train",
         f"--config={QUICKSTART}",
         f"--workdir={workdir}",
@@ -147,7 +149,7 @@ def test_train_refuses_bad_config_values_before_creating_the_workdir(
 
 
 def test_train_on_an_unwritable_place_is_one_line(synthetic_root):
-    r = run(
+    r = run_cli(
         "train",
         f"--config={QUICKSTART}",
         "--workdir=/proc/pcam_jax_run",
@@ -158,15 +160,17 @@ def test_train_on_an_unwritable_place_is_one_line(synthetic_root):
 
 def test_export_checks_its_output_before_loading(tmp_path):
     (tmp_path / "exists").mkdir()
-    r = run("export", f"--workdir={tmp_path / 'no_run'}", f"--out={tmp_path / 'exists'}")
+    r = run_in_process("export", f"--workdir={tmp_path / 'no_run'}", f"--out={tmp_path / 'exists'}")
     refused(r, "exists", "already exists")
-    r = run("export", f"--workdir={tmp_path / 'no_run'}", f"--out={tmp_path / 'a' / 'b'}")
+    r = run_in_process(
+        "export", f"--workdir={tmp_path / 'no_run'}", f"--out={tmp_path / 'a' / 'b'}"
+    )
     refused(r, "does not exist")
 
 
 def test_explain_refuses_a_limit_below_one(patches, tmp_path):
     out = tmp_path / "ex"
-    r = run("explain", patches / "p0.png", f"--out={out}", "--limit=0")
+    r = run_in_process("explain", patches / "p0.png", f"--out={out}", "--limit=0")
     refused(r, "--limit")
     assert not out.exists()
 
@@ -196,7 +200,7 @@ def slide(tmp_path_factory) -> Path:
 )
 def test_slide_refuses_flags_out_of_range(slide, tmp_path, flag, needle):
     before = digest(slide)
-    r = run("slide", slide, f"--out={tmp_path / 'out'}", flag, "--progress=false")
+    r = run_in_process("slide", slide, f"--out={tmp_path / 'out'}", flag, "--progress=false")
     refused(r, needle)
     assert listing(tmp_path) == [] and digest(slide) == before
 
@@ -215,7 +219,7 @@ def test_slide_with_a_damaged_tile_is_one_line_and_writes_nothing(tmp_path):
     data[offset : offset + count] = b"\x00" * count  # a level-0 JPEG tile that cannot decode
     damaged = tmp_path / "damaged.tif"
     damaged.write_bytes(bytes(data))
-    r = run("slide", damaged, f"--out={tmp_path / 'out'}", "--progress=false")
+    r = run_in_process("slide", damaged, f"--out={tmp_path / 'out'}", "--progress=false")
     refused(r, str(damaged), "damaged")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["damaged.tif"]
 
@@ -241,14 +245,14 @@ def test_a_stale_temporary_of_a_killed_run_is_removed_by_the_next_write(tmp_path
 
 @pytest.mark.parametrize("flag", ["--n_train=-5", "--n_valid=0", "--n_test=1"])
 def test_synth_refuses_splits_too_small(tmp_path, flag):
-    r = run("data", "synth", f"--out={tmp_path / 'd'}", flag)
+    r = run_in_process("data", "synth", f"--out={tmp_path / 'd'}", flag)
     refused(r, flag.split("=")[0])
     assert not (tmp_path / "d").exists()
 
 
 def test_verify_on_a_folder_layout_says_what_verify_checks(tmp_path):
     (tmp_path / "train" / "0").mkdir(parents=True)
-    r = run("data", "verify", f"--root={tmp_path}")
+    r = run_in_process("data", "verify", f"--root={tmp_path}")
     assert r.returncode == 1
     assert "folder layout" in r.stdout and "pcam-data convert --source=folder" in r.stdout
 
@@ -268,7 +272,7 @@ def test_outputs_respect_the_umask(patches, synthetic_root, tmp_path, slide):
     old = os.umask(0o022)
     try:
         csv = tmp_path / "p.csv"
-        r = run("predict", patches / "p0.png", f"--out={csv}", "--progress=false")
+        r = run_in_process("predict", patches / "p0.png", f"--out={csv}", "--progress=false")
         assert r.returncode == 0, r.stderr
         synth_dir = tmp_path / "synth"
         synth.write_synthetic_pcam(synth_dir, sizes={"train": 4, "valid": 4, "test": 4})
@@ -301,7 +305,7 @@ def test_training_refuses_a_third_class_folder(tmp_path, patches, synthetic_root
             (root / split / label).mkdir(parents=True)
             shutil.copy(patches / "p0.png", root / split / label / "a.png")
     workdir = tmp_path / "run"
-    r = run(
+    r = run_in_process(
         "train",
         f"--config={QUICKSTART}",
         f"--workdir={workdir}",
@@ -340,8 +344,8 @@ def test_predict_pads_a_short_input_only_to_the_device_count():
 @pytest.mark.skipif(not Path("/proc/self").exists(), reason="/proc: a folder nobody can write")
 def test_unwritable_outputs_are_refused_before_the_work(patches, tmp_path):
     # /proc refuses new files even to root, for whom os.access says every folder is writable
-    r = run("predict", patches / "v_x.h5", "--out=/proc/p.csv", "--progress=false")
+    r = run_cli("predict", patches / "v_x.h5", "--out=/proc/p.csv", "--progress=false")
     line = refused(r, "--out=/proc/p.csv", "cannot write")
     assert "patch/s" not in r.stderr, line  # refused before predicting
-    r = run("export", f"--workdir={tmp_path / 'no_run'}", "--out=/proc/pcam_bundle")
+    r = run_cli("export", f"--workdir={tmp_path / 'no_run'}", "--out=/proc/pcam_bundle")
     refused(r, "--out=/proc/pcam_bundle", "cannot write")

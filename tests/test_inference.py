@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
-import subprocess
-import sys
+import re
 from pathlib import Path
 
 import h5py
@@ -15,13 +14,13 @@ from PIL import Image
 
 from pcam_jax import infer, train
 from pcam_jax.data import sources
-from pcam_jax.errors import ModelError, PcamError
+from pcam_jax.errors import InputError, ModelError, PcamError
 from pcam_jax.infer.evaluate import evaluate
-from pcam_jax.infer.export import export
-from pcam_jax.infer.patches import InputError, collect_inputs, predict_patches, write_csv
+from pcam_jax.infer.export import code_commit, export
+from pcam_jax.infer.patches import collect_inputs, predict_patches, write_csv
 from pcam_jax.runtime.distributed import make_mesh
 from pcam_jax.workdir import read_config
-from tests.test_train import tiny_config
+from tests.helpers import REPO, run_cli, tiny_config
 
 TINY_RESNET = {"widths": (2, 4, 4, 4)}
 
@@ -35,6 +34,22 @@ def trained(synthetic_root, tmp_path_factory) -> Path:
     train.train_and_evaluate(c, workdir)
     evaluate(read_config(workdir), workdir, split="valid", n_bootstrap=0)
     return workdir
+
+
+def machine_paths(meta: dict, card: str) -> list[str]:
+    """Absolute paths in a bundle's JSON strings and in its card's code spans."""
+    found: list[str] = []
+
+    def walk(v):
+        if isinstance(v, dict):
+            [walk(x) for x in v.values()]
+        elif isinstance(v, list):
+            [walk(x) for x in v]
+        elif isinstance(v, str) and (v.startswith("/") or v[1:3] == ":\\"):
+            found.append(v)
+
+    walk(meta)
+    return found + re.findall(r"`(/[^`]*)`", card)
 
 
 def _valid_images(root: Path, n: int = 40) -> tuple[np.ndarray, np.ndarray]:
@@ -59,6 +74,14 @@ def test_bundle_round_trip_predicts_like_the_workdir(trained, synthetic_root, tm
     assert meta["metrics"]["valid"]["n"] == 64  # pcam-eval's result for the same step
     card = (bundle / "MODEL.md").read_text()
     assert "Not a medical device" in card and "0.972 um/px" in card and "| valid |" in card
+    # provenance without the exporting machine's paths: names, date, commit
+    assert machine_paths(meta, card) == []
+    assert str(trained) in json.dumps(infer.load_workdir(trained).info)  # the control
+    assert meta["source"]["run"] == trained.name and f"`{trained.name}`" in card
+    assert meta["source"]["dataset"] == synthetic_root.name == meta["training"]["data.root"]
+    assert meta["source"]["exported"] in card
+    assert meta["source"]["commit"] == code_commit() and code_commit() in card
+    assert code_commit() is not None or not (REPO / ".git").exists()
 
     images, _ = _valid_images(synthetic_root)
     from_workdir = infer.load_workdir(trained).predict_images(images, batch_size=16)
@@ -114,6 +137,8 @@ def test_the_bundled_model_loads_and_has_a_card():
     model = infer.load_model(None)
     assert model.mpp == 0.972 and model.patch_size == 96
     assert model.info["metrics"]  # its validation figures travel with it
+    meta = json.loads((infer.BUNDLED_MODEL / "bundle.json").read_text())
+    assert machine_paths(meta, (infer.BUNDLED_MODEL / "MODEL.md").read_text()) == []
     size = sum(p.stat().st_size for p in infer.BUNDLED_MODEL.iterdir())
     assert size < 5_000_000
 
@@ -178,8 +203,7 @@ def test_pcam_predict_cli_stops_on_a_bad_file_and_writes_nothing(trained, tmp_pa
     (folder / "1").mkdir()
     (folder / "1" / "b.png").write_bytes(b"broken")
     out = tmp_path / "p.csv"
-    cmd = [sys.executable, "-m", "pcam_jax.cli.predict", str(folder), f"--out={out}"]
-    r = subprocess.run(cmd + [f"--model={trained}", "--noprogress"], capture_output=True, text=True)
+    r = run_cli("predict", folder, f"--out={out}", f"--model={trained}", "--noprogress")
     assert r.returncode != 0 and "b.png: unreadable image" in r.stderr
     assert not out.exists() and not list(tmp_path.glob(".p.csv*"))
 
@@ -189,8 +213,7 @@ def test_pcam_predict_on_the_real_valid_split_equals_pcam_eval(subset_root, tmp_
     """The bundled model on the subset's valid folders: pcam-predict's AUC and probabilities
     are pcam-eval's (same decoder, same model, same program)."""
     out = tmp_path / "valid.csv"
-    cmd = [sys.executable, "-m", "pcam_jax.cli.predict", str(subset_root / "valid")]
-    r = subprocess.run(cmd + [f"--out={out}", "--noprogress"], capture_output=True, text=True)
+    r = run_cli("predict", subset_root / "valid", f"--out={out}", "--noprogress")
     assert r.returncode == 0, r.stderr
     rows = list(csv.DictReader(out.open()))
     assert len(rows) == 3000

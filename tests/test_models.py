@@ -37,10 +37,7 @@ def small(name):
     return models.create(name, **SMALL[fam])
 
 
-@pytest.fixture(autouse=True)
-def _highest_precision():
-    with jax.default_matmul_precision("highest"):
-        yield
+pytestmark = pytest.mark.usefixtures("highest_precision")
 
 
 def images(n=2, size=96, seed=0):

@@ -14,15 +14,17 @@ import numpy as np
 import pytest
 
 from pcam_jax.runtime.preemption import EXIT_PREEMPTED
-from tests.test_distributed import QUICKSTART, _assert_params_equal, _free_port
-from tests.test_distributed import _env as _dist_env
-from tests.test_train import _env, _final_params, _train_cmd, resume_config  # noqa: F401
+from tests.helpers import (
+    QUICKSTART,
+    assert_params_equal,
+    checkpoint_steps,
+    child_env,
+    final_params,
+    free_port,
+    train_cmd,
+)
 
 LONG = ["--config.num_train_steps=40"]
-
-
-def _steps(workdir: Path) -> list[int]:
-    return sorted(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit())
 
 
 def _wait_for_checkpoint(workdir: Path, step: int, procs: list[subprocess.Popen]) -> None:
@@ -35,53 +37,53 @@ def _wait_for_checkpoint(workdir: Path, step: int, procs: list[subprocess.Popen]
 
 def _start_past_first_checkpoint(cmd: list[str], workdir: Path) -> subprocess.Popen:
     """pcam-train started with `cmd`, returned once its step-2 checkpoint is committed."""
-    proc = subprocess.Popen(cmd, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(cmd, env=child_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     _wait_for_checkpoint(workdir, 2, [proc])
     return proc
 
 
 @pytest.fixture(scope="module")
-def straight(synthetic_root, resume_config, tmp_path_factory):  # noqa: F811
+def straight(synthetic_root, resume_config, tmp_path_factory):
     workdir = tmp_path_factory.mktemp("straight") / "run"
-    cmd = _train_cmd(resume_config, workdir, synthetic_root, *LONG)
-    subprocess.run(cmd, env=_env(), check=True, capture_output=True, timeout=600)
+    cmd = train_cmd(resume_config, workdir, synthetic_root, *LONG)
+    subprocess.run(cmd, env=child_env(), check=True, capture_output=True, timeout=600)
     return workdir
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 def test_signal_saves_exits_75_and_resumes_bitwise(
     synthetic_root,
-    resume_config,  # noqa: F811
+    resume_config,
     straight,
     tmp_path,
     sig,
 ):
     workdir = tmp_path / "run"
-    cmd = _train_cmd(resume_config, workdir, synthetic_root, *LONG)
+    cmd = train_cmd(resume_config, workdir, synthetic_root, *LONG)
     proc = _start_past_first_checkpoint(cmd, workdir)
     time.sleep(random.Random(sig).uniform(0.0, 0.3))  # a step after the first checkpoint
     proc.send_signal(sig)
     _, err = proc.communicate(timeout=600)
     err = err.decode()
     assert proc.returncode == EXIT_PREEMPTED, err[-2000:]
-    stopped = max(_steps(workdir))
+    stopped = max(checkpoint_steps(workdir))
     assert 2 <= stopped < 40  # interrupted, with the step it reached saved
     assert f"{sig.name}: saved a checkpoint at step {stopped} and stopped" in err
-    subprocess.run(cmd, env=_env(), check=True, capture_output=True, timeout=600)
+    subprocess.run(cmd, env=child_env(), check=True, capture_output=True, timeout=600)
     for weights in ("raw", "ema"):
-        a, b = _final_params(straight, weights), _final_params(workdir, weights)
+        a, b = final_params(straight, weights), final_params(workdir, weights)
         for k in a:
             np.testing.assert_array_equal(a[k], b[k], err_msg=f"{weights} {k}")
 
 
 def test_a_second_signal_during_the_save_leaves_a_restorable_checkpoint(
     synthetic_root,
-    resume_config,  # noqa: F811
+    resume_config,
     straight,
     tmp_path,
 ):
     workdir = tmp_path / "run"
-    cmd = _train_cmd(resume_config, workdir, synthetic_root, *LONG)
+    cmd = train_cmd(resume_config, workdir, synthetic_root, *LONG)
     proc = _start_past_first_checkpoint(cmd, workdir)
     proc.send_signal(signal.SIGTERM)
     while proc.poll() is None:  # keep signalling while it saves
@@ -90,8 +92,8 @@ def test_a_second_signal_during_the_save_leaves_a_restorable_checkpoint(
     err = proc.stderr.read().decode()
     assert proc.returncode == EXIT_PREEMPTED, err[-2000:]
     assert "SIGTERM received again" in err
-    subprocess.run(cmd, env=_env(), check=True, capture_output=True, timeout=600)
-    a, b = _final_params(straight), _final_params(workdir)
+    subprocess.run(cmd, env=child_env(), check=True, capture_output=True, timeout=600)
+    a, b = final_params(straight), final_params(workdir)
     for k in a:
         np.testing.assert_array_equal(a[k], b[k], err_msg=k)
 
@@ -109,20 +111,20 @@ def test_sigterm_to_one_of_two_processes_stops_both_at_the_same_step(synthetic_r
     one = tmp_path / "one"
     subprocess.run(
         [sys.executable, "-m", "pcam_jax.cli.train", *args, f"--workdir={one}"],
-        env=_dist_env(2),
+        env=child_env(2),
         check=True,
         capture_output=True,
         timeout=900,
     )
 
     def launch(workdir: Path) -> list[subprocess.Popen]:
-        port = _free_port()
+        port = free_port()
         return [
             subprocess.Popen(
                 [sys.executable, "-m", "pcam_jax.cli.train", *args, f"--workdir={workdir}"]
                 + [f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2"]
                 + [f"--process_id={i}"],
-                env=_dist_env(1),
+                env=child_env(1),
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.PIPE,
             )
@@ -135,7 +137,7 @@ def test_sigterm_to_one_of_two_processes_stops_both_at_the_same_step(synthetic_r
     procs[1].send_signal(signal.SIGTERM)  # only process 1 is told
     errs = [p.communicate(timeout=600)[1].decode() for p in procs]
     assert [p.returncode for p in procs] == [EXIT_PREEMPTED] * 2, errs[0][-2000:]
-    stopped = max(_steps(two))
+    stopped = max(checkpoint_steps(two))
     assert 5 < stopped < 60 and stopped % 10 == 0  # the agreed step, saved by both
     data = sorted(p.name for p in (two / "checkpoints" / str(stopped) / "data").iterdir())
     assert "process_0-of-2.json" in data and "process_1-of-2.json" in data
@@ -145,7 +147,7 @@ def test_sigterm_to_one_of_two_processes_stops_both_at_the_same_step(synthetic_r
     for p in procs:
         p.wait(timeout=900)
     assert [p.returncode for p in procs] == [0, 0]
-    _assert_params_equal(_final_params(two), _final_params(one))
+    assert_params_equal(final_params(two), final_params(one))
 
 
 def _descendants(pid: int) -> list[int]:
@@ -180,14 +182,14 @@ def _shm_segments() -> set[str]:
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs Linux /proc")
 def test_sigkill_takes_the_grain_workers_and_their_shared_memory_with_it(
     synthetic_root,
-    resume_config,  # noqa: F811
+    resume_config,
     straight,
     tmp_path,
 ):
     # resume_config runs 2 grain workers; SIGKILL is what a scheduler sends after its grace
     # period and what the OOM killer sends: nothing of the run may stay alive or in /dev/shm
     workdir = tmp_path / "run"
-    cmd = _train_cmd(resume_config, workdir, synthetic_root, *LONG)
+    cmd = train_cmd(resume_config, workdir, synthetic_root, *LONG)
     before = _shm_segments()
     proc = _start_past_first_checkpoint(cmd, workdir)
     children = _descendants(proc.pid)
@@ -201,8 +203,8 @@ def test_sigkill_takes_the_grain_workers_and_their_shared_memory_with_it(
     assert not [c for c in children if _alive(c)], "children outlived the killed run"
     assert run_segments, "the run made no shared-memory segments to check"
     left = run_segments & _shm_segments()
-    subprocess.run(cmd, env=_env(), check=True, capture_output=True, timeout=600)
+    subprocess.run(cmd, env=child_env(), check=True, capture_output=True, timeout=600)
     assert not left & _shm_segments(), f"{len(left)} psm_* segments of the dead run remain"
-    a, b = _final_params(straight), _final_params(workdir)
+    a, b = final_params(straight), final_params(workdir)
     for k in a:
         np.testing.assert_array_equal(a[k], b[k], err_msg=k)

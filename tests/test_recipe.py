@@ -15,7 +15,7 @@ import orbax.checkpoint as ocp
 import pytest
 
 from pcam_jax import train
-from pcam_jax import workdir as layout
+from pcam_jax import workdir as workdir_layout
 from pcam_jax.errors import ModelError, TrainingError
 from pcam_jax.infer.evaluate import evaluate
 from pcam_jax.train import budget
@@ -27,7 +27,7 @@ from pcam_jax.train.optim import (
     make_schedule,
 )
 from pcam_jax.workdir import read_config
-from tests.test_train import REPO, load_config, tiny_config
+from tests.helpers import REPO, checkpoint_steps, load_config, tiny_config
 
 TINY_RESNET = {"widths": (2, 4, 4, 4)}
 
@@ -97,13 +97,13 @@ def test_ema_is_checkpointed_validated_and_evaluated_by_default(synthetic_root, 
     assert (ema["weights"], raw["weights"]) == ("ema", "raw")
     assert ema["auc"] != raw["auc"] or ema["nll"] != raw["nll"]  # different weights
     # the periodic validation (the best-checkpoint metric) scored the EMA weights
-    mngr = layout.checkpoint_manager(workdir, 3)
+    mngr = workdir_layout.checkpoint_manager(workdir, 3)
     record = mngr.restore(6, args=ocp.args.Composite(record=ocp.args.JsonRestore()))
     mngr.close()
     assert record["record"]["val"]["nll"] == pytest.approx(ema["nll"], rel=1e-5)
     assert record["record"]["ema_decay"] == 0.9
     with pytest.raises(ModelError, match="weights='best'"):
-        layout.restore_model(layout.checkpoint_manager(workdir, 3), 6, None, "best")
+        workdir_layout.restore_model(workdir_layout.checkpoint_manager(workdir, 3), 6, None, "best")
 
 
 def test_a_run_without_ema_evaluates_its_raw_weights(synthetic_root, tmp_path):
@@ -136,7 +136,7 @@ def test_train_minutes_plans_the_steps_and_a_restart_keeps_them(synthetic_root, 
     plan = json.loads((workdir / "train_plan.json").read_text())
     assert plan["train_minutes"] == 1.0 and plan["step_seconds"] > 0
     assert plan["eval_seconds"] > 0 and plan["num_train_steps"] >= 1
-    steps = sorted(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit())
+    steps = checkpoint_steps(workdir)
     assert steps[-1] == plan["num_train_steps"]  # the run went exactly to the planned step
     # the probe's plan was provisional; the run fixed its length at the hold step from its own
     # measured rate
@@ -150,7 +150,7 @@ def test_train_minutes_plans_the_steps_and_a_restart_keeps_them(synthetic_root, 
     (other / "train_plan.json").write_text(json.dumps({"num_train_steps": 5, "train_minutes": 9}))
     c.train_minutes = 9.0
     train.train_and_evaluate(c, other)
-    steps = sorted(int(p.name) for p in (other / "checkpoints").iterdir() if p.name.isdigit())
+    steps = checkpoint_steps(other)
     assert steps[-1] == 5
     (other / "train_plan.json").write_text(json.dumps({"num_train_steps": "many"}))
     with pytest.raises(TrainingError, match="train_plan.json: no valid num_train_steps"):
@@ -165,7 +165,7 @@ def test_max_train_steps_caps_the_budget_plan(synthetic_root, tmp_path):
     train.train_and_evaluate(c, workdir)
     plan = json.loads((workdir / "train_plan.json").read_text())
     assert plan["num_train_steps"] == 7 and plan["hold_steps"] <= 7
-    steps = sorted(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit())
+    steps = checkpoint_steps(workdir)
     assert steps[-1] == 7
     assert budget.capped(c, 100) == 7 and budget.capped(c, 5) == 5
     c.max_train_steps = 0
@@ -192,7 +192,7 @@ def test_a_provisional_plan_is_fixed_at_its_hold_step(synthetic_root, tmp_path):
     plan = json.loads((workdir / "train_plan.json").read_text())
     assert plan["replanned"] is True and plan["provisional_num_train_steps"] == 40
     assert plan["num_train_steps"] == 30
-    steps = sorted(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit())
+    steps = checkpoint_steps(workdir)
     assert steps[-1] == 30
 
 
@@ -225,7 +225,7 @@ def test_the_late_check_shortens_a_run_that_fell_behind(synthetic_root, tmp_path
         assert plan["late_check"]["step"] == 82
         assert plan["late_check"]["planned_num_train_steps"] == 100
         assert plan["num_train_steps"] == end
-        steps = sorted(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit())
+        steps = checkpoint_steps(workdir)
         assert steps[-1] == end
 
 

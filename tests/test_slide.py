@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import csv
 import json
-import subprocess
-import sys
 
 import jax
 import ml_collections
@@ -19,12 +17,13 @@ import pytest
 from PIL import Image
 
 from pcam_jax import infer, models
+from pcam_jax.camelyon.synthetic import GRID, MARGIN, mosaic, real_patches, write_slide
 from pcam_jax.data import pipeline
 from pcam_jax.errors import SlideError
 from pcam_jax.infer.metrics import binary_metrics
 from pcam_jax.infer.slide import otsu_threshold, predict_slide
 from pcam_jax.infer.slide_outputs import SlideSettings, cell_polygons, run_slide
-from tests.synthetic_slides import GRID, MARGIN, mosaic, real_patches, write_slide
+from tests.helpers import run_cli
 
 
 def centre_cells() -> tuple[np.ndarray, np.ndarray]:
@@ -167,11 +166,10 @@ def test_bad_inputs_give_clear_errors_and_no_outputs(patches, bundled, tmp_path)
 def test_pcam_slide_cli(patches, tmp_path):
     path = write_slide(tmp_path / "s.tif", mosaic(patches[0]), mpp=0.972, compression="jpeg")
     out = tmp_path / "out"
-    cmd = [sys.executable, "-m", "pcam_jax.cli.slide", str(path), f"--out={out}", "--noprogress"]
-    r = subprocess.run(cmd, capture_output=True, text=True)
+    r = run_cli("slide", path, f"--out={out}", "--noprogress")
     assert r.returncode == 0, r.stderr
     assert "tissue cells" in r.stdout and (out / "summary.json").is_file()
-    r = subprocess.run(cmd, capture_output=True, text=True)  # out is not empty now
+    r = run_cli("slide", path, f"--out={out}", "--noprogress")  # out is not empty now
     assert r.returncode != 0 and "not an empty folder" in r.stderr
 
 

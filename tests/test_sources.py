@@ -13,7 +13,8 @@ import pytest
 from PIL import Image
 
 from pcam_jax.data import sources
-from pcam_jax.data.pcam_format import DataError, split_paths
+from pcam_jax.data.pcam_format import split_paths
+from pcam_jax.errors import DataError
 
 
 def _write_pngs(folder: Path, images: np.ndarray, suffix: str = ".png") -> list[Path]:

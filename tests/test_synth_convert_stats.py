@@ -12,8 +12,9 @@ import pytest
 from PIL import Image
 
 from pcam_jax.data import convert, sources, stats, synth
-from pcam_jax.data.pcam_format import META_COLUMNS, DataError, split_paths
-from tests.conftest import SMALL_SIZES
+from pcam_jax.data.pcam_format import META_COLUMNS, split_paths
+from pcam_jax.errors import DataError
+from tests.helpers import SMALL_SIZES
 
 
 def test_synthetic_files_have_the_exact_pcam_format(synthetic_root):

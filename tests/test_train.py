@@ -4,59 +4,35 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import signal
 import subprocess
-import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
 
 from pcam_jax import infer, models, train
-from pcam_jax import workdir as layout
+from pcam_jax import workdir as workdir_layout
 from pcam_jax.config import apply_overrides, load_config_file
 from pcam_jax.errors import ModelError, PcamError, TrainingError
 from pcam_jax.infer.evaluate import evaluate
 from pcam_jax.workdir import read_config
+from tests.helpers import (
+    QUICKSTART,
+    REPO,
+    TINY_CNN,
+    TINY_P4M,
+    checkpoint_steps,
+    child_env,
+    final_params,
+    load_config,
+    run_cli,
+    tiny_config,
+    train_cmd,
+)
 
-REPO = Path(__file__).resolve().parents[1]
 CONFIGS = sorted((REPO / "configs").glob("*.py"))
-
-
-def load_config(path: Path, *overrides: str):
-    """Parses a config file and overrides exactly as pcam-train does."""
-    return load_config_file(path, *overrides)
-
-
-def tiny_config(data_root: Path, model: str = "cnn", **model_overrides):
-    """A seconds-long run: a narrow model, batch 16, a few steps."""
-    c = load_config(REPO / "configs" / "quickstart.py")
-    with c.unlocked():
-        c.model = {"name": model, **model_overrides}
-    c.optimizer.learning_rate = 3e-3
-    c.data.root = str(data_root)
-    c.data.worker_count = 0
-    c.batch_size = 16
-    c.eval_batch_size = 32
-    c.num_train_steps = 6
-    c.log_every_steps = 2
-    c.eval_every_steps = 3
-    c.checkpoint_every_steps = 3
-    c.schedule.warmup_steps = 2
-    return c
-
-
-TINY_CNN = {"width_multiplier": 0.125, "dense_features": 16}
-TINY_P4M = {
-    "width_multiplier": 0.25,
-    "dense_features": 16,
-    "convs_per_stage": 1,
-    "dropout_rate": 0.0,
-    "dense_dropout_rate": 0.0,
-}
 
 
 # --- configs ---------------------------------------------------------------------------------
@@ -137,7 +113,7 @@ def test_train_then_eval_end_to_end(synthetic_root, tmp_path):
     workdir = tmp_path / "run"
     val = train.train_and_evaluate(tiny_config(synthetic_root, **TINY_CNN), workdir)
     assert 0.0 <= val["auc"] <= 1.0 and val["n"] == 64
-    assert sorted(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit()) == [
+    assert checkpoint_steps(workdir) == [
         3,
         6,
     ]
@@ -236,7 +212,7 @@ def test_changed_config_is_refused_and_neutral_fields_are_not(synthetic_root, tm
     longer.eval_every_steps = longer.checkpoint_every_steps = 2
     longer.log_every_steps = 1
     train.train_and_evaluate(longer, workdir)  # resumes at step 2, runs to 4
-    steps = sorted(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit())
+    steps = checkpoint_steps(workdir)
     assert steps == [2, 4]
 
 
@@ -255,7 +231,7 @@ def test_nan_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(synthet
     with pytest.raises(TrainingError, match=r"diverged at step 3: loss .*not finite") as e:
         train.train_and_evaluate(c, workdir)
     assert "last good checkpoint (step 2) is untouched" in str(e.value)
-    saved = sorted(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit())
+    saved = checkpoint_steps(workdir)
     assert saved == [1, 2]
     config = read_config(workdir)
     result = evaluate(config, workdir, checkpoint="2", split="valid", n_bootstrap=0)
@@ -263,71 +239,6 @@ def test_nan_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(synthet
 
 
 # --- processes: SIGKILL resume, 1 vs 2 devices, CLI errors -----------------------------------
-
-
-def _train_cmd(config_path: Path, workdir: Path, root: Path, *extra: str) -> list[str]:
-    return [
-        sys.executable,
-        "-m",
-        "pcam_jax.cli.train",
-        f"--config={config_path}",
-        f"--workdir={workdir}",
-        f"--config.data.root={root}",
-        *extra,
-    ]
-
-
-def _env(devices: int = 1) -> dict[str, str]:
-    env = dict(os.environ)
-    env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
-    env["PYTHONPATH"] = str(REPO)
-    return env
-
-
-def _final_params(workdir: Path, weights: str = "raw") -> dict[str, np.ndarray]:
-    import jax
-
-    config = read_config(workdir)
-    mngr = layout.checkpoint_manager(workdir, 3)
-    step = max(mngr.all_steps())
-    model = infer.create_model(config)
-    abstract = jax.eval_shape(
-        lambda: model.init(jax.random.key(0), np.zeros((2, 96, 96, 3), np.float32))
-    )
-    variables, record = layout.restore_model(
-        mngr, step, {"params": abstract["params"], "batch_stats": abstract["batch_stats"]}, weights
-    )
-    assert record["weights"] == weights
-    flat = jax.tree_util.tree_flatten_with_path(variables)[0]
-    return {jax.tree_util.keystr(k): np.asarray(v) for k, v in flat}
-
-
-@pytest.fixture(scope="module")
-def resume_config(tmp_path_factory):
-    """A small CNN run written as a config file, for the subprocess tests."""
-    path = tmp_path_factory.mktemp("cfg") / "resume.py"
-    path.write_text(
-        "from pcam_jax.config import base_config\n\n"
-        "def get_config():\n"
-        "    c = base_config()\n"
-        "    c.model.name = 'cnn'\n"
-        "    c.model.width_multiplier = 0.125\n"
-        "    c.model.dense_features = 16\n"
-        "    c.model.dropout_rate = 0.0\n"
-        "    c.model.dense_dropout_rate = 0.0\n"
-        "    c.data.worker_count = 2\n"
-        "    c.augment.brightness = 0.1\n"
-        "    c.ema_decay = 0.9\n"
-        "    c.label_smoothing = 0.1\n"
-        "    c.batch_size = 16\n"
-        "    c.eval_batch_size = 64\n"
-        "    c.num_train_steps = 14\n"
-        "    c.log_every_steps = 1\n"
-        "    c.eval_every_steps = 7\n"
-        "    c.checkpoint_every_steps = 2\n"
-        "    return c\n"
-    )
-    return path
 
 
 @pytest.mark.parametrize("where", ["host", "device"])
@@ -339,15 +250,15 @@ def test_resume_after_sigkill_ends_bitwise_identical(
     straight, killed = tmp_path / "straight", tmp_path / "killed"
     where_flag = f"--config.augment.where={where}"
     subprocess.run(
-        _train_cmd(resume_config, straight, synthetic_root, where_flag),
-        env=_env(),
+        train_cmd(resume_config, straight, synthetic_root, where_flag),
+        env=child_env(),
         check=True,
         capture_output=True,
         timeout=600,
     )
     proc = subprocess.Popen(
-        _train_cmd(resume_config, killed, synthetic_root, where_flag),
-        env=_env(),
+        train_cmd(resume_config, killed, synthetic_root, where_flag),
+        env=child_env(),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
@@ -357,21 +268,21 @@ def test_resume_after_sigkill_ends_bitwise_identical(
         time.sleep(0.05)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    steps = sorted(int(p.name) for p in (killed / "checkpoints").iterdir() if p.name.isdigit())
+    steps = checkpoint_steps(killed)
     assert steps and max(steps) < 14  # it really was interrupted
     subprocess.run(
-        _train_cmd(resume_config, killed, synthetic_root, where_flag),
-        env=_env(),
+        train_cmd(resume_config, killed, synthetic_root, where_flag),
+        env=child_env(),
         check=True,
         capture_output=True,
         timeout=600,
     )
     for weights in ("raw", "ema"):  # the EMA is checkpointed and resumes bitwise too
-        a, b = _final_params(straight, weights), _final_params(killed, weights)
+        a, b = final_params(straight, weights), final_params(killed, weights)
         assert a.keys() == b.keys()
         for k in a:
             np.testing.assert_array_equal(a[k], b[k], err_msg=f"{weights} {k}")
-    raw, ema = _final_params(straight, "raw"), _final_params(straight, "ema")
+    raw, ema = final_params(straight, "raw"), final_params(straight, "ema")
     assert any(not np.array_equal(raw[k], ema[k]) for k in raw)  # EMA is not the raw weights
     stored = json.loads((killed / "config.json").read_text())
     assert stored["augment.where"] == where
@@ -387,7 +298,7 @@ def test_one_and_two_devices_give_the_same_parameters(synthetic_root, resume_con
     for devices in (1, 2):
         workdir = tmp_path / f"dev{devices}"
         subprocess.run(
-            _train_cmd(
+            train_cmd(
                 resume_config,
                 workdir,
                 synthetic_root,
@@ -398,12 +309,12 @@ def test_one_and_two_devices_give_the_same_parameters(synthetic_root, resume_con
                 "--config.optimizer.learning_rate=0.01",
                 "--config.augment.where=device",
             ),
-            env=_env(devices),
+            env=child_env(devices),
             check=True,
             capture_output=True,
             timeout=600,
         )
-        runs[devices] = _final_params(workdir)
+        runs[devices] = final_params(workdir)
     moved = 0.0
     for k, v in runs[1].items():
         np.testing.assert_allclose(runs[2][k], v, rtol=2e-4, atol=2e-5, err_msg=k)
@@ -420,36 +331,19 @@ def test_one_and_two_devices_give_the_same_parameters(synthetic_root, resume_con
     ],
 )
 def test_pcam_train_bad_input(synthetic_root, tmp_path, args, message):
-    cmd = _train_cmd(REPO / "configs" / "quickstart.py", tmp_path / "w", synthetic_root, *args)
-    proc = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=300)
+    cmd = train_cmd(REPO / "configs" / "quickstart.py", tmp_path / "w", synthetic_root, *args)
+    proc = subprocess.run(cmd, env=child_env(), capture_output=True, text=True, timeout=300)
     assert proc.returncode != 0 and message in proc.stderr
 
 
 def test_pcam_train_requires_workdir():
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pcam_jax.cli.train",
-            f"--config={REPO / 'configs' / 'quickstart.py'}",
-        ],
-        env=_env(),
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    proc = run_cli("train", f"--config={QUICKSTART}")
     assert proc.returncode != 0 and "--workdir" in proc.stderr
 
 
 def test_pcam_eval_bad_input(synthetic_root, tmp_path):
     def run(*args):
-        return subprocess.run(
-            [sys.executable, "-m", "pcam_jax.cli.eval", *args],
-            env=_env(),
-            capture_output=True,
-            text=True,
-            timeout=300,
-        )
+        return run_cli("eval", *args)
 
     proc = run()
     assert proc.returncode != 0 and "--workdir is required" in proc.stderr
@@ -473,7 +367,7 @@ def test_pcam_eval_bad_input(synthetic_root, tmp_path):
 def test_checkpoints_keep_the_last_k_and_the_best_by_validation_auc(tmp_path):
     import orbax.checkpoint as ocp
 
-    mngr = layout.checkpoint_manager(tmp_path, keep=2)
+    mngr = workdir_layout.checkpoint_manager(tmp_path, keep=2)
     aucs = {1: 0.61, 2: 0.93, 3: 0.70, 4: None, 5: 0.80, 6: 0.75}
     for step, auc in aucs.items():
         mngr.save(
@@ -484,11 +378,11 @@ def test_checkpoints_keep_the_last_k_and_the_best_by_validation_auc(tmp_path):
         )
         mngr.wait_until_finished()
     assert sorted(mngr.all_steps()) == [2, 5, 6]  # best (0.93) and the last two
-    assert layout.resolve_checkpoint(mngr, "best") == 2
-    assert layout.resolve_checkpoint(mngr, "last") == 6
-    assert layout.resolve_checkpoint(mngr, "5") == 5
+    assert workdir_layout.resolve_checkpoint(mngr, "best") == 2
+    assert workdir_layout.resolve_checkpoint(mngr, "last") == 6
+    assert workdir_layout.resolve_checkpoint(mngr, "5") == 5
     with pytest.raises(ModelError, match=r"one of the saved steps \[2, 5, 6\]"):
-        layout.resolve_checkpoint(mngr, "3")
+        workdir_layout.resolve_checkpoint(mngr, "3")
     mngr.close()
 
 
@@ -498,7 +392,7 @@ def test_bfloat16_compute_trains(synthetic_root, tmp_path):
     c.num_train_steps = c.eval_every_steps = c.checkpoint_every_steps = 3
     val = train.train_and_evaluate(c, tmp_path / "run")
     assert np.isfinite(val["nll"])
-    params = _final_params(tmp_path / "run")
+    params = final_params(tmp_path / "run")
     assert all(v.dtype == np.float32 for v in params.values())  # float32 master weights
 
 
@@ -514,9 +408,9 @@ def test_a_workdir_from_before_the_newer_fields_resumes_and_loads(tmp_path):
     old = {k: v for k, v in flat.items() if k not in LEGACY_DEFAULTS}
     (tmp_path / "config.json").write_text(json.dumps(old))
     (tmp_path / "checkpoints" / "5").mkdir(parents=True)
-    layout.check_config(config, tmp_path)  # resumes
+    workdir_layout.check_config(config, tmp_path)  # resumes
     stored = read_config(tmp_path)
     assert stored.data.train_examples == 0 and stored.augment.where == "host"
     config.data.train_examples = 1000
     with pytest.raises(TrainingError, match=r"data.train_examples: 0 \(stored\) -> 1000"):
-        layout.check_config(config, tmp_path)
+        workdir_layout.check_config(config, tmp_path)

@@ -12,7 +12,7 @@ import pytest
 from pcam_jax import train
 from pcam_jax.errors import TrainingError
 from pcam_jax.workdir import lock_path, workdir_lock
-from tests.test_train import REPO, tiny_config
+from tests.helpers import REPO, run_cli, tiny_config
 
 HOLD = """
 import sys, time
@@ -40,12 +40,11 @@ def test_a_second_run_fails_fast_naming_the_holder(synthetic_root, tmp_path):
         ):
             train.train_and_evaluate(tiny_config(synthetic_root, "cnn"), workdir)
         assert not (workdir / "config.json").exists()  # it stopped before touching the run
-        cmd = [sys.executable, "-m", "pcam_jax.cli.train", "--config=configs/quickstart.py"]
-        r = subprocess.run(
-            cmd + [f"--workdir={workdir}", f"--config.data.root={synthetic_root}"],
-            capture_output=True,
-            text=True,
-            cwd=REPO,
+        r = run_cli(
+            "train",
+            "--config=configs/quickstart.py",
+            f"--workdir={workdir}",
+            f"--config.data.root={synthetic_root}",
         )
         assert r.returncode == 1 and f"pid {holder.pid} on host" in r.stderr
         # it stopped before writing anything: no config, events or checkpoints

@@ -25,8 +25,6 @@ import statistics
 import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-
 
 def main() -> None:
     ap = argparse.ArgumentParser()

@@ -27,12 +27,10 @@ from __future__ import annotations
 
 import sys
 
+import escnn_models  # before escnn: it hides scikit-learn from escnn (this folder is sys.path[0])
 import numpy as np
-
-sys.path.insert(0, __file__.rsplit("/", 1)[0])
-import escnn_models  # noqa: E402  (first: it hides scikit-learn from escnn)
-import torch  # noqa: E402
-from escnn import nn as enn  # noqa: E402
+import torch
+from escnn import nn as enn
 
 torch.set_default_dtype(torch.float32)
 

@@ -32,7 +32,6 @@ from absl import flags
 
 from pcam_jax.camelyon.report import run_camelyon_eval, summary_line
 from pcam_jax.cli import common
-from pcam_jax.errors import PcamError
 
 _PREDICTIONS = flags.DEFINE_string(
     "predictions", None, "A pcam-slide cohort folder (one sub-folder per slide)."
@@ -83,20 +82,17 @@ def main(argv: Sequence[str]) -> None:
     ]
     if missing:
         sys.exit(f"{PROG}: error: {', '.join(missing)} required; see --help")
-    try:
-        result = run_camelyon_eval(
-            _PREDICTIONS.value,
-            _GROUND_TRUTH.value,
-            common.OUT.value,
-            normal=_NORMAL.value,
-            pixel_um=_PIXEL_UM.value,
-            slide_score=_SLIDE_SCORE.value,
-            n_bootstrap=_BOOTSTRAP.value,
-            seed=common.SEED.value,
-            log=_warn,
-        )
-    except PcamError as e:
-        sys.exit(f"{PROG}: error: {e}")
+    result = run_camelyon_eval(
+        _PREDICTIONS.value,
+        _GROUND_TRUTH.value,
+        common.OUT.value,
+        normal=_NORMAL.value,
+        pixel_um=_PIXEL_UM.value,
+        slide_score=_SLIDE_SCORE.value,
+        n_bootstrap=_BOOTSTRAP.value,
+        seed=common.SEED.value,
+        log=_warn,
+    )
     print(f"{PROG}: {summary_line(result)} -> {common.OUT.value}")
 
 

@@ -19,13 +19,14 @@ import sys
 import traceback
 from collections.abc import Callable, Sequence
 from functools import partial
-from typing import Any
+from typing import Any, TypeVar
 
 from absl import app, flags
 
 from pcam_jax.config import OVERRIDE_PREFIX
 from pcam_jax.errors import PcamError
 
+T = TypeVar("T")
 HELP_FLAGS = ("-h", "--help", "-help", "--helpshort", "-?")
 
 # --- the shared flags ------------------------------------------------------------------------
@@ -171,15 +172,22 @@ def _parse_flags(prog: str, argv: list[str]) -> list[str]:
 
 
 def _run_main(main: Callable[[list[str]], Any], prog: str, argv: list[str]) -> Any:
-    """`main`, with anything that is not a PcamError reported as a bug after its traceback
-    (every error a user can cause is a PcamError and ends in one line)."""
+    return reporting_errors(prog, partial(main, argv))
+
+
+def reporting_errors(prog: str, body: Callable[[], T]) -> T:
+    """``body()``, its errors turned into what the user of binary `prog` reads (every binary's
+    one path, pcam-data's subcommands included): a PcamError (every error a user can cause) or
+    an OSError (the machine's: a read-only or full disk, permissions) exits with status 1 and
+    one line ``PROG: error: ...``, no traceback; anything else is a bug: its traceback, then a
+    line asking to report it."""
     try:
-        return main(argv)
+        return body()
     except (SystemExit, KeyboardInterrupt, app.UsageError):
         raise
-    except PcamError as e:  # a main that lets one through still gets one line
+    except PcamError as e:
         sys.exit(f"{prog}: error: {e}")
-    except OSError as e:  # the machine's, not the code's: a read-only or full disk, permissions
+    except OSError as e:
         where = f" ({e.filename})" if getattr(e, "filename", None) else ""
         sys.exit(f"{prog}: error: {e.strerror or e}{where}; check the path and its permissions")
     except Exception:

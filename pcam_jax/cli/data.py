@@ -12,13 +12,14 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 from absl import flags, logging
 
+from pcam_jax.cli import common
 from pcam_jax.cli.common import define_on
 from pcam_jax.data.pcam_format import SPLITS, ZENODO_BASE_URL
-from pcam_jax.errors import PcamError
 
 
 @dataclass(frozen=True)
@@ -240,7 +241,8 @@ def usage() -> str:
 
 
 def main(argv: list[str]) -> int:
-    """Runs `pcam-data` on argv (argv[0] is the program name); returns the exit code."""
+    """Runs `pcam-data` on argv (argv[0] is the program name); returns the exit code, or exits
+    with status 1 and one error line (``common.reporting_errors``, as every binary does)."""
     if len(argv) < 2 or argv[1] in ("-h", "--help", "help"):
         print(usage())
         return 0 if len(argv) >= 2 else 2
@@ -268,11 +270,7 @@ def main(argv: list[str]) -> int:
     except flags.Error as e:
         print(f"{prog}: error: {e}; see `{prog} --help`", file=sys.stderr)
         return 2
-    try:
-        return sub.main(fv)
-    except (PcamError, OSError) as e:
-        print(f"{prog}: error: {e}", file=sys.stderr)
-        return 1
+    return common.reporting_errors(prog, partial(sub.main, fv))
 
 
 def run() -> None:

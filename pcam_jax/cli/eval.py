@@ -20,7 +20,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from absl import app, flags, logging
+from absl import app, flags
 
 from pcam_jax.cli import common
 from pcam_jax.config import apply_overrides
@@ -43,23 +43,19 @@ def main(argv: Sequence[str]) -> None:
         sys.exit("pcam-eval: error: --workdir is required (a pcam-train workdir)")
     workdir = Path(common.WORKDIR.value)
     quiet_library_logs()
-    try:
-        distributed.initialize_from_flags()
-        if not workdir.is_dir():
-            raise PcamError(f"--workdir={workdir}: directory not found")
-        config = apply_overrides(read_config(workdir), common.config_overrides())
-        result = evaluate(
-            config,
-            workdir,
-            checkpoint=common.CHECKPOINT.value,
-            split=_SPLIT.value,
-            tta=common.TTA.value,
-            n_bootstrap=_BOOTSTRAP.value,
-            weights=common.WEIGHTS.value,
-        )
-    except PcamError as e:
-        logging.error("%s", e)
-        sys.exit(f"pcam-eval: error: {e}")
+    distributed.initialize_from_flags()
+    if not workdir.is_dir():
+        raise PcamError(f"--workdir={workdir}: directory not found")
+    config = apply_overrides(read_config(workdir), common.config_overrides())
+    result = evaluate(
+        config,
+        workdir,
+        checkpoint=common.CHECKPOINT.value,
+        split=_SPLIT.value,
+        tta=common.TTA.value,
+        n_bootstrap=_BOOTSTRAP.value,
+        weights=common.WEIGHTS.value,
+    )
     if not distributed.is_primary():
         return
     ci = result.get("auc_ci95", [float("nan")] * 2)

@@ -18,7 +18,6 @@ from collections.abc import Sequence
 from absl import app
 
 from pcam_jax.cli import common
-from pcam_jax.errors import PcamError
 from pcam_jax.infer.export import export
 
 
@@ -27,12 +26,9 @@ def main(argv: Sequence[str]) -> None:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     if not common.WORKDIR.value or not common.OUT.value:
         sys.exit("pcam-export: error: --workdir (a pcam-train workdir) and --out are required")
-    try:
-        out = export(
-            common.WORKDIR.value, common.OUT.value, common.CHECKPOINT.value, common.WEIGHTS.value
-        )
-    except PcamError as e:
-        sys.exit(f"pcam-export: error: {e}")
+    out = export(
+        common.WORKDIR.value, common.OUT.value, common.CHECKPOINT.value, common.WEIGHTS.value
+    )
     print(f"pcam-export: wrote {out} (bundle.json, variables.msgpack, MODEL.md)")
 
 

@@ -11,23 +11,18 @@ Rerunning resumes or reuses what is there. Run it from a clone of the repository
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Sequence
 
 from absl import app
 
 from pcam_jax.cli import common
-from pcam_jax.errors import PcamError
 from pcam_jax.quickstart import run_quickstart
 
 
 def main(argv: Sequence[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    try:
-        run_quickstart(common.WORKDIR.value or "runs/quickstart", common.SEED.value)
-    except PcamError as e:
-        sys.exit(f"quickstart: error: {e}")
+    run_quickstart(common.WORKDIR.value or "runs/quickstart", common.SEED.value)
 
 
 def run() -> None:

@@ -35,7 +35,6 @@ from collections.abc import Sequence
 from absl import flags
 
 from pcam_jax.cli import common
-from pcam_jax.errors import PcamError
 from pcam_jax.infer.cohort import check_cohort_dir, is_cohort, resolve_slides, run_cohort
 from pcam_jax.infer.detections import NMS_FLOOR, NMS_RADIUS_UM
 from pcam_jax.infer.load import load_model
@@ -121,17 +120,14 @@ def main(argv: Sequence[str]) -> None:
         sys.exit(
             "pcam-slide: error: give a SLIDE (or several, a folder, a glob, a list) and --out=DIR"
         )
-    try:
-        if is_cohort(argv[1:]):
-            run_many(argv[1:], common.OUT.value)
-            return
-        prepare_out_dir(common.OUT.value)  # before the model loads
-        model = load_model(common.MODEL.value, common.CHECKPOINT.value)
-        summary = run_slide(
-            argv[1], common.OUT.value, model, settings(), progress=common.PROGRESS.value
-        )
-    except PcamError as e:
-        sys.exit(f"pcam-slide: error: {e}")
+    if is_cohort(argv[1:]):
+        run_many(argv[1:], common.OUT.value)
+        return
+    prepare_out_dir(common.OUT.value)  # before the model loads
+    model = load_model(common.MODEL.value, common.CHECKPOINT.value)
+    summary = run_slide(
+        argv[1], common.OUT.value, model, settings(), progress=common.PROGRESS.value
+    )
     print(
         f"pcam-slide: {summary['tissue_cells']} tissue cells in {summary['seconds']:.1f} s "
         f"({summary['cells_per_second']:.0f} cells/s) at level {summary['level']} "

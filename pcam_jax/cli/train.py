@@ -21,7 +21,7 @@ from absl import app, flags, logging
 
 from pcam_jax.cli import common
 from pcam_jax.config import check_values, load_config_file
-from pcam_jax.errors import PcamError, Preempted
+from pcam_jax.errors import Preempted
 from pcam_jax.runtime import distributed
 from pcam_jax.runtime.logs import quiet_library_logs
 from pcam_jax.runtime.preemption import EXIT_PREEMPTED
@@ -51,9 +51,6 @@ def main(argv: Sequence[str]) -> None:
         logging.warning("%s", e)
         print(f"pcam-train: {e}", file=sys.stderr)
         sys.exit(EXIT_PREEMPTED)
-    except PcamError as e:
-        logging.error("%s", e)
-        sys.exit(f"pcam-train: error: {e}")
     if not distributed.is_primary():
         return
     print(

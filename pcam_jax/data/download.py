@@ -41,7 +41,8 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from pcam_jax.data.pcam_format import PCAM_MD5, ZENODO_BASE_URL, DataError
+from pcam_jax.data.pcam_format import PCAM_MD5, ZENODO_BASE_URL
+from pcam_jax.errors import DataError
 from pcam_jax.runtime.files import atomic_path
 
 CHUNK_BYTES = 1 << 20

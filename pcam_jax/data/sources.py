@@ -33,10 +33,10 @@ from pcam_jax.data.pcam_format import (
     SPLITS,
     X_KEY,
     Y_KEY,
-    DataError,
     check_split,
     split_paths,
 )
+from pcam_jax.errors import DataError
 
 SOURCES: tuple[str, ...] = ("pcam_hdf5", "folder", "kaggle")
 IMAGE_SUFFIXES: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".tif", ".tiff")

@@ -14,8 +14,9 @@ from typing import Any
 
 import numpy as np
 
-from pcam_jax.data.pcam_format import HOW_TO_GET_DATA, SPLITS, DataError, split_paths
+from pcam_jax.data.pcam_format import HOW_TO_GET_DATA, SPLITS, split_paths
 from pcam_jax.data.sources import PcamHdf5Source
+from pcam_jax.errors import DataError
 from pcam_jax.runtime.files import write_json
 from pcam_jax.runtime.plotting import pyplot, save_figure
 

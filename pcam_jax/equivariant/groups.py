@@ -400,7 +400,7 @@ def channel_sum(x: jax.Array) -> jax.Array:
 
     On CPU in two stages, (M, C) -> (M / b, C) -> (C,) with b <= 32 and an optimisation
     barrier between them: with YNNPACK enabled (``xla_options``) XLA:CPU rewrites one large
-    reduction into a reduce-window tree that runs 4-6x slower; the barrier keeps XLA from
+    reduction into a reduce-window tree that runs several times slower; the barrier keeps XLA from
     merging the stages back, and the first stage fuses with the op that produces ``x``.
     Elsewhere one reduction (a barrier would stop GPU fusions).
     """

@@ -33,7 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from pcam_jax.equivariant import groups
-from pcam_jax.errors import ModelError
+from pcam_jax.errors import InputError, ModelError
 from pcam_jax.explain.attribution import float_preprocess, spatial_layer_shapes, tap_layer
 from pcam_jax.infer.predict import LoadedModel
 from pcam_jax.runtime.plotting import pyplot, save_figure
@@ -164,8 +164,6 @@ def read_predictions(path: Path) -> dict[str, Any]:
     """Rows of a pcam-predict (path[, index], label, p_tumour) or pcam-eval (index, label,
     p_tumour, ...) CSV: {"path": list | None, "index": array | None, "label": int array (-1 =
     unknown), "p_tumour": float array}."""
-    from pcam_jax.infer.patches import InputError
-
     if not path.is_file():
         raise InputError(
             f"{path}: no such predictions file (write one with pcam-predict or pcam-eval)"

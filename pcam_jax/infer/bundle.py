@@ -217,7 +217,9 @@ def model_card(loaded: LoadedModel, metrics: dict[str, dict[str, Any]]) -> str:
         "- output: softmax over (normal, tumour); p(tumour) is the second entry",
         "",
         "## Training data",
-        f"- source `{c.data.source}` at `{c.data.root}`: {_split_sizes(c)}",
+        f"- dataset `{src.get('dataset') or Path(str(c.data.root)).name}` (source "
+        f"`{c.data.source}`; {loaded.info['norm'].get('fingerprint') or 'no fingerprint'}): "
+        f"{_split_sizes(c)}",
         "- PCam patches come from 400 CAMELYON16 slides scanned at two Dutch centres "
         "(Radboud UMC, UMC Utrecht); other stains, scanners, tissues and magnifications are "
         "out of distribution",
@@ -242,8 +244,10 @@ def model_card(loaded: LoadedModel, metrics: dict[str, dict[str, Any]]) -> str:
         "```",
         "",
         "## Provenance",
-        f"- exported by pcam_jax {__version__} on {datetime.date.today().isoformat()} from "
-        f"`{src.get('workdir', '?')}`, checkpoint {src['step']} ({src['weights']} weights)",
+        f"- exported by pcam_jax {__version__} on "
+        f"{src.get('exported') or datetime.date.today().isoformat()} from the run "
+        f"`{src.get('run') or Path(str(src.get('workdir', '?'))).name}` (code at commit "
+        f"{src.get('commit') or 'unknown'}), checkpoint {src['step']} ({src['weights']} weights)",
         f"- bundle format version {BUNDLE_FORMAT_VERSION}",
         "",
     ]

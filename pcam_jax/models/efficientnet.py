@@ -145,8 +145,8 @@ class DepthwiseConv(nn.Module):
 
     Computed as the sum of k^2 shifted, strided slices of the padded input times one weight per
     channel (``depthwise_conv``), not as a grouped convolution: on XLA:CPU a grouped convolution
-    with C groups and its gradient run as generic loops, 8x slower (BENCHMARKS.md, "Transfer
-    learning"). Same values as ``lax.conv_general_dilated(..., feature_group_count=C)``.
+    with C groups and its gradient run as generic loops, several times slower (BENCHMARKS.md,
+    "Transfer learning"). Same values as ``lax.conv_general_dilated(..., feature_group_count=C)``.
     """
 
     kernel: int
