@@ -10,7 +10,7 @@ import pytest
 from absl import flags
 
 from pcam_jax.data import subset, synth
-from tests.helpers import RESUME_CONFIG, SMALL_SIZES
+from tests.helpers import RESUME_CONFIG, SMALL_SIZES, TINY_CNN, tiny_config
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -64,3 +64,15 @@ def highest_precision():
     ``pytestmark = pytest.mark.usefixtures("highest_precision")``)."""
     with jax.default_matmul_precision("highest"):
         yield
+
+
+@pytest.fixture(scope="session")
+def tiny_cnn_run(synthetic_root: Path, tmp_path_factory: pytest.TempPathFactory):
+    """(workdir, validation metrics) of a finished tiny CNN run on `synthetic_root`
+    (``helpers.tiny_config`` with TINY_CNN: 6 steps, checkpoints and validations at 3 and 6),
+    trained once per session. Do not modify: copy the workdir (``shutil.copytree``)."""
+    from pcam_jax import train
+
+    workdir = tmp_path_factory.mktemp("tiny_cnn") / "run"
+    val = train.train_and_evaluate(tiny_config(synthetic_root, **TINY_CNN), workdir)
+    return workdir, val

@@ -382,9 +382,10 @@ def test_cli_download_mismatch_exits_1(server, tmp_path, capsys):
         f"--files={TEST_META}",
         "--noprogress",
     ]
-    assert main(argv) == 1
-    err = capsys.readouterr().err
-    assert "error: checksum mismatch" in err and TEST_META in err
+    with pytest.raises(SystemExit) as e:  # status 1, the one line as every binary prints it
+        main(argv)
+    err = str(e.value.code)
+    assert err.startswith("pcam-data download: error: checksum mismatch") and TEST_META in err
     assert PCAM_MD5[TEST_META] in err and MD5[TEST_META] in err
     assert list(out.iterdir()) == []
 

@@ -107,7 +107,7 @@ def test_load_pretrained_new_heads_and_frozen_backbone():
     """2-class model: backbone from the state_dict, fresh heads, gradients only in the heads."""
     model = models.create("inception_v3", transform_input=True, freeze_backbone=True)
     x = jnp.asarray(tc.reference_input(7)[:1])
-    variables = model.init(jax.random.key(0), x)
+    variables = models.init_variables(model, jax.random.key(0), x)
     sd = tc.synthetic_state_dict(TABLE, seed=0)
     loaded = tc.load_pretrained(variables, sd)
     np.testing.assert_array_equal(

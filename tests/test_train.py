@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
 import signal
 import subprocess
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -109,14 +111,11 @@ def test_apply_overrides_types_and_errors():
 # --- end to end ------------------------------------------------------------------------------
 
 
-def test_train_then_eval_end_to_end(synthetic_root, tmp_path):
-    workdir = tmp_path / "run"
-    val = train.train_and_evaluate(tiny_config(synthetic_root, **TINY_CNN), workdir)
+def test_train_then_eval_end_to_end(tiny_cnn_run, tmp_path):
+    workdir = Path(shutil.copytree(tiny_cnn_run[0], tmp_path / "run"))
+    val = tiny_cnn_run[1]
     assert 0.0 <= val["auc"] <= 1.0 and val["n"] == 64
-    assert checkpoint_steps(workdir) == [
-        3,
-        6,
-    ]
+    assert checkpoint_steps(workdir) == [3, 6]
     assert list(workdir.glob("events.out.tfevents.*"))  # TensorBoard event file
     assert json.loads((workdir / "config.json").read_text())["model.name"] == "cnn"
 
@@ -145,13 +144,8 @@ def test_the_quickstart_config_learns(synthetic_root, tmp_path):
     assert val["auc"] > 0.85, val  # chance is 0.5; the study's G-CNN stayed at 0.5
 
 
-def test_eval_on_a_root_holding_only_the_test_split(synthetic_root, tmp_path):
-    import shutil
-
-    workdir = tmp_path / "run"
-    c = tiny_config(synthetic_root, **TINY_CNN)
-    c.num_train_steps = c.eval_every_steps = c.checkpoint_every_steps = 2
-    train.train_and_evaluate(c, workdir)
+def test_eval_on_a_root_holding_only_the_test_split(synthetic_root, tiny_cnn_run, tmp_path):
+    workdir = Path(shutil.copytree(tiny_cnn_run[0], tmp_path / "run"))
     only_test = tmp_path / "only_test"
     only_test.mkdir()
     for name in ("x.h5", "y.h5", "meta.csv"):
@@ -164,7 +158,7 @@ def test_eval_on_a_root_holding_only_the_test_split(synthetic_root, tmp_path):
         evaluate(config, workdir, split="valid", n_bootstrap=0)
 
 
-def test_tta_on_a_p4m_model_changes_nothing_but_float_error(synthetic_root, tmp_path):
+def test_tta_on_a_p4m_model_changes_nothing_but_float_error(synthetic_root, tiny_cnn_run, tmp_path):
     workdir = tmp_path / "run"
     c = tiny_config(synthetic_root, "p4mcnn", **TINY_P4M)
     c.num_train_steps = c.eval_every_steps = c.checkpoint_every_steps = 4
@@ -180,10 +174,7 @@ def test_tta_on_a_p4m_model_changes_nothing_but_float_error(synthetic_root, tmp_
     np.testing.assert_allclose(probs("valid_tta"), probs("valid"), atol=1e-5)
     assert abs(tta["auc"] - plain["auc"]) < 1e-4 and tta["accuracy"] == plain["accuracy"]
     # negative control: the plain CNN is not invariant, so TTA moves its predictions
-    workdir2 = tmp_path / "run_cnn"
-    c2 = tiny_config(synthetic_root, **TINY_CNN)
-    c2.num_train_steps = c2.eval_every_steps = c2.checkpoint_every_steps = 4
-    train.train_and_evaluate(c2, workdir2)
+    workdir2 = Path(shutil.copytree(tiny_cnn_run[0], tmp_path / "run_cnn"))
     config2 = read_config(workdir2)
     evaluate(config2, workdir2, split="valid", n_bootstrap=0)
     evaluate(config2, workdir2, split="valid", tta=True, n_bootstrap=0)
@@ -194,26 +185,24 @@ def test_tta_on_a_p4m_model_changes_nothing_but_float_error(synthetic_root, tmp_
     assert np.abs(a - b).max() > 1e-4
 
 
-def test_changed_config_is_refused_and_neutral_fields_are_not(synthetic_root, tmp_path):
-    workdir = tmp_path / "run"
+def test_changed_config_is_refused_and_neutral_fields_are_not(
+    synthetic_root, tiny_cnn_run, tmp_path
+):
+    fresh = tmp_path / "fresh"
     with pytest.raises(ModelError, match="unknown model 'resnet50'"):
-        train.train_and_evaluate(tiny_config(synthetic_root, "resnet50"), workdir)
-    assert not (workdir / "config.json").exists()  # a failed start binds nothing
-    c = tiny_config(synthetic_root, **TINY_CNN)
-    c.num_train_steps = c.eval_every_steps = c.checkpoint_every_steps = 2
-    train.train_and_evaluate(c, workdir)
+        train.train_and_evaluate(tiny_config(synthetic_root, "resnet50"), fresh)
+    assert not (fresh / "config.json").exists()  # a failed start binds nothing
+    workdir = Path(shutil.copytree(tiny_cnn_run[0], tmp_path / "run"))  # 6 steps, at 3 and 6
     changed = tiny_config(synthetic_root, **TINY_CNN)
-    changed.num_train_steps = changed.eval_every_steps = changed.checkpoint_every_steps = 2
     changed.optimizer.learning_rate = 0.5
     with pytest.raises(TrainingError, match=r"optimizer\.learning_rate: 0\.003 \(stored\) -> 0\.5"):
         train.train_and_evaluate(changed, workdir)
     longer = tiny_config(synthetic_root, **TINY_CNN)
-    longer.num_train_steps = 4
-    longer.eval_every_steps = longer.checkpoint_every_steps = 2
+    longer.num_train_steps = 8
+    longer.eval_every_steps = longer.checkpoint_every_steps = 4
     longer.log_every_steps = 1
-    train.train_and_evaluate(longer, workdir)  # resumes at step 2, runs to 4
-    steps = checkpoint_steps(workdir)
-    assert steps == [2, 4]
+    train.train_and_evaluate(longer, workdir)  # resumes at step 6, runs to 8
+    assert checkpoint_steps(workdir) == [3, 6, 8]
 
 
 def test_nan_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(synthetic_root, tmp_path):

@@ -238,14 +238,21 @@ class EfficientNetLite(nn.Module):
             return ()
         return ("conv_stem", "bn0", *(f"blocks_{i}" for i in range(self.frozen_blocks)))
 
-    def features(self, x: jax.Array, train: bool, views: int = 1) -> jax.Array:
-        """The backbone: images -> pooled features (N, 1280); `views`: the batch holds that
-        many views of each example, view-major (they share their stochastic-depth draws)."""
-        if self.transform_input:  # (u - m) / s with u in [0, 1]  ->  (255 u - 127) / 128
+    def prepare_input(self, x: jax.Array) -> jax.Array:
+        """What the stem sees: with ``transform_input`` ImageNet-normalised images (u - m) / s,
+        u in [0, 1], become the weights' scaling (255 u - 127) / 128; with ``resize_to`` they
+        are resized (bilinear). (N, H, W, 3) -> (N, H', W', 3)."""
+        if self.transform_input:
             mean, std = jnp.asarray(_TV_MEAN), jnp.asarray(_TV_STD)
             x = ((x * std + mean) * 255.0 - 127.0) / 128.0
         if self.resize_to and self.resize_to != x.shape[1]:
             x = jax.image.resize(x, (x.shape[0], self.resize_to, self.resize_to, 3), "bilinear")
+        return x
+
+    def features(self, x: jax.Array, train: bool, views: int = 1) -> jax.Array:
+        """The backbone: images -> pooled features (N, 1280); `views`: the batch holds that
+        many views of each example, view-major (they share their stochastic-depth draws)."""
+        x = self.prepare_input(x)
         plan = stage_plan(self.variant)
         if not 0 <= self.frozen_blocks <= len(plan):
             raise ValueError(f"frozen_blocks={self.frozen_blocks}: expected 0 ... {len(plan)}")
