@@ -3,6 +3,10 @@ config file and float32 matmuls at full precision. Plain helpers live in ``tests
 
 from __future__ import annotations
 
+import atexit
+import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import jax
@@ -17,6 +21,28 @@ def pytest_configure(config: pytest.Config) -> None:
     # grain reads absl flags; outside an absl app they keep their defaults.
     if not flags.FLAGS.is_parsed():
         flags.FLAGS.mark_as_parsed()
+    use_a_session_compilation_cache()
+
+
+def use_a_session_compilation_cache() -> None:
+    """One persistent XLA compilation cache for this test session, empty at its start and
+    removed at its end: the test process and every child it starts (``helpers.child_env``
+    copies the environment) load a program another one compiled instead of compiling it again.
+    Most of the suite trains the same few tiny models, many times, in dozens of processes; a
+    cached executable is the one the compiler produces, so results do not change."""
+    from jax._src import compilation_cache
+
+    cache = Path(tempfile.mkdtemp(prefix="pcam_jax_test_xla_cache."))
+    atexit.register(shutil.rmtree, cache, ignore_errors=True)
+    settings = {
+        "jax_compilation_cache_dir": str(cache),
+        "jax_persistent_cache_min_compile_time_secs": 0.0,
+        "jax_persistent_cache_min_entry_size_bytes": 0,
+    }
+    compilation_cache.reset_cache()
+    for name, value in settings.items():
+        jax.config.update(name, value)
+        os.environ[name.upper()] = str(value)
 
 
 @pytest.fixture(scope="session")

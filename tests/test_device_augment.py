@@ -269,29 +269,8 @@ def _device_config(root: Path, steps: int):
     return c
 
 
-@pytest.fixture
-def compilation_cache(tmp_path):
-    """A persistent compilation cache for this test: the runs after the first load its
-    compiled step instead of compiling it again (~20 s each on one core)."""
-    from jax._src import compilation_cache
-
-    names = (
-        "jax_compilation_cache_dir",
-        "jax_persistent_cache_min_compile_time_secs",
-        "jax_persistent_cache_min_entry_size_bytes",
-    )
-    before = {n: getattr(jax.config, n) for n in names}
-    compilation_cache.reset_cache()
-    for n, v in zip(names, (str(tmp_path / "jax_cache"), 0.0, 0), strict=True):
-        jax.config.update(n, v)
-    yield
-    for n, v in before.items():
-        jax.config.update(n, v)
-    compilation_cache.reset_cache()
-
-
 def test_device_runs_are_deterministic_resume_bitwise_and_read_plain_batches(
-    synthetic_root, tmp_path, monkeypatch, compilation_cache
+    synthetic_root, tmp_path, monkeypatch
 ):
     traced = []
     augment_shard = da.augment_shard

@@ -16,11 +16,13 @@ import numpy as np
 import pytest
 
 from pcam_jax.runtime import distributed
-from tests.helpers import QUICKSTART, assert_params_equal, child_env, final_params, free_port
+from tests.helpers import assert_params_equal, child_env, final_params, free_port
 
-# a few steps of quickstart, checkpoints at 3 and 6; dropout on, so that equal
-# parameters also show that each device drew the same dropout mask for the same rows
+# a few steps of the tiny CNN (conftest's resume_config), checkpoints at 3 and 6, no grain
+# workers unless a test adds them; dropout on, so that equal parameters also show that each
+# device drew the same dropout mask for the same rows
 SHORT = [
+    "--config.data.worker_count=0",
     "--config.num_train_steps=6",
     "--config.eval_every_steps=3",
     "--config.checkpoint_every_steps=3",
@@ -69,24 +71,26 @@ def _stopped_at_step_3(run: Path, copy: Path) -> Path:
     return copy
 
 
-def _train_args(workdir: Path, root: Path) -> list[str]:
-    return [f"--config={QUICKSTART}", f"--workdir={workdir}", f"--config.data.root={root}", *SHORT]
+def _train_args(config: Path, workdir: Path, root: Path) -> list[str]:
+    return [f"--config={config}", f"--workdir={workdir}", f"--config.data.root={root}", *SHORT]
 
 
 def test_two_processes_equal_one_process_with_two_devices_and_resume_on_one_or_two(
-    synthetic_root, tmp_path
+    synthetic_root, resume_config, tmp_path
 ):
     t0 = time.time()
     two, one = tmp_path / "two", tmp_path / "one"
     # two processes x 1 device, one grain worker each; against 1 process x 2 devices, none
     _launch(
         "pcam_jax.cli.train",
-        [*_train_args(two, synthetic_root), "--config.data.worker_count=1"],
+        [*_train_args(resume_config, two, synthetic_root), "--config.data.worker_count=1"],
         2,
         tmp_path,
         "train2",
     )
-    out = _launch("pcam_jax.cli.train", _train_args(one, synthetic_root), 1, tmp_path, "train1")
+    out = _launch(
+        "pcam_jax.cli.train", _train_args(resume_config, one, synthetic_root), 1, tmp_path, "train1"
+    )
     assert "4 devices" not in out[0]
     data_files = sorted(p.name for p in (two / "checkpoints" / "6" / "data").iterdir())
     assert "process_0-of-2.json" in data_files and "process_1-of-2.json" in data_files
@@ -96,7 +100,13 @@ def test_two_processes_equal_one_process_with_two_devices_and_resume_on_one_or_t
 
     # one process (2 devices, no workers) resumes from the two processes' step-3 checkpoint
     resumed = _stopped_at_step_3(two, tmp_path / "resumed")
-    out = _launch("pcam_jax.cli.train", _train_args(resumed, synthetic_root), 1, tmp_path, "resume")
+    out = _launch(
+        "pcam_jax.cli.train",
+        _train_args(resume_config, resumed, synthetic_root),
+        1,
+        tmp_path,
+        "resume",
+    )
     assert "resumed from checkpoint 3" in out[0]
     assert "'processes': 2" in out[0]  # it knew the checkpoint came from two processes
     assert_params_equal(final_params(resumed), a)
@@ -105,7 +115,7 @@ def test_two_processes_equal_one_process_with_two_devices_and_resume_on_one_or_t
     again = _stopped_at_step_3(two, tmp_path / "again")
     out = _launch(
         "pcam_jax.cli.train",
-        [*_train_args(again, synthetic_root), "--config.data.worker_count=1"],
+        [*_train_args(resume_config, again, synthetic_root), "--config.data.worker_count=1"],
         2,
         tmp_path,
         "again",
@@ -124,7 +134,13 @@ def test_two_processes_equal_one_process_with_two_devices_and_resume_on_one_or_t
     record = json.loads((ckpt / "record" / "metadata").read_text())
     record["layout"] = {"processes": 1, "workers": 0}  # so that the grain state is used as is
     (ckpt / "record" / "metadata").write_text(json.dumps(record))
-    out = _launch("pcam_jax.cli.train", _train_args(naive, synthetic_root), 1, tmp_path, "naive")
+    out = _launch(
+        "pcam_jax.cli.train",
+        _train_args(resume_config, naive, synthetic_root),
+        1,
+        tmp_path,
+        "naive",
+    )
     assert "resumed from checkpoint 3" in out[0] and "'processes': 2" not in out[0]
     d = final_params(naive)
     assert any(not np.allclose(d[k], a[k], rtol=1e-5, atol=1e-6) for k in a)

@@ -15,7 +15,6 @@ import pytest
 
 from pcam_jax.runtime.preemption import EXIT_PREEMPTED
 from tests.helpers import (
-    QUICKSTART,
     assert_params_equal,
     checkpoint_steps,
     child_env,
@@ -99,10 +98,13 @@ def test_a_second_signal_during_the_save_leaves_a_restorable_checkpoint(
 
 
 @pytest.mark.slow
-def test_sigterm_to_one_of_two_processes_stops_both_at_the_same_step(synthetic_root, tmp_path):
-    args = [
-        f"--config={QUICKSTART}",
+def test_sigterm_to_one_of_two_processes_stops_both_at_the_same_step(
+    synthetic_root, resume_config, tmp_path
+):
+    args = [  # the tiny CNN, no grain workers
+        f"--config={resume_config}",
         f"--config.data.root={synthetic_root}",
+        "--config.data.worker_count=0",
         "--config.num_train_steps=60",
         "--config.eval_every_steps=30",
         "--config.checkpoint_every_steps=5",

@@ -128,13 +128,13 @@ def test_bad_recipe_fields_are_refused(synthetic_root, tmp_path):
 
 def test_train_minutes_plans_the_steps_and_a_restart_keeps_them(synthetic_root, tmp_path):
     c = tiny_config(synthetic_root, "resnet", **TINY_RESNET)
-    c.train_minutes = 0.5
+    c.train_minutes = 1.0
     c.num_train_steps = 3  # provisional only
     c.eval_every_steps = c.checkpoint_every_steps = 40  # long enough to re-plan (> 4 x 25 steps)
     workdir = tmp_path / "run"
     train.train_and_evaluate(c, workdir)
     plan = json.loads((workdir / "train_plan.json").read_text())
-    assert plan["train_minutes"] == 0.5 and plan["step_seconds"] > 0
+    assert plan["train_minutes"] == 1.0 and plan["step_seconds"] > 0
     assert plan["eval_seconds"] > 0 and plan["num_train_steps"] >= 1
     steps = checkpoint_steps(workdir)
     assert steps[-1] == plan["num_train_steps"]  # the run went exactly to the planned step
