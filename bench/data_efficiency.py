@@ -21,15 +21,15 @@ with 3 seeds at 1,000 and 3,000 and 1 at 10,000 (SEEDS). Every run is the cpu_su
 epochs of its subset or the 28-minute budget, whichever is shorter (``max_train_steps`` caps the
 ``train_minutes`` plan), so the schedule always runs to its end. The full 20,000 is the existing
 point of BENCHMARKS.md ("Accuracy per minute": 28-minute runs at peak 4e-3, read from
-docs/results/learning_curve_seeds_2026-11-27_summary.csv; for effnet-ft96 "Transfer learning", read from
-docs/results/transfer_summary.csv).
+docs/results/learning_curve_seeds_2026-11-27_summary.csv; for effnet-ft96 "Transfer learning",
+read from docs/results/transfer_summary.csv).
 
 Resume across sessions: each finished run is a row of docs/results/data_efficiency_runs.csv (the
 summary kept in the repository); a run already there is not trained again, so the grid can be
 run piecewise, one session at a time. The workdirs and training logs stay under --out, outside
 the repository. ``--report-only`` trains nothing and writes, from the CSV, the table
-(docs/results/data_efficiency.md, which ends with one verdict per size: a lead only when every seed of
-one model lies above every seed of the other, else a tie; and the crossover, if any) and the PNG
+(docs/results/data_efficiency.md, which ends with one verdict per size: a lead only when every
+seed of one model lies above every seed of the other, else a tie; and the crossover, if any) and the PNG
 (docs/results/data_efficiency.png). No test split is used; valid
 is the 3,000 patches of the subset's valid split, and nothing is selected on it (the final EMA
 checkpoint of every run is the one reported).
