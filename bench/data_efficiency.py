@@ -29,8 +29,8 @@ summary kept in the repository); a run already there is not trained again, so th
 run piecewise, one session at a time. The workdirs and training logs stay under --out, outside
 the repository. ``--report-only`` trains nothing and writes, from the CSV, the table
 (docs/results/data_efficiency.md, which ends with one verdict per size: a lead only when every
-seed of one model lies above every seed of the other, else a tie; and the crossover, if any) and the PNG
-(docs/results/data_efficiency.png). No test split is used; valid
+seed of one model lies above every seed of the other, else a tie; and the crossover, if any)
+and the PNG (docs/results/data_efficiency.png). No test split is used; valid
 is the 3,000 patches of the subset's valid split, and nothing is selected on it (the final EMA
 checkpoint of every run is the one reported).
 """
