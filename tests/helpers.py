@@ -210,6 +210,36 @@ def assert_params_equal(got: dict, want: dict) -> None:
         np.testing.assert_allclose(got[k], want[k], rtol=1e-5, atol=1e-6, err_msg=k)
 
 
+# --- data layouts ----------------------------------------------------------------------------
+
+
+def random_patches(n: int, seed: int) -> np.ndarray:
+    """(n, 96, 96, 3) uint8 noise patches, reproducible by `seed`."""
+    return np.random.default_rng(seed).integers(0, 256, (n, 96, 96, 3), dtype=np.uint8)
+
+
+def write_kaggle_layout(root: Path, n: int) -> tuple[dict[str, int], dict[str, np.ndarray]]:
+    """The Kaggle competition's layout in `root`: train/<id>.tif and train_labels.csv with `n`
+    noise patches, labels alternating 0/1; returns ({id: label}, {id: image})."""
+    import csv
+
+    from PIL import Image
+
+    (root / "train").mkdir(parents=True)
+    rng = np.random.default_rng(3)
+    labels, images = {}, {}
+    for i in range(n):
+        image_id = f"{rng.integers(1 << 60):016x}"
+        labels[image_id] = int(i % 2)
+        images[image_id] = random_patches(1, i)[0]
+        Image.fromarray(images[image_id]).save(root / "train" / f"{image_id}.tif")
+    with open(root / "train_labels.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["id", "label"])
+        w.writerows(labels.items())
+    return labels, images
+
+
 # --- numerics --------------------------------------------------------------------------------
 
 

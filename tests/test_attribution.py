@@ -121,6 +121,7 @@ def _randomised(loaded: infer.LoadedModel, top: set[str]) -> infer.LoadedModel:
     return dataclasses.replace(loaded, variables=new)
 
 
+@pytest.mark.slow
 def test_maps_decorrelate_as_layers_are_randomised_top_down(models_pair, tumour_patches):
     trained = models_pair["trained"]
     x = tumour_patches[:8]
@@ -256,6 +257,7 @@ def _image_folder(root: Path, images: np.ndarray, labels: np.ndarray) -> Path:
     return root
 
 
+@pytest.mark.slow
 def test_pcam_explain_panels_gallery_and_group_views(models_pair, data, tmp_path):
     workdir = models_pair["trained_workdir"]
     x, y = _split(data["root"], "valid", 8)

@@ -243,6 +243,7 @@ def readme_commands(section: str) -> list[str]:
     return [line for line in block.splitlines() if line.strip()]
 
 
+@pytest.mark.slow
 def test_readme_camelyon16_commands_on_a_synthetic_cohort(subset_root, tmp_path):
     """The README's "Evaluate on CAMELYON16" commands, as written, on a synthetic cohort laid out
     like CAMELYON16's test set; the bundled model's slide AUC and FROC are well above chance."""

@@ -75,6 +75,7 @@ def _train_args(config: Path, workdir: Path, root: Path) -> list[str]:
     return [f"--config={config}", f"--workdir={workdir}", f"--config.data.root={root}", *SHORT]
 
 
+@pytest.mark.slow
 def test_two_processes_equal_one_process_with_two_devices_and_resume_on_one_or_two(
     synthetic_root, resume_config, tmp_path
 ):

@@ -245,6 +245,7 @@ def test_frozen_blocks_and_the_backbone_rate_reach_the_optimizer(lite0_variables
     assert float(jnp.abs(adamw["blocks_9"]["depthwise_conv"]["kernel"]).min()) > 0
 
 
+@pytest.mark.slow
 def test_a_short_fine_tuning_run_learns(synthetic_root, tmp_path):
     c = load_config_file(
         REPO / "configs" / "transfer_finetune.py",

@@ -20,6 +20,7 @@ import crosscheck_escnn  # noqa: E402
 REF = crosscheck_escnn.default_ref_python()
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(
     REF is None,
     reason="no escnn reference env: run `bash bench/reference_env.sh .venv-escnn` "

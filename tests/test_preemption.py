@@ -49,6 +49,7 @@ def straight(synthetic_root, resume_config, tmp_path_factory):
     return workdir
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 def test_signal_saves_exits_75_and_resumes_bitwise(
     synthetic_root,
@@ -75,6 +76,7 @@ def test_signal_saves_exits_75_and_resumes_bitwise(
             np.testing.assert_array_equal(a[k], b[k], err_msg=f"{weights} {k}")
 
 
+@pytest.mark.slow
 def test_a_second_signal_during_the_save_leaves_a_restorable_checkpoint(
     synthetic_root,
     resume_config,
@@ -181,6 +183,7 @@ def _shm_segments() -> set[str]:
     return {p.name for p in Path("/dev/shm").glob("psm_*")}
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs Linux /proc")
 def test_sigkill_takes_the_grain_workers_and_their_shared_memory_with_it(
     synthetic_root,

@@ -126,6 +126,7 @@ def test_bad_recipe_fields_are_refused(synthetic_root, tmp_path):
         train.train_and_evaluate(c, tmp_path / "b")
 
 
+@pytest.mark.slow
 def test_train_minutes_plans_the_steps_and_a_restart_keeps_them(synthetic_root, tmp_path):
     c = tiny_config(synthetic_root, "resnet", **TINY_RESNET)
     c.train_minutes = 1.0
@@ -196,6 +197,7 @@ def test_a_provisional_plan_is_fixed_at_its_hold_step(synthetic_root, tmp_path):
     assert steps[-1] == 30
 
 
+@pytest.mark.slow
 def test_the_late_check_shortens_a_run_that_fell_behind(synthetic_root, tmp_path, monkeypatch):
     # The re-plan at step 30 is made to choose 100 steps whatever the clock says; the late
     # check at 30 + 0.75 x 70 = 82 measures again. With 3 s of budget (spent by then) it cuts the

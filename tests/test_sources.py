@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import pickle
 from pathlib import Path
 
@@ -15,6 +14,7 @@ from PIL import Image
 from pcam_jax.data import sources
 from pcam_jax.data.pcam_format import split_paths
 from pcam_jax.errors import DataError
+from tests.helpers import random_patches, write_kaggle_layout
 
 
 def _write_pngs(folder: Path, images: np.ndarray, suffix: str = ".png") -> list[Path]:
@@ -27,33 +27,13 @@ def _write_pngs(folder: Path, images: np.ndarray, suffix: str = ".png") -> list[
     return paths
 
 
-def _random_patches(n: int, seed: int) -> np.ndarray:
-    return np.random.default_rng(seed).integers(0, 256, (n, 96, 96, 3), dtype=np.uint8)
-
-
 @pytest.fixture
 def folder_root(tmp_path: Path) -> tuple[Path, np.ndarray, np.ndarray]:
     """train/{normal,1} with 3 + 4 lossless PNGs; returns root, images, labels in source order."""
-    normal, tumour = _random_patches(3, 1), _random_patches(4, 2)
+    normal, tumour = random_patches(3, 1), random_patches(4, 2)
     _write_pngs(tmp_path / "train" / "normal", normal)
     _write_pngs(tmp_path / "train" / "1", tumour)
     return tmp_path, np.concatenate([normal, tumour]), np.array([0, 0, 0, 1, 1, 1, 1])
-
-
-def _write_kaggle(root: Path, n: int) -> tuple[dict[str, int], dict[str, np.ndarray]]:
-    (root / "train").mkdir(parents=True)
-    rng = np.random.default_rng(3)
-    labels, images = {}, {}
-    for i in range(n):
-        image_id = f"{rng.integers(1 << 60):016x}"
-        labels[image_id] = int(i % 2)
-        images[image_id] = _random_patches(1, i)[0]
-        Image.fromarray(images[image_id]).save(root / "train" / f"{image_id}.tif")
-    with open(root / "train_labels.csv", "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["id", "label"])
-        w.writerows(labels.items())
-    return labels, images
 
 
 # --- PCam HDF5 -------------------------------------------------------------------------------
@@ -216,7 +196,7 @@ def test_folder_source_on_real_subset(subset_root):
 
 
 def test_kaggle_split_is_seeded_disjoint_and_recorded(tmp_path):
-    labels, images = _write_kaggle(tmp_path, 20)
+    labels, images = write_kaggle_layout(tmp_path, 20)
     train = sources.make_source("kaggle", tmp_path, "train", kaggle_valid_fraction=0.25)
     valid = sources.make_source("kaggle", tmp_path, "valid", kaggle_valid_fraction=0.25)
     assert (len(train), len(valid)) == (15, 5)
@@ -240,7 +220,7 @@ def test_kaggle_split_is_seeded_disjoint_and_recorded(tmp_path):
 def test_kaggle_bad_inputs(tmp_path):
     with pytest.raises(DataError, match=r"train_labels\.csv and train/"):
         sources.make_source("kaggle", tmp_path, "train")
-    labels, _ = _write_kaggle(tmp_path, 6)
+    labels, _ = write_kaggle_layout(tmp_path, 6)
     with pytest.raises(DataError, match=r"no labelled test split"):
         sources.make_source("kaggle", tmp_path, "test")
     (tmp_path / "train" / f"{next(iter(labels))}.tif").unlink()

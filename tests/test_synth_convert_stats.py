@@ -14,7 +14,7 @@ from PIL import Image
 from pcam_jax.data import convert, sources, stats, synth
 from pcam_jax.data.pcam_format import META_COLUMNS, split_paths
 from pcam_jax.errors import DataError
-from tests.helpers import SMALL_SIZES
+from tests.helpers import SMALL_SIZES, write_kaggle_layout
 
 
 def test_synthetic_files_have_the_exact_pcam_format(synthetic_root):
@@ -136,9 +136,7 @@ def test_convert_with_a_bad_image_leaves_no_partial_output(tmp_path):
 
 
 def test_convert_kaggle_writes_split_record(tmp_path):
-    from tests.test_sources import _write_kaggle
-
-    labels, _ = _write_kaggle(tmp_path / "kaggle", 10)
+    labels, _ = write_kaggle_layout(tmp_path / "kaggle", 10)
     src = sources.make_source("kaggle", tmp_path / "kaggle", "valid", kaggle_valid_fraction=0.3)
     written = convert.write_pcam_split(src, tmp_path / "out", "valid")
     record = json.loads(written[-1].read_text())

@@ -30,6 +30,7 @@ from tests.helpers import (
     final_params,
     load_config,
     run_cli,
+    run_in_process,
     tiny_config,
     train_cmd,
 )
@@ -138,6 +139,7 @@ def test_train_then_eval_end_to_end(tiny_cnn_run, tmp_path):
         assert (out / png).read_bytes()[:4] == b"\x89PNG"
 
 
+@pytest.mark.slow
 def test_the_quickstart_config_learns(synthetic_root, tmp_path):
     c = load_config(REPO / "configs" / "quickstart.py", f"--config.data.root={synthetic_root}")
     val = train.train_and_evaluate(c, tmp_path / "run")
@@ -230,6 +232,7 @@ def test_nan_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(synthet
 # --- processes: SIGKILL resume, 1 vs 2 devices, CLI errors -----------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("where", ["host", "device"])
 def test_resume_after_sigkill_ends_bitwise_identical(
     synthetic_root, resume_config, tmp_path, where
@@ -277,6 +280,7 @@ def test_resume_after_sigkill_ends_bitwise_identical(
     assert stored["augment.where"] == where
 
 
+@pytest.mark.slow
 def test_one_and_two_devices_give_the_same_parameters(synthetic_root, resume_config, tmp_path):
     # Plain SGD: the update is proportional to the gradient, so a gradient counted once
     # per device (2x on two devices) fails this. Adam would hide that (it is nearly
@@ -330,20 +334,17 @@ def test_pcam_train_requires_workdir():
     assert proc.returncode != 0 and "--workdir" in proc.stderr
 
 
-def test_pcam_eval_bad_input(synthetic_root, tmp_path):
-    def run(*args):
-        return run_cli("eval", *args)
+def test_pcam_eval_bad_input(tiny_cnn_run, tmp_path):
+    def run(*args):  # the binary's entry point in this process: refusals, then one evaluation
+        return run_in_process("eval", *args)
 
     proc = run()
     assert proc.returncode != 0 and "--workdir is required" in proc.stderr
     proc = run(f"--workdir={tmp_path / 'missing'}")
     assert proc.returncode != 0 and "directory not found" in proc.stderr
-    workdir = tmp_path / "run"
-    c = tiny_config(synthetic_root, **TINY_CNN)
-    c.num_train_steps = c.eval_every_steps = c.checkpoint_every_steps = 2
-    train.train_and_evaluate(c, workdir)
+    workdir = Path(shutil.copytree(tiny_cnn_run[0], tmp_path / "run"))
     proc = run(f"--workdir={workdir}", "--checkpoint=99")
-    assert proc.returncode != 0 and "one of the saved steps [2]" in proc.stderr
+    assert proc.returncode != 0 and "one of the saved steps [3, 6]" in proc.stderr
     proc = run(f"--workdir={workdir}", "--config.data.rooot=/x")
     assert proc.returncode != 0 and "unknown config field 'data.rooot'" in proc.stderr
     proc = run(f"--workdir={workdir}", f"--config.data.root={tmp_path}")
