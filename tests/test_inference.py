@@ -42,10 +42,9 @@ def machine_paths(meta: dict, card: str) -> list[str]:
     found: list[str] = []
 
     def walk(v):
-        if isinstance(v, dict):
-            [walk(x) for x in v.values()]
-        elif isinstance(v, list):
-            [walk(x) for x in v]
+        if isinstance(v, (dict, list)):
+            for x in v.values() if isinstance(v, dict) else v:
+                walk(x)
         elif isinstance(v, str) and (v.startswith("/") or v[1:3] == ":\\"):
             found.append(v)
 

@@ -14,7 +14,6 @@ config, data, runtime, errors.
 
 from __future__ import annotations
 
-import datetime
 import hashlib
 import json
 from collections.abc import Sequence
@@ -183,7 +182,9 @@ def _split_sizes(config: Any) -> str:
 
 
 def model_card(loaded: LoadedModel, metrics: dict[str, dict[str, Any]]) -> str:
-    """MODEL.md of a bundle: model, data, recipe, metrics, input, intended use, limits."""
+    """MODEL.md of a bundle: model, data, recipe, metrics, input, intended use, limits;
+    ``loaded.info["source"]`` as ``export.portable_provenance`` leaves it (run, dataset,
+    exported, commit)."""
     c = loaded.config
     flat = flatten_config(c)
     src = loaded.info["source"]
@@ -217,7 +218,7 @@ def model_card(loaded: LoadedModel, metrics: dict[str, dict[str, Any]]) -> str:
         "- output: softmax over (normal, tumour); p(tumour) is the second entry",
         "",
         "## Training data",
-        f"- dataset `{src.get('dataset') or Path(str(c.data.root)).name}` (source "
+        f"- dataset `{src['dataset']}` (source "
         f"`{c.data.source}`; {loaded.info['norm'].get('fingerprint') or 'no fingerprint'}): "
         f"{_split_sizes(c)}",
         "- PCam patches come from 400 CAMELYON16 slides scanned at two Dutch centres "
@@ -245,8 +246,7 @@ def model_card(loaded: LoadedModel, metrics: dict[str, dict[str, Any]]) -> str:
         "",
         "## Provenance",
         f"- exported by pcam_jax {__version__} on "
-        f"{src.get('exported') or datetime.date.today().isoformat()} from the run "
-        f"`{src.get('run') or Path(str(src.get('workdir', '?'))).name}` (code at commit "
+        f"{src['exported']} from the run `{src['run']}` (code at commit "
         f"{src.get('commit') or 'unknown'}), checkpoint {src['step']} ({src['weights']} weights)",
         f"- bundle format version {BUNDLE_FORMAT_VERSION}",
         "",
