@@ -1,14 +1,16 @@
 """Benchmark (not a test): pcam-slide on a cohort, in slides per hour at CAMELYON16 size.
 
     python bench/cohort_speed.py [--slides 4] [--grid 24] [--model=MODEL_DIR] [--out DIR]
+                                 [--modes dense windows]
 
 Builds a cohort of --slides synthetic 40x-like slides from REAL PCam valid patches (each a
 grid x grid mosaic of its own patches, tumour patches in a central square, upsampled 4x to
 0.243 um/px, CAMELYON16's level-0 resolution, written as a JPEG-tiled pyramid with levels 1, 2,
 4 and 16, so the model's 0.972 um/px is read at level 2 without resampling, as on CAMELYON16)
-and runs ``pcam_jax.infer.cohort.run_cohort`` over it, as ``pcam-slide FOLDER --out=DIR``
+and runs ``pcam_jax.wsi.cohort.run_cohort`` over it, as ``pcam-slide FOLDER --out=DIR``
 does: the model is loaded once and compiled on the first slide, and each slide after the first
-is prepared while its predecessor is predicted. Prints per slide its tissue cells, seconds and
+is prepared while its predecessor is predicted; once per --modes (pcam-slide's --mode), in
+order, each with a freshly loaded model. Prints per slide its tissue cells, seconds and
 cells/s, then the cohort's rate (all cells over the whole run's wall time, model loading
 included, and over the slides after the first) and the slides per hour that rate gives for
 CAMELYON16-size slides of 300,000 tissue cells.
@@ -59,6 +61,7 @@ def main() -> None:
     ap.add_argument("--grid", type=int, default=24, help="patches per side of each mosaic")
     ap.add_argument("--model", default=None, help="bundle or workdir (default: the bundled model)")
     ap.add_argument("--batch_size", type=int, default=256)
+    ap.add_argument("--modes", nargs="+", default=["dense", "windows"], help="pcam-slide --mode")
     ap.add_argument("--out", type=Path, default=None, help="keep the slides and outputs here")
     args = ap.parse_args()
 
@@ -66,8 +69,8 @@ def main() -> None:
 
     from pcam_jax import infer
     from pcam_jax.camelyon.synthetic import mosaic, real_patches
-    from pcam_jax.infer.cohort import resolve_slides, run_cohort
-    from pcam_jax.infer.slide_outputs import SlideSettings
+    from pcam_jax.wsi.cohort import resolve_slides, run_cohort
+    from pcam_jax.wsi.run import SlideSettings
 
     g = args.grid
     lo, hi = g // 4, g - g // 4
@@ -81,35 +84,37 @@ def main() -> None:
             )
             write_40x_slide(path, mosaic(patches))
     device = f"{jax.devices()[0].device_kind} x{jax.device_count()} ({platform.machine()})"
-    t0 = time.perf_counter()
-    model = infer.load_model(args.model)
-    out = work / f"out-{time.strftime('%H%M%S')}"
-    rows = run_cohort(
-        resolve_slides([str(work / "slides")]),
-        out,
-        model,
-        SlideSettings(batch_size=args.batch_size),
-        log=lambda line: None,
-    )
-    wall = time.perf_counter() - t0
-    name = model.info.get("model", {}).get("name")
-    print(f"device: {device}; model {name}; batch {args.batch_size}")
-    print(f"{args.slides} slides of {g}x{g} patches at {MPP} um/px\n")
-    print("| slide | tissue cells | seconds | cells/s |")
-    print("|---|---:|---:|---:|")
-    for r in rows:
-        rate = int(r["cells"]) / float(r["seconds"])
-        name, seconds = Path(r["slide"]).name, float(r["seconds"])
-        print(f"| {name} | {int(r['cells']):,} | {seconds:.1f} | {rate:.0f} |")
-    cells = sum(int(r["cells"]) for r in rows)
-    later = sum(int(r["cells"]) for r in rows[1:]) / sum(float(r["seconds"]) for r in rows[1:])
-    whole = cells / wall
-    print(
-        f"\ncohort: {cells:,} cells in {wall:.1f} s wall (model load and compile included): "
-        f"{whole:.0f} cells/s -> {3600 / (CAMELYON_CELLS / whole):.1f} slides/hour at "
-        f"{CAMELYON_CELLS:,} cells; slides after the first: {later:.0f} cells/s -> "
-        f"{3600 / (CAMELYON_CELLS / later):.1f} slides/hour"
-    )
+    print(f"device: {device}; batch {args.batch_size}")
+    print(f"{args.slides} slides of {g}x{g} patches at {MPP} um/px")
+    for mode in args.modes:
+        t0 = time.perf_counter()
+        model = infer.load_model(args.model)
+        out = work / f"out-{mode}-{time.strftime('%H%M%S')}"
+        rows = run_cohort(
+            resolve_slides([str(work / "slides")]),
+            out,
+            model,
+            SlideSettings(batch_size=args.batch_size, mode=mode),
+            log=lambda line: None,
+        )
+        wall = time.perf_counter() - t0
+        name = model.info.get("model", {}).get("name")
+        print(f"\nmode {mode}, model {name}\n")
+        print("| slide | tissue cells | seconds | cells/s |")
+        print("|---|---:|---:|---:|")
+        for r in rows:
+            rate = int(r["cells"]) / float(r["seconds"])
+            slide, seconds = Path(r["slide"]).name, float(r["seconds"])
+            print(f"| {slide} | {int(r['cells']):,} | {seconds:.1f} | {rate:.0f} |")
+        cells = sum(int(r["cells"]) for r in rows)
+        later = sum(int(r["cells"]) for r in rows[1:]) / sum(float(r["seconds"]) for r in rows[1:])
+        whole = cells / wall
+        print(
+            f"\ncohort ({mode}): {cells:,} cells in {wall:.1f} s wall (model load and compile "
+            f"included): {whole:.0f} cells/s -> {3600 / (CAMELYON_CELLS / whole):.1f} slides/hour "
+            f"at {CAMELYON_CELLS:,} cells; slides after the first: {later:.0f} cells/s -> "
+            f"{3600 / (CAMELYON_CELLS / later):.1f} slides/hour"
+        )
 
 
 if __name__ == "__main__":

@@ -7,7 +7,7 @@ Modules raise these classes; none defines its own.
     PcamError
       DataError          a dataset, split or file of patches        (pcam_jax.data)
       InputError         a path or patch given to pcam-predict/-explain (pcam_jax.infer.patches)
-      SlideError         a slide, its resolution or an output folder (pcam_jax.infer.slide)
+      SlideError         a slide, its resolution or an output folder (pcam_jax.wsi)
       AnnotationError    a ground-truth annotation, mask or label list (pcam_jax.camelyon)
       ModelError         a checkpoint, workdir or model bundle       (pcam_jax.infer, workdir)
       TrainingError      a training config or run                   (pcam_jax.train, config)

@@ -128,10 +128,8 @@ def run_in_process(binary: str, *args: object, cwd: Path | None = None):
     """Runs a binary's console-script entry point in this process, as ``run_cli`` runs it in a
     child (same argv, its stdout, its stderr, and the status, with the one-line message that
     ``sys.exit(message)`` would print), for checks where a child proves nothing more: refusals
-    of flags, configs and files. Flags are reset to their defaults before and after. absl keeps
-    one flag registry per process, so binaries that define a flag of the same name (pcam-explain
-    and pcam-camelyon-eval both take --predictions) cannot both run in one test process: run
-    one of them with ``run_cli``."""
+    of flags, configs and files. Flags are reset to their defaults before and after (absl keeps
+    one flag registry per process: a flag two binaries take is a shared flag of ``common``)."""
     import contextlib
     import importlib
     import io

@@ -29,7 +29,7 @@ from pcam_jax.explain import attribution
 from pcam_jax.explain import figures as explain
 from pcam_jax.infer.evaluate import evaluate
 from pcam_jax.workdir import read_config
-from tests.helpers import run_cli, tiny_config
+from tests.helpers import run_in_process, tiny_config
 
 SIZES = {"train": 512, "valid": 128, "test": 16}
 TINY_P4 = {"widths": (4, 8, 8, 16)}
@@ -100,13 +100,13 @@ def edge_map(images: np.ndarray) -> np.ndarray:
 def _ig_magnitude(loaded: infer.LoadedModel, images: np.ndarray) -> np.ndarray:
     """sum_c |IG_c|, the magnitude form that keeps an image of the input."""
     key = ("ig magnitude",)
-    if key not in loaded.attribution_fns:
-        loaded.attribution_fns[key] = jax.jit(
+    if key not in loaded.compiled_fns:
+        loaded.compiled_fns[key] = jax.jit(
             lambda v, x: attribution.integrated_gradients(
                 loaded.model, v, loaded.preprocess, x, signed=True
             )
         )
-    return np.abs(np.asarray(loaded.attribution_fns[key](loaded.variables, images))).sum(-1)
+    return np.abs(np.asarray(loaded.compiled_fns[key](loaded.variables, images))).sum(-1)
 
 
 def _randomised(loaded: infer.LoadedModel, top: set[str]) -> infer.LoadedModel:
@@ -263,7 +263,7 @@ def test_pcam_explain_panels_gallery_and_group_views(models_pair, data, tmp_path
     x, y = _split(data["root"], "valid", 8)
     folder = _image_folder(tmp_path / "patches", x, y)
 
-    r = run_cli(
+    r = run_in_process(
         "explain",
         str(folder),
         f"--out={tmp_path / 'panels'}",
@@ -280,7 +280,7 @@ def test_pcam_explain_panels_gallery_and_group_views(models_pair, data, tmp_path
 
     # a gallery from pcam-eval's predictions: the patches come from the workdir's data
     evaluate(read_config(workdir), workdir, split="valid", n_bootstrap=0)
-    r = run_cli(
+    r = run_in_process(
         "explain",
         f"--predictions={workdir / 'eval' / 'valid_predictions.csv'}",
         f"--out={tmp_path / 'gallery'}",
@@ -294,7 +294,7 @@ def test_pcam_explain_panels_gallery_and_group_views(models_pair, data, tmp_path
 
     # a gallery from pcam-predict's CSV: the patches are read back from its paths
     predictions = tmp_path / "predictions.csv"
-    r = run_cli(
+    r = run_in_process(
         "predict",
         folder,
         f"--model={workdir}",
@@ -303,7 +303,7 @@ def test_pcam_explain_panels_gallery_and_group_views(models_pair, data, tmp_path
         "--noprogress",
     )
     assert r.returncode == 0, r.stderr
-    r = run_cli(
+    r = run_in_process(
         "explain",
         f"--predictions={predictions}",
         f"--model={workdir}",
@@ -315,7 +315,7 @@ def test_pcam_explain_panels_gallery_and_group_views(models_pair, data, tmp_path
     picked = list(csv.DictReader(open(tmp_path / "gallery2" / "gallery.csv")))
     assert {p["row"] for p in picked} >= {"confident_tumour", "confident_normal"}
 
-    r = run_cli(
+    r = run_in_process(
         "explain",
         str(folder / "1" / next(iter(sorted(p.name for p in (folder / "1").iterdir())))),
         "--group_views",
@@ -333,9 +333,9 @@ def test_pcam_explain_bad_inputs_leave_nothing(models_pair, tmp_path):
     out = tmp_path / "out"
     bad_csv = tmp_path / "bad.csv"
     bad_csv.write_text("a,b\n1,2\n")
-    r = run_cli("explain", f"--predictions={bad_csv}", f"--out={out}")
+    r = run_in_process("explain", f"--predictions={bad_csv}", f"--out={out}")
     assert r.returncode != 0 and "bad.csv" in r.stderr and "p_tumour" in r.stderr
-    r = run_cli("explain", str(tmp_path / "missing.png"), f"--out={out}")
+    r = run_in_process("explain", str(tmp_path / "missing.png"), f"--out={out}")
     assert r.returncode != 0 and "missing.png" in r.stderr
     assert not out.exists() and not list(tmp_path.glob(".out.*"))
 

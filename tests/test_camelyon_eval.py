@@ -26,7 +26,7 @@ from pcam_jax.camelyon.synthetic import (
     write_mask_tiff,
 )
 from pcam_jax.errors import AnnotationError, SlideError
-from tests.helpers import run_cli
+from tests.helpers import run_in_process
 
 PROG = "pcam-camelyon-eval"
 
@@ -434,7 +434,7 @@ def test_the_three_readers_agree(tmp_path):
 
 
 def test_pcam_slides_tumour_geojson_reads_back_cell_for_cell(tmp_path):
-    from pcam_jax.infer.slide_outputs import tumour_geojson
+    from pcam_jax.wsi.outputs import tumour_geojson
 
     p = np.zeros((12, 14), np.float32)
     p[1:10, 1:10] = 0.9  # a ring of tumour cells...
@@ -632,7 +632,7 @@ def fabricated_cohort(tmp_path: Path) -> tuple[Path, Path]:
 def test_the_binary_on_a_fabricated_cohort(tmp_path):
     pred, gt = fabricated_cohort(tmp_path)
     out = tmp_path / "eval"
-    r = run_cli(
+    r = run_in_process(
         "camelyon_eval",
         f"--predictions={pred}",
         f"--ground_truth={gt}",
@@ -679,7 +679,7 @@ def test_the_binary_on_a_fabricated_cohort(tmp_path):
 
 def test_the_binary_refuses_bad_inputs_and_leaves_no_output(tmp_path):
     out = tmp_path / "eval"
-    r = run_cli(
+    r = run_in_process(
         "camelyon_eval",
         f"--predictions={tmp_path / 'none'}",
         f"--ground_truth={tmp_path}",
@@ -690,7 +690,9 @@ def test_the_binary_refuses_bad_inputs_and_leaves_no_output(tmp_path):
     assert not out.exists()
     pred, gt = fabricated_cohort(tmp_path)
     (gt / "T3.geojson").write_text('{"type": "FeatureCollection", "features": []}')
-    r = run_cli("camelyon_eval", f"--predictions={pred}", f"--ground_truth={gt}", f"--out={out}")
+    r = run_in_process(
+        "camelyon_eval", f"--predictions={pred}", f"--ground_truth={gt}", f"--out={out}"
+    )
     assert r.returncode != 0 and "Traceback" not in r.stderr
     assert "T3.geojson: no tumour polygons" in r.stderr
     assert not out.exists() and not [p for p in tmp_path.iterdir() if p.name.startswith(".eval")]

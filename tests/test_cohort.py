@@ -1,5 +1,5 @@
-"""pcam-slide on a cohort (pcam_jax.infer.cohort) and its lesion detections
-(pcam_jax.infer.detections), on a synthetic CAMELYON16-like cohort made of REAL PCam patches:
+"""pcam-slide on a cohort (pcam_jax.wsi.cohort) and its lesion detections
+(pcam_jax.wsi.detections), on a synthetic CAMELYON16-like cohort made of REAL PCam patches:
 tumour and normal slides, one broken file and one slide without a resolution
 (pcam_jax.camelyon.synthetic.write_cohort)."""
 
@@ -19,8 +19,8 @@ import pytest
 
 from pcam_jax.camelyon.synthetic import write_cohort
 from pcam_jax.errors import SlideError
-from pcam_jax.infer.cohort import check_cohort_dir, is_cohort, resolve_slides
-from pcam_jax.infer.detections import (
+from pcam_jax.wsi.cohort import check_cohort_dir, is_cohort, resolve_slides
+from pcam_jax.wsi.detections import (
     detections_level0,
     non_maximum_suppression,
     read_detections_csv,

@@ -267,7 +267,7 @@ def test_outputs_respect_the_umask(patches, synthetic_root, tmp_path, slide):
     from pcam_jax.config import load_config_file
     from pcam_jax.data import synth
     from pcam_jax.infer import load_model
-    from pcam_jax.infer.slide_outputs import run_slide
+    from pcam_jax.wsi.run import run_slide
 
     old = os.umask(0o022)
     try:

@@ -69,12 +69,11 @@ def numpy_variables(model, x, seed=0):
 
     params = jax.tree_util.tree_map_with_path(fill, shapes["params"])
     zero_stats = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes["batch_stats"])
-    _, upd = model.apply(
-        {"params": params, "batch_stats": zero_stats},
-        x,
-        train=True,
-        mutable=["batch_stats"],
-        rngs={"dropout": jax.random.key(0)},
+    # one compiled program: run op by op, the first model of each kind spent 5-15 s compiling
+    # each primitive for its shapes
+    calibration = jax.jit(partial(model.apply, train=True, mutable=["batch_stats"]))
+    _, upd = calibration(
+        {"params": params, "batch_stats": zero_stats}, x, rngs={"dropout": jax.random.key(0)}
     )
     mom = 0.9  # new = mom * old + (1 - mom) * batch; old = 0  =>  batch = new / (1 - mom)
 

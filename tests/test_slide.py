@@ -8,7 +8,9 @@ pyramidal TIFF with its resolution, which OpenSlide reads as a generic tiled TIF
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
+import tracemalloc
 
 import jax
 import ml_collections
@@ -19,11 +21,12 @@ from PIL import Image
 from pcam_jax import infer, models
 from pcam_jax.camelyon.synthetic import GRID, MARGIN, mosaic, real_patches, write_slide
 from pcam_jax.data import pipeline
-from pcam_jax.errors import SlideError
+from pcam_jax.errors import ModelError, SlideError
 from pcam_jax.infer.metrics import binary_metrics
-from pcam_jax.infer.slide import otsu_threshold, predict_slide
-from pcam_jax.infer.slide_outputs import SlideSettings, cell_polygons, run_slide
-from tests.helpers import run_cli
+from pcam_jax.wsi.outputs import cell_polygons
+from pcam_jax.wsi.run import SlideSettings, predict_slide, run_slide
+from pcam_jax.wsi.slide import otsu_threshold
+from tests.helpers import TINY_CNN, run_cli
 
 
 def centre_cells() -> tuple[np.ndarray, np.ndarray]:
@@ -32,10 +35,12 @@ def centre_cells() -> tuple[np.ndarray, np.ndarray]:
     return (MARGIN + r * 96 + 32) // 32, (MARGIN + c * 96 + 32) // 32
 
 
-def random_model(name: str) -> infer.LoadedModel:
-    """An untrained narrow model of `name` with PCam-like normalisation (for geometry tests)."""
+def random_model(name: str, **fields) -> infer.LoadedModel:
+    """An untrained narrow model of `name` (a ResNet or the study's CNN) with PCam-like
+    normalisation and its fields updated by `fields`, for geometry tests."""
+    fields = {**({"widths": (2, 2, 2, 2)} if "resnet" in name else TINY_CNN), **fields}
     config = ml_collections.ConfigDict(
-        {"model": {"name": name, "widths": (2, 2, 2, 2)}, "compute_dtype": "float32"}
+        {"model": {"name": name, **fields}, "compute_dtype": "float32"}
     )
     model = infer.create_model(config)
     variables = models.init_variables(model, jax.random.key(3), (2, 96, 96, 3))
@@ -58,7 +63,8 @@ def bundled():
 def test_aligned_lossless_slide_equals_patch_predictions(patches, bundled, tmp_path):
     images, labels = patches
     path = write_slide(tmp_path / "aligned.tif", mosaic(images), mpp=0.972, compression="zlib")
-    result = predict_slide(path, bundled)
+    result = predict_slide(path, bundled, SlideSettings(mode="windows"))
+    assert result.mode == "windows"
     g = result.geometry
     assert (g.level, g.scale, g.cell0) == (0, 1.0, 32.0)
     rows, cols = centre_cells()
@@ -114,14 +120,19 @@ def test_jpeg_slide_at_twice_the_resolution_finds_the_tumour(patches, bundled, t
     ]
 
 
-@pytest.mark.parametrize("name, equivariant", [("p4mresnet", True), ("resnet", False)])
-def test_rotated_slide_gives_the_rotated_map(patches, tmp_path, name, equivariant):
+@pytest.mark.parametrize("mode", ["dense", "windows"])
+@pytest.mark.parametrize(
+    "name, equivariant", [("p4resnet", True), ("p4mresnet", True), ("resnet", False)]
+)
+def test_rotated_slide_gives_the_rotated_map(patches, tmp_path, name, equivariant, mode):
     model = random_model(name)
     image = mosaic(patches[0])
     maps = []
     for k in (0, 1):
         path = write_slide(tmp_path / f"rot{k}.tif", np.rot90(image, k).copy(), mpp=0.972)
-        maps.append(predict_slide(path, model).probabilities)
+        result = predict_slide(path, model, SlideSettings(mode=mode))
+        assert result.mode == mode
+        maps.append(result.probabilities)
     rotated = np.rot90(maps[0], 1)
     assert np.array_equal(np.isnan(rotated), np.isnan(maps[1]))
     finite = np.isfinite(rotated)
@@ -131,6 +142,105 @@ def test_rotated_slide_gives_the_rotated_map(patches, tmp_path, name, equivarian
         assert diff < 1e-5
     else:  # negative control: a plain CNN's map does not follow the rotation
         assert diff > 1e-3
+
+
+def without_padding_effects(model: infer.LoadedModel) -> infer.LoadedModel:
+    """`model` with every 3x3 kernel cut to its centre tap and the 4x4 stride-2 stem to its
+    central 2x2 taps: no output then reads a padded pixel, in a window or in a block, and each
+    cell's receptive field is exactly its 96-pixel window."""
+    from flax import traverse_util
+
+    flat = traverse_util.flatten_dict(model.variables["params"])
+    for path, kernel in flat.items():
+        if path[-1] == "kernel" and kernel.ndim == 4 and kernel.shape[0] > 1:
+            keep = np.zeros(kernel.shape[:2], np.float32)
+            lo = (kernel.shape[0] - 1) // 2
+            keep[lo : kernel.shape[0] - lo, lo : kernel.shape[0] - lo] = 1
+            flat[path] = kernel * keep[:, :, None, None]
+    params = traverse_util.unflatten_dict(flat)
+    return dataclasses.replace(model, variables={**model.variables, "params": params})
+
+
+def test_dense_equals_windows_where_padding_plays_no_part(patches, tmp_path):
+    path = write_slide(tmp_path / "s.tif", mosaic(patches[0]), mpp=0.972)
+    full = random_model("p4resnet")
+    for model, agree in ((without_padding_effects(full), True), (full, False)):
+        dense, windows = (
+            predict_slide(path, model, SlideSettings(mode=m)).probabilities
+            for m in ("dense", "windows")
+        )
+        assert np.array_equal(np.isnan(dense), np.isnan(windows))
+        finite = np.isfinite(dense)
+        assert windows[finite].std() > 1e-4  # the map is not flat
+        diff = np.abs(dense[finite] - windows[finite]).max()
+        if agree:
+            assert diff < 1e-5
+        else:  # negative control: with padding, a block's cells see beyond their window
+            assert diff > 1e-3
+
+
+def test_dense_mode_is_asked_for_and_refused_where_the_model_has_no_dense_form(patches, tmp_path):
+    path = write_slide(tmp_path / "s.tif", mosaic(patches[0]), mpp=0.972)
+    assert predict_slide(path, random_model("resnet")).mode == "windows"  # the default
+    summary = run_slide(path, tmp_path / "d", random_model("resnet"), SlideSettings(mode="dense"))
+    assert summary["mode"] == "dense"
+    assert json.loads((tmp_path / "d" / "summary.json").read_text())["mode"] == "dense"
+    for model, why in (
+        (random_model("resnet", input_crop=64), "no dense form"),
+        (random_model("cnn"), "no dense form"),
+    ):
+        with pytest.raises(ModelError, match=f"--mode=dense: .*{why}"):
+            predict_slide(path, model, SlideSettings(mode="dense"))
+    with pytest.raises(ModelError, match=r"--mode=dense: --stride=24"):
+        predict_slide(path, random_model("resnet"), SlideSettings(mode="dense", stride=24))
+
+
+def _traced_peak(fn) -> int:
+    """Peak bytes that Python and numpy allocations reach while `fn()` runs."""
+    tracemalloc.start()
+    try:
+        fn()
+        return tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+@pytest.mark.slow
+def test_host_memory_stays_bounded_as_the_slide_grows(patches, tmp_path):
+    """Predicting a slide holds a bounded number of blocks and windows, whatever its size: 4x
+    the tissue adds next to nothing to the peak (the cell map: 4 bytes a cell). The preparation
+    (thumbnail, tissue map) is left out: its thumbnail is capped at THUMBNAIL_SIZE a side."""
+    from pcam_jax.wsi.predictors import block_stream
+    from pcam_jax.wsi.slide import tissue_blocks
+
+    model = random_model("p4resnet")
+    tissue = mosaic(patches[0])[MARGIN:-MARGIN, MARGIN:-MARGIN]  # 768 x 768, all tissue
+    prepared = {}
+    for reps in (3, 6):  # 2,304 and 4,608 pixels a side: 5,184 and 20,736 cells
+        path = write_slide(
+            tmp_path / f"big{reps}.tif", np.tile(tissue, (reps, reps, 1)), 0.972, "jpeg"
+        )
+        prepared[reps] = SlideSettings().prepare(path, model)
+    added = (6 * 768) ** 2 * 3 - (3 * 768) ** 2 * 3  # decoded bytes of the larger slide's extra
+    try:
+        peaks = {
+            (reps, mode): _traced_peak(
+                lambda p=prepared[reps], m=mode: SlideSettings(mode=m).predict(p, model)
+            )
+            for reps in prepared
+            for mode in ("dense", "windows")
+        }
+        for mode in ("dense", "windows"):
+            assert peaks[6, mode] - peaks[3, mode] < 0.05 * added, (mode, peaks)
+
+        def hold_every_block(p):  # negative control: what the check catches
+            return list(block_stream(p.slide, p.geometry, tissue_blocks(p.tissue)))
+
+        held = {reps: _traced_peak(lambda p=p: hold_every_block(p)) for reps, p in prepared.items()}
+        assert held[6] - held[3] > 0.5 * added, held
+    finally:
+        for p in prepared.values():
+            p.close()
 
 
 def test_bad_inputs_give_clear_errors_and_no_outputs(patches, bundled, tmp_path):

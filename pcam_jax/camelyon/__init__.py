@@ -6,5 +6,6 @@ lesion-level FROC exactly as the challenge's Evaluation_FROC.py computes it, as 
 (``froc``); a pcam-slide cohort scored against a ground-truth folder (``evaluate``); and the
 slide-level AUC, the FROC and their files and figures, with ``run_camelyon_eval``,
 pcam-camelyon-eval's library function (``report``).
-Imports: infer (metrics, detections), runtime, errors; never train or explain.
+Imports: wsi (the slide folder's names, detections), infer (metrics), runtime, errors; never
+train or explain.
 """

@@ -19,7 +19,7 @@ The slide score (``slide_score``): "file" (default) takes slide_scores.csv, whic
 every slide, or summary.json's score_max when the folder has no slide_scores.csv; any other
 value names a number of summary.json (score_max, score_top10_mean, ...).
 
-Imports: infer.cohort (its file names), infer.detections, errors.
+Imports: wsi.layout (the folders' names), wsi.detections, errors.
 """
 
 from __future__ import annotations
@@ -36,11 +36,8 @@ from typing import Any
 import numpy as np
 
 from pcam_jax.errors import SlideError
-from pcam_jax.infer.cohort import SLIDE_SCORES_CSV, SLIDES_CSV
-from pcam_jax.infer.detections import read_detections_csv
-
-SUMMARY_JSON = "summary.json"
-DETECTIONS_CSV = "detections.csv"
+from pcam_jax.wsi.detections import read_detections_csv
+from pcam_jax.wsi.layout import DETECTIONS_CSV, SLIDE_SCORES_CSV, SLIDES_CSV, SUMMARY_JSON
 
 Log = Callable[[str], None]
 

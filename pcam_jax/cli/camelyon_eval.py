@@ -33,9 +33,6 @@ from absl import flags
 from pcam_jax.camelyon.report import run_camelyon_eval, summary_line
 from pcam_jax.cli import common
 
-_PREDICTIONS = flags.DEFINE_string(
-    "predictions", None, "A pcam-slide cohort folder (one sub-folder per slide)."
-)
 _GROUND_TRUTH = flags.DEFINE_string(
     "ground_truth", None, "A folder of ground truth: STEM.xml, STEM.geojson or STEM_mask.tif."
 )
@@ -56,9 +53,6 @@ _PIXEL_UM = flags.DEFINE_float(
     "Target pixel size of the evaluation mask, microns (the official level 5 of 0.243 um).",
     lower_bound=0.0,
 )
-_BOOTSTRAP = flags.DEFINE_integer(
-    "bootstrap", 1000, "Bootstrap resamples of the slide AUC interval (0: none).", lower_bound=0
-)
 common.check_finite("pixel_um")
 
 PROG = "pcam-camelyon-eval"
@@ -74,7 +68,7 @@ def main(argv: Sequence[str]) -> None:
     missing = [
         f"--{name}"
         for name, value in (
-            ("predictions", _PREDICTIONS.value),
+            ("predictions", common.PREDICTIONS.value),
             ("ground_truth", _GROUND_TRUTH.value),
             ("out", common.OUT.value),
         )
@@ -83,13 +77,13 @@ def main(argv: Sequence[str]) -> None:
     if missing:
         sys.exit(f"{PROG}: error: {', '.join(missing)} required; see --help")
     result = run_camelyon_eval(
-        _PREDICTIONS.value,
+        common.PREDICTIONS.value,
         _GROUND_TRUTH.value,
         common.OUT.value,
         normal=_NORMAL.value,
         pixel_um=_PIXEL_UM.value,
         slide_score=_SLIDE_SCORE.value,
-        n_bootstrap=_BOOTSTRAP.value,
+        n_bootstrap=common.BOOTSTRAP.value,
         seed=common.SEED.value,
         log=_warn,
     )
@@ -98,7 +92,7 @@ def main(argv: Sequence[str]) -> None:
 
 def run() -> None:
     """Console-script entry point."""
-    common.run_binary(main, __doc__, [__name__], shared=("out", "seed"))
+    common.run_binary(main, __doc__, [__name__], shared=("predictions", "out", "bootstrap", "seed"))
 
 
 if __name__ == "__main__":

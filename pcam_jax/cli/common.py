@@ -59,6 +59,15 @@ ROOT = flags.DEFINE_string("root", None, "A data directory (PCam HDF5 files unle
 CHECKSUMS = flags.DEFINE_string(
     "checksums", None, "An md5sum-style file ('<md5>  <name>' per line)."
 )
+PREDICTIONS = flags.DEFINE_string(
+    "predictions",
+    None,
+    "Predictions to read: a pcam-predict or pcam-eval CSV (pcam-explain makes a gallery of it) "
+    "or a pcam-slide cohort folder, one sub-folder per slide (pcam-camelyon-eval).",
+)
+BOOTSTRAP = flags.DEFINE_integer(
+    "bootstrap", 1000, "Bootstrap resamples of the AUC's 95% interval (0: none).", lower_bound=0
+)
 
 SHARED_FLAGS: tuple[str, ...] = (
     "workdir",
@@ -72,6 +81,8 @@ SHARED_FLAGS: tuple[str, ...] = (
     "seed",
     "root",
     "checksums",
+    "predictions",
+    "bootstrap",
 )
 #: The shared flags of a binary that runs a model over inputs (pcam-predict, pcam-slide).
 PREDICTION_FLAGS = ("out", "model", "checkpoint", "tta", "batch_size", "progress")

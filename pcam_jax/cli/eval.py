@@ -31,9 +31,6 @@ from pcam_jax.runtime.logs import quiet_library_logs
 from pcam_jax.workdir import read_config
 
 _SPLIT = flags.DEFINE_enum("split", "test", ["train", "valid", "test"], "Split to evaluate.")
-_BOOTSTRAP = flags.DEFINE_integer(
-    "bootstrap", 1000, "Bootstrap resamples of the AUC interval (0: none).", lower_bound=0
-)
 
 
 def main(argv: Sequence[str]) -> None:
@@ -53,7 +50,7 @@ def main(argv: Sequence[str]) -> None:
         checkpoint=common.CHECKPOINT.value,
         split=_SPLIT.value,
         tta=common.TTA.value,
-        n_bootstrap=_BOOTSTRAP.value,
+        n_bootstrap=common.BOOTSTRAP.value,
         weights=common.WEIGHTS.value,
     )
     if not distributed.is_primary():
@@ -74,7 +71,7 @@ def run() -> None:
         main,
         __doc__,
         [__name__, "pcam_jax.runtime.distributed"],
-        shared=("workdir", "checkpoint", "tta", "weights"),
+        shared=("workdir", "checkpoint", "tta", "weights", "bootstrap"),
         overrides=True,
     )
 

@@ -52,9 +52,6 @@ _METHOD = flags.DEFINE_string(
 _LAYER = flags.DEFINE_string(
     "layer", None, "Grad-CAM / orbit layer (module name); default: the last spatial conv."
 )
-_PREDICTIONS = flags.DEFINE_string(
-    "predictions", None, "A pcam-predict or pcam-eval predictions CSV: make a gallery of it."
-)
 _PER_ROW = flags.DEFINE_integer("per_row", 6, "Gallery: patches per row.", lower_bound=1)
 _DPI = flags.DEFINE_integer(
     "dpi", 100, "Gallery: resolution (dots per inch of the sheet).", lower_bound=20, upper_bound=600
@@ -80,7 +77,7 @@ _STEPS = flags.DEFINE_integer(
 
 def main(argv: Sequence[str]) -> None:
     inputs = argv[1:]
-    if not common.OUT.value or not (inputs or _PREDICTIONS.value):
+    if not common.OUT.value or not (inputs or common.PREDICTIONS.value):
         sys.exit("pcam-explain: error: give INPUT... or --predictions=FILE.csv, and --out=DIR")
     out = Path(common.OUT.value)
     try:
@@ -92,11 +89,11 @@ def main(argv: Sequence[str]) -> None:
             steps=_STEPS.value,
             batch_size=common.batch_size(32),
         )
-        if _PREDICTIONS.value:
+        if common.PREDICTIONS.value:
             if inputs:
                 raise InputError("give either INPUT... or --predictions, not both")
             sizes = explain_predictions(
-                Path(_PREDICTIONS.value),
+                Path(common.PREDICTIONS.value),
                 out,
                 common.MODEL.value,
                 options,
@@ -129,7 +126,10 @@ def main(argv: Sequence[str]) -> None:
 def run() -> None:
     """Console-script entry point."""
     common.run_binary(
-        main, __doc__, [__name__], shared=("out", "model", "checkpoint", "batch_size")
+        main,
+        __doc__,
+        [__name__],
+        shared=("predictions", "out", "model", "checkpoint", "batch_size"),
     )
 
 

@@ -1,9 +1,9 @@
 """`pcam-slide`: tumour probability maps and lesion detections of whole-slide images
-(see pcam_jax.infer.slide and pcam_jax.infer.cohort).
+(see pcam_jax.wsi.run and pcam_jax.wsi.cohort).
 
     pcam-slide SLIDE --out=DIR [--model=MODEL_DIR|WORKDIR] [--mpp=F] [--stride=32]
                [--tissue_threshold=0.5] [--threshold=0.5] [--batch_size=256] [--tta]
-               [--nms_floor=0.5] [--nms_radius_um=187]
+               [--nms_floor=0.5] [--nms_radius_um=187] [--mode=windows|dense]
     pcam-slide SLIDE... | FOLDER | 'GLOB' | LIST.txt | LIST.csv --out=DIR [same flags]
 
 SLIDE is anything OpenSlide reads (SVS, NDPI, MRXS, SCN, generic tiled TIFF, ...). For one
@@ -17,7 +17,12 @@ SLIDE, DIR (new, or an empty folder) receives, all at once at the end:
   detections.csv     lesion detections, CAMELYON16 format: probability,X,Y per line (level-0
                      pixels, no header): local maxima >= --nms_floor, --nms_radius_um apart
   summary.json       slide score (max and top-k mean), tumour area in mm2, cells, seconds,
-                     cells/s, the level and resolutions used
+                     cells/s, the level and resolutions used, the mode that ran
+
+--mode=windows (the default) runs every cell's 96-pixel window on its own, as pcam-predict runs
+a patch; --mode=dense runs blocks of 16x16 cells through the network once and reads the head out
+at every cell (each pixel convolved once: several times faster, but a cell then sees its
+neighbours, which changes its value; BENCHMARKS.md measures both).
 
 For a cohort (several slides, a folder, a glob or a list), DIR gets one such folder per slide
 (named by the file's stem), slides.csv (status, scores, area, cells, seconds and error per
@@ -35,11 +40,13 @@ from collections.abc import Sequence
 from absl import flags
 
 from pcam_jax.cli import common
-from pcam_jax.infer.cohort import check_cohort_dir, is_cohort, resolve_slides, run_cohort
-from pcam_jax.infer.detections import NMS_FLOOR, NMS_RADIUS_UM
 from pcam_jax.infer.load import load_model
-from pcam_jax.infer.slide import MPP_RANGE
-from pcam_jax.infer.slide_outputs import SlideSettings, prepare_out_dir, run_slide
+from pcam_jax.wsi.cohort import check_cohort_dir, is_cohort, resolve_slides, run_cohort
+from pcam_jax.wsi.detections import NMS_FLOOR, NMS_RADIUS_UM
+from pcam_jax.wsi.outputs import prepare_out_dir
+from pcam_jax.wsi.predictors import MODES
+from pcam_jax.wsi.run import SlideSettings, run_slide
+from pcam_jax.wsi.slide import MPP_RANGE
 
 _MPP = flags.DEFINE_float(
     "mpp",
@@ -81,6 +88,13 @@ _NMS_RADIUS = flags.DEFINE_float(
     "Non-maximum suppression radius of the detections, in microns.",
     lower_bound=0.0,
 )
+_MODE = flags.DEFINE_enum(
+    "mode",
+    "windows",
+    list(MODES),
+    "windows: each cell's 96-pixel window on its own, as pcam-predict runs a patch; dense: one "
+    "fully convolutional pass per block of cells, the head read out at every cell (the ResNets).",
+)
 common.check_finite("mpp")
 common.check_finite("nms_radius_um")
 
@@ -97,6 +111,7 @@ def settings() -> SlideSettings:
         tta=common.TTA.value,
         nms_floor=_NMS_FLOOR.value,
         nms_radius_um=_NMS_RADIUS.value,
+        mode=_MODE.value,
     )
 
 
@@ -130,9 +145,10 @@ def main(argv: Sequence[str]) -> None:
     )
     print(
         f"pcam-slide: {summary['tissue_cells']} tissue cells in {summary['seconds']:.1f} s "
-        f"({summary['cells_per_second']:.0f} cells/s) at level {summary['level']} "
-        f"({summary['level_mpp']:.3f} um/px); score max {summary['score_max']:.3f}, "
-        f"tumour area {summary['tumour_area_mm2']:.3f} mm2 -> {common.OUT.value}"
+        f"({summary['cells_per_second']:.0f} cells/s, {summary['mode']}) at level "
+        f"{summary['level']} ({summary['level_mpp']:.3f} um/px); score max "
+        f"{summary['score_max']:.3f}, tumour area {summary['tumour_area_mm2']:.3f} mm2 -> "
+        f"{common.OUT.value}"
     )
 
 

@@ -305,12 +305,12 @@ def attribute(
     check_patches(images, loaded)
     if method == "gradcam" and layer is None:
         layer = default_gradcam_layer(loaded.model, loaded.variables, loaded.patch_size)
-    cache_key = (method, layer, tuple(sorted(settings.items())))
-    if cache_key not in loaded.attribution_fns:
-        loaded.attribution_fns[cache_key] = make_attribution_fn(
+    cache_key = ("attribution", method, layer, tuple(sorted(settings.items())))
+    if cache_key not in loaded.compiled_fns:
+        loaded.compiled_fns[cache_key] = make_attribution_fn(
             loaded.model, loaded.preprocess, method, layer=layer, **settings
         )
-    fn = loaded.attribution_fns[cache_key]
+    fn = loaded.compiled_fns[cache_key]
     per_call = max(1, batch_size // rows_per_patch(method, **_row_settings(settings)))
     key = jax.random.key(seed)
     out = []

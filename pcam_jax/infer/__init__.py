@@ -1,10 +1,10 @@
-"""Inference: a trained model from a workdir or bundle, run on patches, splits and slides.
+"""Inference: a trained model from a workdir or bundle, run on patches and splits.
 
 Owns: the model a config builds and its device-side input transform (``model``), the one
 predict path that training's validation and every binary share (``predict``: ``predict``,
 ``make_predict_fn``, ``LoadedModel``), loading (``load``: workdirs, bundles, the bundled model),
 the bundle format and its card (``bundle``), pcam-export (``export``), pcam-eval (``evaluate``),
-the metrics (``metrics``), pcam-predict (``patches``) and pcam-slide (``slide``, ``slide_outputs``).
+the metrics (``metrics``) and pcam-predict (``patches``). Whole slides are ``pcam_jax.wsi``'s.
 Imports: models, data, config, workdir, runtime, errors; never ``pcam_jax.train``.
 
 The names most callers need are importable from here::

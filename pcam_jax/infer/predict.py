@@ -165,8 +165,9 @@ class LoadedModel:
     preprocess: Preprocess
     info: dict[str, Any]
     _predict_fns: dict[bool, Any] = dataclasses.field(default_factory=dict, repr=False)
-    # compiled attribution functions (explain.attribution.attribute), per method and settings
-    attribution_fns: dict[tuple, Any] = dataclasses.field(default_factory=dict, repr=False)
+    # functions other layers compile for this model, by their own keys (explain's attribution
+    # methods, wsi's dense pass), so that a second call does not compile again
+    compiled_fns: dict[tuple, Any] = dataclasses.field(default_factory=dict, repr=False)
 
     @property
     def mpp(self) -> float:

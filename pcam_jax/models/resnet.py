@@ -67,8 +67,22 @@ class GroupResNet(nn.Module):
         base = self.widths or DEFAULT_WIDTHS[self.group]
         return tuple(max(1, round(w * self.width_multiplier)) for w in base)
 
+    def dense_stride(self) -> int | None:
+        """Input pixels per position of the last feature map (16: the stride-2 stem and three
+        2x2 pools) when ``cells`` can run this model fully convolutionally, else None: the
+        ``mean+centre`` head and ``input_crop`` are defined on one window only."""
+        if self.head_pool != "mean" or self.input_crop:
+            return None
+        return 2 ** len(self.stage_widths())
+
     @nn.compact
-    def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+    def __call__(
+        self, x: jax.Array, train: bool = False, cells: tuple[int, int] | None = None
+    ) -> jax.Array:
+        """Logits (N, num_classes) of 96x96 windows; with ``cells=(window, stride)`` (in
+        positions of the last feature map) logits (N, H', W', num_classes) of every window of
+        ``window`` x ``window`` positions at ``stride``, from one pass over a larger input
+        (dense inference: the head's global mean becomes a ``window`` x ``window`` mean)."""
         g = self.group
         widths = self.stage_widths()
         if len(self.blocks) != len(widths):
@@ -106,6 +120,15 @@ class GroupResNet(nn.Module):
                     x = conv_layer(width, 1, g, False, name=f"{p}_proj", use_bias=False)(x)
                     x = bn(x, f"{p}_proj_bn")
                 x = nn.relu(x + y)
+        if cells is not None:
+            if self.dense_stride() is None:
+                raise ValueError(
+                    f"head_pool={self.head_pool!r}, input_crop={self.input_crop}: "
+                    "no dense inference"
+                )
+            window, stride = cells
+            pooled = groups.avg_pool(groups.group_pool(x, g, "mean"), window, stride, "VALID")
+            return nn.Dense(self.num_classes, name="classifier")(pooled).astype(jnp.float32)
         features = groups.invariant_pool(x, g, group_reduce="mean", spatial_reduce="mean")
         if self.head_pool == "mean+centre":
             size = x.shape[1]

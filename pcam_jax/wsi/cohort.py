@@ -17,7 +17,7 @@ DIR (``--out``) holds:
                        atomically after every slide
     slide_scores.csv   the done slides' scores in the CAMELYON16 format (image_name,probability
                        = score_max; no header)
-    STEM/              each slide's pcam-slide outputs (``pcam_jax.infer.slide_outputs``)
+    STEM/              each slide's pcam-slide outputs (a slide folder: ``wsi.layout``)
 
 Resume rule: STEM/ appears only when complete (it is renamed into place), so a STEM/ with
 summary.json is done, and a rerun keeps it without reading the slide; a slide killed midway left
@@ -29,7 +29,8 @@ OSError) are recorded with their error and retried on a rerun; the run goes on.
 Overlap: while slide k is predicted, slide k + 1 is opened and its thumbnail and tissue map are
 computed on a second thread (``prepare_slide``), so the model does not wait for them.
 
-Imports: infer.slide, infer.slide_outputs, infer.detections, infer.predict, runtime, errors.
+The folder's names are ``wsi.layout``'s. Imports: wsi.run, wsi.slide, wsi.layout, wsi.detections,
+infer.predict, runtime, errors.
 """
 
 from __future__ import annotations
@@ -45,19 +46,23 @@ from pathlib import Path
 from typing import Any
 
 from pcam_jax.errors import PcamError, SlideError
-from pcam_jax.infer.detections import write_slide_scores_csv
 from pcam_jax.infer.predict import LoadedModel
-from pcam_jax.infer.slide import PreparedSlide, check_mpp
-from pcam_jax.infer.slide_outputs import SlideSettings, predict_and_write
 from pcam_jax.runtime.files import check_new_dir, write_dict_csv, write_json
+from pcam_jax.wsi.detections import write_slide_scores_csv
+from pcam_jax.wsi.layout import (
+    COHORT_JSON,
+    SLIDE_SCORES_CSV,
+    SLIDES_CSV,
+    finished_summary,
+    slide_folder,
+)
+from pcam_jax.wsi.run import PreparedSlide, SlideSettings, predict_and_write
+from pcam_jax.wsi.slide import check_mpp
 
 SLIDE_SUFFIXES = (
     ".svs", ".tif", ".tiff", ".ndpi", ".mrxs", ".scn", ".vms", ".vmu", ".bif", ".svslide"
 )  # fmt: skip
 LIST_SUFFIXES = (".txt", ".csv")
-COHORT_JSON = "cohort.json"
-SLIDES_CSV = "slides.csv"
-SLIDE_SCORES_CSV = "slide_scores.csv"
 COLUMNS = (
     "slide", "status", "score_max", "score_topk", "tumour_area_mm2", "cells", "detections",
     "seconds", "error",
@@ -207,14 +212,6 @@ def _write_tables(out: Path, rows: list[dict[str, Any]]) -> None:
     write_slide_scores_csv(out / SLIDE_SCORES_CSV, scores)
 
 
-def done_summary(folder: Path) -> dict[str, Any] | None:
-    """summary.json of a finished slide folder, or None when it is not finished."""
-    try:
-        return json.loads((folder / "summary.json").read_text())
-    except (OSError, ValueError):
-        return None
-
-
 def run_cohort(
     slides: dict[Path, float | None],
     out: str | Path,
@@ -237,10 +234,10 @@ def run_cohort(
     rows: dict[Path, dict[str, Any]] = {}
     todo = []
     for path in slides:
-        summary = done_summary(out / path.stem)
+        summary = finished_summary(slide_folder(out, path))
         if summary is not None:
             rows[path] = _row(path, summary)
-            log(f"{path.stem}: done earlier, kept ({out / path.stem})")
+            log(f"{path.stem}: done earlier, kept ({slide_folder(out, path)})")
         else:
             todo.append(path)
 
@@ -249,7 +246,7 @@ def run_cohort(
     earlier = [
         _row(Path(summary.get("slide", sub.name)), summary)
         for sub in sorted(p for p in out.iterdir() if p.is_dir() and p.name not in stems)
-        if (summary := done_summary(sub)) is not None
+        if (summary := finished_summary(sub)) is not None
         and Path(summary.get("slide", "")).stem == sub.name
     ]
 
@@ -272,7 +269,9 @@ def run_cohort(
             if k + 1 < len(todo):
                 upcoming = pool.submit(prepare, todo[k + 1])
             try:
-                summary = predict_and_write(current.result(), out / path.stem, model, settings)
+                summary = predict_and_write(
+                    current.result(), slide_folder(out, path), model, settings
+                )
                 rows[path] = _row(path, summary)
                 bar.set_postfix_str(f"{summary['cells_per_second']:.0f} cells/s")
                 log(

@@ -1,4 +1,4 @@
-"""Whole-slide inference: a map of p(tumour) over a slide from a PCam patch model.
+"""A slide as pcam-slide reads it: opened, measured, its tissue found, read in blocks.
 
 Geometry (the PCam convention). The model takes P x P patches (P = 96) at its resolution m
 (um/px; 0.972 for PCam) and its label concerns the central 32 x 32 pixels. The slide is cut into
@@ -14,29 +14,20 @@ antialiased bilinear); when that level is at m exactly, no resampling happens an
 on the slide's pixel grid reaches the model bit for bit.
 
 Tissue. Otsu's threshold on the HSV saturation of a thumbnail (at most THUMBNAIL_SIZE pixels a
-side, read from a low pyramid level), clipped to SATURATION_RANGE, separates stained tissue from
-glass; a cell is predicted when at least ``tissue_threshold`` of its area is tissue. Background
-is never read at full resolution; background cells hold NaN in the map and are absent from
-tiles.csv.
+side, no finer than THUMBNAIL_PX_PER_CELL pixels a cell side, read from a low pyramid level),
+clipped to SATURATION_RANGE, separates stained tissue from glass; a cell is predicted when at
+least ``tissue_threshold`` of its area is tissue. Background is never read at full resolution.
 
-Throughput and memory. Cells are read in blocks of BLOCK x BLOCK (one OpenSlide read_region of
-the block plus its window margin), on threads, a bounded number ahead of the model; windows go
-to the devices in batches (``LoadedModel.predict_batches``). Memory is bounded by the blocks in
-flight and the cell map, whatever the slide's size.
-
-Outputs: ``pcam_jax.infer.slide_outputs`` (tiles.csv, probabilities.npy, heatmap.png,
-tumour.geojson, summary.json; ``run_slide`` is pcam-slide's library function).
-Imports: infer.predict, runtime, errors.
+Blocks. Cells are read n x n at a time (BLOCK by default; the predictor chooses): one OpenSlide
+read_region of the block plus the window margin, ``n * S + P - S`` model pixels a side
+(``read_block``); only blocks holding tissue are read (``tissue_blocks``). ``wsi.predictors``
+turns blocks into probabilities.
+Imports: runtime, errors.
 """
 
 from __future__ import annotations
 
 import math
-import sys
-import time
-from collections import deque
-from collections.abc import Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -45,9 +36,9 @@ import numpy as np
 from PIL import Image
 
 from pcam_jax.errors import SlideError
-from pcam_jax.infer.predict import LoadedModel
 
 THUMBNAIL_SIZE = 2048  # longest side of the tissue-detection image, in pixels
+THUMBNAIL_PX_PER_CELL = 4  # its resolution need not be finer than this, per cell side
 BLOCK = 8  # cells per side of one read
 # Otsu's threshold is clipped to this range: below it lies glass with JPEG noise; above it,
 # Otsu has split stained tissue itself (pale eosin from haematoxylin) when little glass shows
@@ -178,11 +169,12 @@ def saturation(rgb: np.ndarray) -> np.ndarray:
     return np.where(hi > 0, (hi - lo) / np.maximum(hi, 1), 0.0)
 
 
-def thumbnail(slide: Any) -> tuple[np.ndarray, float]:
-    """RGB thumbnail (at most THUMBNAIL_SIZE a side; transparent areas white) and its
-    level-0 pixels per thumbnail pixel."""
+def thumbnail(slide: Any, cell0: float = 0.0) -> tuple[np.ndarray, float]:
+    """RGB thumbnail (transparent areas white) and its level-0 pixels per thumbnail pixel: at
+    most THUMBNAIL_SIZE a side, and no finer than THUMBNAIL_PX_PER_CELL pixels per side of a
+    `cell0`-pixel cell (a small slide's tissue map needs no full-resolution read)."""
     w0, h0 = slide.dimensions
-    factor = max(w0, h0) / THUMBNAIL_SIZE
+    factor = max(max(w0, h0) / THUMBNAIL_SIZE, cell0 / THUMBNAIL_PX_PER_CELL)
     size = (max(1, round(w0 / max(factor, 1))), max(1, round(h0 / max(factor, 1))))
     import openslide
 
@@ -249,206 +241,19 @@ def read_block(slide: Any, geom: SlideGeometry, row0: int, col0: int, n: int) ->
     return np.asarray(rgb)
 
 
-def block_windows(
-    block: np.ndarray, cells: np.ndarray, row0: int, col0: int, geom: SlideGeometry
-) -> np.ndarray:
-    """The P x P windows (K, P, P, 3) centred on `cells` (K, 2) (rows, cols) of a block."""
-    s, p = geom.cell_model, geom.patch
-    out = np.empty((len(cells), p, p, 3), np.uint8)
-    for k, (r, c) in enumerate(cells):
-        y, x = (r - row0) * s, (c - col0) * s
-        out[k] = block[y : y + p, x : x + p]
-    return out
+def tissue_blocks(tissue: np.ndarray, block: int = BLOCK) -> list[tuple[int, int, np.ndarray]]:
+    """(row0, col0, cells (K, 2)) of every `block` x `block` block holding tissue cells.
 
-
-def tissue_blocks(tissue: np.ndarray) -> list[tuple[int, int, np.ndarray]]:
-    """(row0, col0, cells (K, 2)) of every BLOCK x BLOCK block holding tissue cells."""
+    The blocks tile the cell grid centred on it: when the grid is not a whole number of blocks
+    the first block starts half the shortfall before cell 0 (rounded down), so that, where the
+    shortfall is even, a slide turned by 90 degrees is cut into the turned blocks (a dense
+    pass's values depend on where a cell sits in its block)."""
     out = []
     rows, cols = tissue.shape
-    for r0 in range(0, rows, BLOCK):
-        for c0 in range(0, cols, BLOCK):
-            rr, cc = np.nonzero(tissue[r0 : r0 + BLOCK, c0 : c0 + BLOCK])
+    first_row, first_col = -((-rows % block) // 2), -((-cols % block) // 2)
+    for r0 in range(first_row, rows, block):
+        for c0 in range(first_col, cols, block):
+            rr, cc = np.nonzero(tissue[max(r0, 0) : r0 + block, max(c0, 0) : c0 + block])
             if len(rr):
-                out.append((r0, c0, np.stack([rr + r0, cc + c0], 1)))
+                out.append((r0, c0, np.stack([rr + max(r0, 0), cc + max(c0, 0)], 1)))
     return out
-
-
-def window_stream(
-    slide: Any, geom: SlideGeometry, blocks: list[tuple[int, int, np.ndarray]], threads: int = 2
-) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """(windows, cells) per block, in order; blocks are read on `threads` threads, at most
-    2 x threads ahead of the consumer."""
-
-    def load(item: tuple[int, int, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-        r0, c0, cells = item
-        block = read_block(slide, geom, r0, c0, BLOCK)
-        return block_windows(block, cells, r0, c0, geom), cells
-
-    with ThreadPoolExecutor(max_workers=threads) as pool:
-        queue: deque[Future[tuple[np.ndarray, np.ndarray]]] = deque()
-        items = iter(blocks)
-        for item in items:
-            queue.append(pool.submit(load, item))
-            if len(queue) >= 2 * threads:
-                break
-        while queue:
-            result = queue.popleft().result()
-            nxt = next(items, None)
-            if nxt is not None:
-                queue.append(pool.submit(load, nxt))
-            yield result
-
-
-def rebatch(
-    stream: Iterator[tuple[np.ndarray, np.ndarray]], size: int, cells_out: deque[np.ndarray]
-) -> Iterator[np.ndarray]:
-    """Windows regrouped into batches of `size` (the last may be smaller); each batch's cells
-    are appended to `cells_out` as it is yielded."""
-    images: list[np.ndarray] = []
-    cells: list[np.ndarray] = []
-    held = 0
-    for w, c in stream:
-        images.append(w)
-        cells.append(c)
-        held += len(w)
-        while held >= size:
-            x, y = np.concatenate(images), np.concatenate(cells)
-            cells_out.append(y[:size])
-            yield x[:size]
-            images, cells, held = [x[size:]], [y[size:]], held - size
-    if held:
-        cells_out.append(np.concatenate(cells))
-        yield np.concatenate(images)
-
-
-@dataclass
-class SlideResult:
-    """The cell map (rows, cols) float32 (NaN: not tissue), the geometry and timings."""
-
-    probabilities: np.ndarray
-    geometry: SlideGeometry
-    tissue_threshold: float
-    saturation_threshold: float
-    seconds: float
-    thumbnail: np.ndarray
-    thumbnail_per_px: float
-
-
-@dataclass
-class PreparedSlide:
-    """An open slide with its geometry and tissue map: all that precedes reading its cells.
-    ``seconds`` is the time the preparation took; ``close()`` closes the slide."""
-
-    slide: Any
-    path: str | Path
-    geometry: SlideGeometry
-    tissue: np.ndarray  # bool (rows, cols): the cells to predict
-    tissue_threshold: float
-    saturation_threshold: float
-    thumbnail: np.ndarray
-    thumbnail_per_px: float
-    seconds: float
-
-    def close(self) -> None:
-        self.slide.close()
-
-
-def prepare_slide(
-    path: str | Path,
-    model: LoadedModel,
-    *,
-    mpp: float | None = None,
-    stride: int = 32,
-    tissue_threshold: float = 0.5,
-) -> PreparedSlide:
-    """Opens `path`, fixes its resolution and cell grid and finds its tissue (the thumbnail
-    and Otsu's threshold); SlideError when it cannot be read, has no MPP (and no `mpp`) or no
-    tissue. A pcam-slide cohort prepares the next slide while the current one is predicted."""
-    t0 = time.perf_counter()
-    if not 0 < tissue_threshold <= 1:
-        raise SlideError(f"--tissue_threshold={tissue_threshold}: expected a fraction in (0, 1]")
-    slide = open_slide(path)
-    try:
-        mpp0 = slide_mpp(slide, path, mpp)
-        geom = slide_geometry(slide, mpp0, model.mpp, stride, model.patch_size)
-        if geom.rows == 0 or geom.cols == 0:
-            raise SlideError(f"{path}: smaller than one {stride}-pixel cell at {model.mpp} um/px")
-        thumb, per_px = thumbnail(slide)
-        fraction, sat_threshold = tissue_fraction(geom, thumb, per_px)
-        tissue = fraction >= tissue_threshold
-        if not tissue.any():
-            raise SlideError(
-                f"{path}: no tissue found (no cell has {tissue_threshold:.0%} of its area above "
-                f"saturation {sat_threshold:.2f}); lower --tissue_threshold if the stain is faint"
-            )
-    except BaseException:
-        slide.close()
-        raise
-    return PreparedSlide(
-        slide,
-        path,
-        geom,
-        tissue,
-        tissue_threshold,
-        sat_threshold,
-        thumb,
-        per_px,
-        time.perf_counter() - t0,
-    )
-
-
-def predict_prepared(
-    prepared: PreparedSlide,
-    model: LoadedModel,
-    *,
-    batch_size: int = 256,
-    tta: bool = False,
-    progress: bool = False,
-) -> SlideResult:
-    """The p(tumour) map of a prepared slide (the slide stays open; the caller closes it)."""
-    from tqdm import tqdm
-
-    t0 = time.perf_counter()
-    geom, tissue = prepared.geometry, prepared.tissue
-    probs = np.full((geom.rows, geom.cols), np.nan, np.float32)
-    blocks = tissue_blocks(tissue)
-    cells_fifo: deque[np.ndarray] = deque()
-    batches = rebatch(window_stream(prepared.slide, geom, blocks), batch_size, cells_fifo)
-    with tqdm(
-        total=int(tissue.sum()), unit="cell", disable=not progress, file=sys.stderr, leave=False
-    ) as bar:
-        for p in model.predict_batches(batches, batch_size=batch_size, tta=tta):
-            cells = cells_fifo.popleft()
-            probs[cells[:, 0], cells[:, 1]] = p
-            bar.update(len(p))
-    return SlideResult(
-        probs,
-        geom,
-        prepared.tissue_threshold,
-        prepared.saturation_threshold,
-        prepared.seconds + time.perf_counter() - t0,
-        prepared.thumbnail,
-        prepared.thumbnail_per_px,
-    )
-
-
-def predict_slide(
-    path: str | Path,
-    model: LoadedModel,
-    *,
-    mpp: float | None = None,
-    stride: int = 32,
-    tissue_threshold: float = 0.5,
-    batch_size: int = 256,
-    tta: bool = False,
-    progress: bool = False,
-) -> SlideResult:
-    """The p(tumour) map of the slide at `path` (see the module docstring)."""
-    prepared = prepare_slide(path, model, mpp=mpp, stride=stride, tissue_threshold=tissue_threshold)
-    try:
-        return predict_prepared(prepared, model, batch_size=batch_size, tta=tta, progress=progress)
-    finally:
-        prepared.close()
-
-
-# --- outputs -----------------------------------------------------------------------------------

@@ -1,24 +1,13 @@
-"""pcam-slide's outputs: from a slide's cell map (``pcam_jax.infer.slide``) to the files a
-pathologist opens, and ``run_slide``, pcam-slide's library function.
+"""pcam-slide's outputs: from a slide's cell map to the files a pathologist opens.
 
-DIR holds, written to a temporary folder beside it and renamed to DIR only when all are done
-(``runtime.files.atomic_dir``):
-
-    tiles.csv          x, y, width, height (level-0 pixels) and p_tumour of every tissue cell
-    probabilities.npy  the cell map, float32 (rows, cols), NaN where there is no tissue
-    heatmap.png        p(tumour) over the slide's thumbnail
-    tumour.geojson     the cells at or above the threshold as polygons in level-0 pixels, a
-                       FeatureCollection QuPath imports (holes kept, collinear points dropped)
-    detections.csv     lesion detections (local maxima after non-maximum suppression) in the
-                       CAMELYON16 format: probability,X,Y per line, level-0 pixels, no header
-                       (``pcam_jax.infer.detections``)
-    summary.json       slide, model, geometry, tissue, timings, the slide scores (max, top-k
-                       mean, tumour area in mm^2) and the detection settings
-
-Because the folder appears only when complete, a folder DIR with summary.json is a finished
-slide: a pcam-slide cohort (``pcam_jax.infer.cohort``) skips it on a rerun.
-
-Imports: infer.slide, infer.detections, infer.predict, runtime, errors.
+``write_outputs`` writes a slide folder (its files are named in ``wsi.layout``) to a temporary
+folder beside it and renames it into place only when all are done
+(``runtime.files.atomic_dir``): tiles.csv, probabilities.npy, heatmap.png, tumour.geojson
+(the cells at or above the threshold as polygons in level-0 pixels, a FeatureCollection QuPath
+imports, holes kept, collinear points dropped), detections.csv (``wsi.detections``) and
+summary.json (slide, model, mode, geometry, tissue, timings, the slide scores (max, top-k mean,
+tumour area in mm^2) and the detection settings).
+Imports: wsi.layout, wsi.detections, wsi.slide, infer.predict, runtime, errors.
 """
 
 from __future__ import annotations
@@ -31,22 +20,31 @@ from typing import Any
 import numpy as np
 
 from pcam_jax.errors import SlideError
-from pcam_jax.infer.detections import (
-    NMS_FLOOR,
-    NMS_RADIUS_UM,
+from pcam_jax.infer.predict import LoadedModel
+from pcam_jax.runtime.files import atomic_dir, check_new_dir, write_csv, write_json
+from pcam_jax.runtime.plotting import pyplot, save_figure
+from pcam_jax.wsi import layout
+from pcam_jax.wsi.detections import (
     detections_level0,
     non_maximum_suppression,
     write_detections_csv,
 )
-from pcam_jax.infer.predict import LoadedModel
-from pcam_jax.infer.slide import (
-    PreparedSlide,
-    SlideResult,
-    predict_prepared,
-    prepare_slide,
-)
-from pcam_jax.runtime.files import atomic_dir, check_new_dir, write_csv, write_json
-from pcam_jax.runtime.plotting import pyplot, save_figure
+from pcam_jax.wsi.slide import SlideGeometry
+
+
+@dataclass
+class SlideResult:
+    """The cell map (rows, cols) float32 (NaN: not tissue), the geometry, the mode that
+    predicted it and the timings."""
+
+    probabilities: np.ndarray
+    geometry: SlideGeometry
+    tissue_threshold: float
+    saturation_threshold: float
+    seconds: float
+    thumbnail: np.ndarray
+    thumbnail_per_px: float
+    mode: str = "windows"  # the predictor that made the map: "windows" or "dense"
 
 
 def cell_polygons(mask: np.ndarray) -> list[list[list[tuple[int, int]]]]:
@@ -195,6 +193,7 @@ def slide_summary(
         "grid": [g.rows, g.cols],
         "tissue_threshold": result.tissue_threshold,
         "saturation_threshold": result.saturation_threshold,
+        "mode": result.mode,
         "model": model.info.get("model", {}).get("name"),
         "model_source": model.info.get("source", {}),
     }
@@ -254,98 +253,27 @@ def write_outputs(
     result: SlideResult,
     path: str | Path,
     model: LoadedModel,
-    settings: SlideSettings,
+    *,
+    threshold: float,
+    top_k: int,
+    nms_floor: float,
+    nms_radius_um: float,
 ) -> dict[str, Any]:
-    """Writes the six outputs to a temporary folder beside `out` and renames it to `out`."""
-    summary = slide_summary(result, path, model, settings.threshold, settings.top_k)
+    """Writes the slide folder's six files to a temporary folder beside `out` and renames it
+    to `out`; returns summary.json's content."""
+    summary = slide_summary(result, path, model, threshold, top_k)
     g = result.geometry
     maxima = non_maximum_suppression(
-        result.probabilities,
-        g.cell_model * g.model_mpp,
-        floor=settings.nms_floor,
-        radius_um=settings.nms_radius_um,
+        result.probabilities, g.cell_model * g.model_mpp, floor=nms_floor, radius_um=nms_radius_um
     )
     detections = detections_level0(maxima, g.cell0)
-    summary.update(
-        detections=len(detections),
-        nms_floor=settings.nms_floor,
-        nms_radius_um=settings.nms_radius_um,
-    )
+    summary.update(detections=len(detections), nms_floor=nms_floor, nms_radius_um=nms_radius_um)
     with atomic_dir(out) as tmp:
-        write_tiles_csv(tmp / "tiles.csv", result)
-        np.save(tmp / "probabilities.npy", result.probabilities)
-        write_heatmap(tmp / "heatmap.png", result, f"{Path(path).name}: p(tumour)")
-        (tmp / "tumour.geojson").write_text(json.dumps(tumour_geojson(result, settings.threshold)))
-        write_detections_csv(tmp / "detections.csv", detections)
-        write_json(tmp / "summary.json", summary)
+        write_tiles_csv(tmp / layout.TILES_CSV, result)
+        np.save(tmp / layout.PROBABILITIES_NPY, result.probabilities)
+        write_heatmap(tmp / layout.HEATMAP_PNG, result, f"{Path(path).name}: p(tumour)")
+        geojson = tumour_geojson(result, threshold)
+        (tmp / layout.TUMOUR_GEOJSON).write_text(json.dumps(geojson))
+        write_detections_csv(tmp / layout.DETECTIONS_CSV, detections)
+        write_json(tmp / layout.SUMMARY_JSON, summary)
     return summary
-
-
-@dataclass(frozen=True)
-class SlideSettings:
-    """pcam-slide's settings (its flags), shared by every slide of a run."""
-
-    mpp: float | None = None
-    stride: int = 32
-    tissue_threshold: float = 0.5
-    threshold: float = 0.5
-    top_k: int = 10
-    batch_size: int = 256
-    tta: bool = False
-    nms_floor: float = NMS_FLOOR
-    nms_radius_um: float = NMS_RADIUS_UM
-
-    def check(self) -> None:
-        """Raises SlideError naming the first setting out of range (what the flags check)."""
-        for name in ("tissue_threshold", "threshold", "nms_floor"):
-            value = getattr(self, name)
-            if not 0.0 <= value <= 1.0:
-                raise SlideError(f"--{name}={value}: expected a probability in [0, 1]")
-        if self.top_k < 1:
-            raise SlideError(f"--top_k={self.top_k}: expected at least 1 cell")
-        if not self.nms_radius_um >= 0:
-            raise SlideError(f"--nms_radius_um={self.nms_radius_um}: expected >= 0 microns")
-
-    def prepare(self, path: str | Path, model: LoadedModel) -> PreparedSlide:
-        """``prepare_slide`` of `path` with these settings."""
-        return prepare_slide(
-            path,
-            model,
-            mpp=self.mpp,
-            stride=self.stride,
-            tissue_threshold=self.tissue_threshold,
-        )
-
-
-def predict_and_write(
-    prepared: PreparedSlide,
-    out: str | Path,
-    model: LoadedModel,
-    settings: SlideSettings,
-    progress: bool = False,
-) -> dict[str, Any]:
-    """Predicts a prepared slide and writes DIR `out`; returns summary.json's content. The
-    slide is closed either way."""
-    try:
-        result = predict_prepared(
-            prepared, model, batch_size=settings.batch_size, tta=settings.tta, progress=progress
-        )
-    finally:
-        prepared.close()
-    return write_outputs(Path(out), result, prepared.path, model, settings)
-
-
-def run_slide(
-    path: str | Path,
-    out: str | Path,
-    model: LoadedModel,
-    settings: SlideSettings | None = None,
-    *,
-    progress: bool = False,
-) -> dict[str, Any]:
-    """pcam-slide on one slide: predicts `path` and writes DIR `out` (new or empty); returns
-    summary.json's content."""
-    settings = settings or SlideSettings()
-    settings.check()
-    out = prepare_out_dir(out)
-    return predict_and_write(settings.prepare(path, model), out, model, settings, progress)

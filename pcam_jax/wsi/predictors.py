@@ -1,0 +1,264 @@
+"""From a slide's blocks to p(tumour) per tissue cell: window by window, or densely.
+
+Both predictors take the blocks ``wsi.slide.read_block`` reads (n x n cells plus the window
+margin, uint8 (side, side, 3) with ``side = n * S + P - S``; n is the predictor's ``block``: 8
+for windows, DENSE_BLOCK for a dense pass, where larger blocks share more of the margin) and
+yield, block by block, the block's tissue cells (K, 2) (row, column) and their p(tumour) (K,).
+
+``windows``: the P x P window centred on each tissue cell is cut out and run through the model
+on its own (``LoadedModel.predict_batches``), exactly as pcam-predict runs a patch. Overlapping
+windows share no work: with S = 32 and P = 96 every pixel is convolved 9 times.
+
+``dense``: the whole block goes through the network once, fully convolutionally, and the head
+is applied at every cell (the model's ``cells`` mode: its global mean over the last feature map
+becomes a mean over each window's part of it, ``P / d`` positions wide at a step of ``S / d``,
+``d`` the network's total stride). A cell's value then differs from its window's: inside one
+window the network sees zero padding at the window's edge, the dense pass sees the real
+neighbours (up to the block's edge, where it too pads). BENCHMARKS.md measures what that
+changes: on mosaics of real PCam patches, whose neighbours are other patches, dense costs cell
+AUC, so ``windows`` is the default and ``dense`` is asked for (pcam-slide --mode=dense). Dense
+needs a model with a ``dense_stride`` (the ResNets with the ``mean`` head), run at its own input
+size, and S and P multiples of d (``dense_support`` says why not, and --mode=dense refuses).
+
+Rotations: for p4 and p4m models both modes are exact under 90-degree rotations of the slide
+(``tests/test_slide.py``): a window's prediction is invariant, and a dense pass over a rotated
+block is the rotated map of the block, the block being square and centred on its cells.
+With ``tta`` each window or block is also predicted in its 8 D4 views and the maps averaged.
+Imports: infer.predict, infer.model, data.pipeline, runtime, errors.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from functools import partial
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import PartitionSpec as P
+
+from pcam_jax import models
+from pcam_jax.data import pipeline
+from pcam_jax.errors import ModelError
+from pcam_jax.infer.model import Preprocess, cast_floats
+from pcam_jax.infer.predict import LoadedModel, pad_rows
+from pcam_jax.runtime.distributed import AXIS, make_mesh, to_global
+from pcam_jax.runtime.xla_options import compiler_options
+from pcam_jax.wsi.slide import BLOCK, SlideGeometry, read_block
+
+MODES = ("windows", "dense")
+DENSE_BLOCK = 16  # a dense pass's block: 16 x 16 cells and the margin, 576 pixels a side
+Block = tuple[int, int, np.ndarray]  # (row0, col0, tissue cells (K, 2))
+
+
+def block_stream(
+    slide: Any, geom: SlideGeometry, blocks: list[Block], n: int = BLOCK, threads: int = 2
+) -> Iterator[tuple[np.ndarray, Block]]:
+    """(pixels, block) per block of n x n cells, in order; blocks are read on `threads`
+    threads, at most 2 x threads ahead of the consumer."""
+
+    def load(block: Block) -> tuple[np.ndarray, Block]:
+        return read_block(slide, geom, block[0], block[1], n), block
+
+    with ThreadPoolExecutor(max_workers=threads) as pool:
+        queue: deque[Future[tuple[np.ndarray, Block]]] = deque()
+        items = iter(blocks)
+        for item in items:
+            queue.append(pool.submit(load, item))
+            if len(queue) >= 2 * threads:
+                break
+        while queue:
+            result = queue.popleft().result()
+            nxt = next(items, None)
+            if nxt is not None:
+                queue.append(pool.submit(load, nxt))
+            yield result
+
+
+def block_windows(
+    pixels: np.ndarray, cells: np.ndarray, row0: int, col0: int, geom: SlideGeometry
+) -> np.ndarray:
+    """The P x P windows (K, P, P, 3) centred on `cells` (K, 2) (rows, cols) of a block."""
+    s, p = geom.cell_model, geom.patch
+    out = np.empty((len(cells), p, p, 3), np.uint8)
+    for k, (r, c) in enumerate(cells):
+        y, x = (r - row0) * s, (c - col0) * s
+        out[k] = pixels[y : y + p, x : x + p]
+    return out
+
+
+def rebatch(
+    stream: Iterator[tuple[np.ndarray, np.ndarray]], size: int, cells_out: deque[np.ndarray]
+) -> Iterator[np.ndarray]:
+    """Windows regrouped into batches of `size` (the last may be smaller); each batch's cells
+    are appended to `cells_out` as it is yielded."""
+    images: list[np.ndarray] = []
+    cells: list[np.ndarray] = []
+    held = 0
+    for w, c in stream:
+        images.append(w)
+        cells.append(c)
+        held += len(w)
+        while held >= size:
+            x, y = np.concatenate(images), np.concatenate(cells)
+            cells_out.append(y[:size])
+            yield x[:size]
+            images, cells, held = [x[size:]], [y[size:]], held - size
+    if held:
+        cells_out.append(np.concatenate(cells))
+        yield np.concatenate(images)
+
+
+class WindowPredictor:
+    """The ``windows`` mode: each tissue cell's window through ``LoadedModel.predict_batches``."""
+
+    mode = "windows"
+    block = BLOCK  # cells per side of a read
+
+    def __init__(self, model: LoadedModel, batch_size: int = 256, tta: bool = False):
+        self.model, self.batch_size, self.tta = model, batch_size, tta
+
+    def predict(
+        self, stream: Iterable[tuple[np.ndarray, Block]], geom: SlideGeometry
+    ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """(cells (K, 2), p(tumour) (K,)) per batch of windows of the read blocks `stream`
+        (``block_stream``), in order."""
+        windows = (
+            (block_windows(pixels, cells, r0, c0, geom), cells)
+            for pixels, (r0, c0, cells) in stream
+        )
+        fifo: deque[np.ndarray] = deque()
+        batches = rebatch(windows, self.batch_size, fifo)
+        for p in self.model.predict_batches(batches, batch_size=self.batch_size, tta=self.tta):
+            yield fifo.popleft(), p
+
+
+def dense_support(model: LoadedModel, stride: int) -> str | None:
+    """None when `model` runs densely at cell stride `stride`, else the reason it cannot."""
+    module = model.model
+    name = model.info.get("model", {}).get("name") or type(module).__name__
+    d = module.dense_stride() if hasattr(module, "dense_stride") else None
+    if d is None:
+        return f"{name} has no dense form (only the ResNets with the mean head have one)"
+    if models.input_size(model.config.model.name) != model.patch_size:
+        return f"{name} resizes its input; a dense pass needs the model's own input size"
+    if stride % d or model.patch_size % d:
+        return f"--stride={stride} and the {model.patch_size}-pixel window are not multiples of {d}"
+    return None
+
+
+def dense_step(
+    variables: dict[str, Any],
+    blocks: jax.Array,
+    *,
+    apply_fn: Any,
+    preprocess: Preprocess,
+    cells: tuple[int, int],
+    tta: bool,
+) -> jax.Array:
+    """p(tumour) (B, n, n) at the cells of uint8 blocks (B, side, side, 3); with tta, the mean
+    over the 8 D4 views of each block, each map turned back before averaging."""
+    x = pipeline.normalize(blocks, preprocess.mean, preprocess.std).astype(preprocess.dtype)
+    variables = {**variables, "params": cast_floats(variables["params"], preprocess.dtype)}
+
+    def probs(v: jax.Array) -> jax.Array:
+        logits = apply_fn(variables, v, train=False, cells=cells)
+        return jax.nn.softmax(logits.astype(jnp.float32), -1)[..., 1]
+
+    if not tta:
+        return probs(x)
+    maps = []
+    for k in range(4):
+        for flip in (False, True):
+            v = jnp.rot90(x, k, axes=(1, 2))
+            v = jnp.flip(v, axis=2) if flip else v
+            m = probs(v)
+            m = jnp.flip(m, axis=2) if flip else m
+            maps.append(jnp.rot90(m, -k, axes=(1, 2)))
+    return jnp.mean(jnp.stack(maps), axis=0)
+
+
+class DensePredictor:
+    """The ``dense`` mode: one fully convolutional pass per block, read out at every cell."""
+
+    mode = "dense"
+    block = DENSE_BLOCK  # cells per side of a read and of a pass
+
+    def __init__(self, model: LoadedModel, stride: int, batch_size: int = 256, tta: bool = False):
+        reason = dense_support(model, stride)
+        if reason is not None:
+            raise ModelError(f"--mode=dense: {reason}; use --mode=windows")
+        d = model.model.dense_stride()
+        self.model = model
+        self.blocks_per_call = max(1, batch_size // (self.block * self.block))
+        self.mesh = make_mesh()
+        cells = (model.patch_size // d, stride // d)
+        key = ("dense", cells, tta)  # compiled once per model, not once per slide
+        if key not in model.compiled_fns:
+            fn = partial(
+                dense_step,
+                apply_fn=model.model.apply,
+                preprocess=model.preprocess,
+                cells=cells,
+                tta=tta,
+            )
+            model.compiled_fns[key] = jax.jit(
+                jax.shard_map(fn, mesh=self.mesh, in_specs=(P(), P(AXIS)), out_specs=P(AXIS)),
+                compiler_options=compiler_options(),
+            )
+        self.fn = model.compiled_fns[key]
+
+    def predict(
+        self, stream: Iterable[tuple[np.ndarray, Block]], geom: SlideGeometry
+    ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """(cells (K, 2), p(tumour) (K,)) per group of the read blocks `stream`
+        (``block_stream``), in order; a group's pass is dispatched before the previous
+        group's results are fetched."""
+        devices = jax.local_device_count()
+
+        def dispatch(group: list[tuple[np.ndarray, Block]]) -> tuple[Any, list[Block]]:
+            pixels = np.stack([p for p, _ in group])
+            rows = len(group) + (-len(group)) % devices
+            return self.fn(self.model.variables, to_global(self.mesh, pad_rows(pixels, rows))), [
+                b for _, b in group
+            ]
+
+        def fetch(pending: tuple[Any, list[Block]]) -> tuple[np.ndarray, np.ndarray]:
+            maps = np.asarray(pending[0])
+            cells, values = [], []
+            for m, (r0, c0, tissue) in zip(maps, pending[1], strict=False):
+                cells.append(tissue)
+                values.append(m[tissue[:, 0] - r0, tissue[:, 1] - c0])
+            return np.concatenate(cells), np.concatenate(values).astype(np.float32)
+
+        group: list[tuple[np.ndarray, Block]] = []
+        pending = None
+        for item in stream:
+            group.append(item)
+            if len(group) == self.blocks_per_call:
+                current, group = dispatch(group), []
+                if pending is not None:
+                    yield fetch(pending)
+                pending = current
+        if group:
+            current = dispatch(group)
+            if pending is not None:
+                yield fetch(pending)
+            pending = current
+        if pending is not None:
+            yield fetch(pending)
+
+
+def choose_predictor(
+    model: LoadedModel, mode: str, stride: int, batch_size: int = 256, tta: bool = False
+) -> WindowPredictor | DensePredictor:
+    """The predictor of `mode` ("windows" or "dense"); ModelError when the model cannot run
+    densely."""
+    if mode not in MODES:
+        raise ModelError(f"--mode={mode}: expected one of {', '.join(MODES)}")
+    if mode == "windows":
+        return WindowPredictor(model, batch_size, tta)
+    return DensePredictor(model, stride, batch_size, tta)
