@@ -21,7 +21,7 @@ includes compiling, the second is the steady state. Prints, per slide and mode:
   and ``outputs`` (the six files), each measured on its own;
 
 then the per-cell |p_dense - p_windows| distribution (median, 95th and 99th percentile, max)
-over every tissue cell. Copies the 20x slide's dense heatmap.png to --heatmap when given.
+over every tissue cell. Copies the 20x slide's heatmap.png (windows) to --heatmap when given.
 """
 
 from __future__ import annotations
@@ -167,7 +167,7 @@ def main() -> None:
         q = np.quantile(dp, [0.5, 0.95, 0.99])
         print(f"| {name} | {dp.size:,} | {q[0]:.4f} | {q[1]:.4f} | {q[2]:.4f} | {dp.max():.4f} |")
     if args.heatmap:
-        shutil.copy(work / "x20_dense_second" / "heatmap.png", args.heatmap)
+        shutil.copy(work / "x20_windows_second" / "heatmap.png", args.heatmap)
         print(f"\nheatmap -> {args.heatmap}")
 
 
