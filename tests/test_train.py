@@ -284,8 +284,15 @@ def test_one_and_two_devices_give_the_same_parameters(synthetic_root, resume_con
     ],
 )
 def test_pcam_train_bad_input(synthetic_root, tmp_path, args, message):
-    cmd = train_cmd(REPO / "configs" / "quickstart.py", tmp_path / "w", synthetic_root, *args)
-    proc = subprocess.run(cmd, env=child_env(), capture_output=True, text=True, timeout=300)
+    # in-process: a child adds nothing to a one-line refusal (test_pcam_train_requires_workdir
+    # runs the binary as a child)
+    proc = run_in_process(
+        "train",
+        f"--config={QUICKSTART}",
+        f"--workdir={tmp_path / 'w'}",
+        f"--config.data.root={synthetic_root}",
+        *args,
+    )
     assert proc.returncode != 0 and message in proc.stderr
 
 
