@@ -113,7 +113,8 @@ def test_two_processes_equal_one_process_with_two_devices_and_resume_on_one_or_t
     assert_params_equal(final_params(resumed), a)
 
     # two processes resuming from their own checkpoint (each its grain worker's state) end
-    # where one process does: test_preemption.py::test_sigterm_to_one_of_two_processes_...
+    # where one process does: test_preemption.py::
+    # test_sigterm_to_one_of_two_processes_stops_both_at_the_same_step
 
     # the control: a naive resume that takes process 0's own grain state (where
     # process 0 stopped, one record short of the global position) ends elsewhere
