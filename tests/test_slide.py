@@ -179,6 +179,22 @@ def test_dense_equals_windows_where_padding_plays_no_part(patches, tmp_path):
             assert diff > 1e-3
 
 
+def test_dense_tta_turns_each_view_back(patches, tmp_path):
+    # a p4m model is invariant, so its 8 views, each turned back, average to its own map; a
+    # plain model's views differ (the control), so a view left unturned would show in both
+    path = write_slide(tmp_path / "s.tif", mosaic(patches[0]), mpp=0.972)
+    for name, invariant in (("p4mresnet", True), ("resnet", False)):
+        model = random_model(name)
+        plain, tta = (
+            predict_slide(path, model, SlideSettings(mode="dense", tta=t)).probabilities
+            for t in (False, True)
+        )
+        finite = np.isfinite(plain)
+        assert plain[finite].std() > 1e-4
+        diff = np.abs(plain[finite] - tta[finite]).max()
+        assert diff < 1e-5 if invariant else diff > 1e-3, (name, diff)
+
+
 def test_dense_mode_is_asked_for_and_refused_where_the_model_has_no_dense_form(patches, tmp_path):
     path = write_slide(tmp_path / "s.tif", mosaic(patches[0]), mpp=0.972)
     assert predict_slide(path, random_model("resnet")).mode == "windows"  # the default

@@ -5,6 +5,6 @@ the two ways to predict the blocks, window by window and dense (``predictors``);
 slide, its settings and ``run_slide``, pcam-slide's library function (``run``); the slide
 folder's files (``outputs``), named in one place (``layout``); lesion detections in the
 CAMELYON16 formats (``detections``); cohorts of slides in one resumable folder (``cohort``).
-Imports: infer (a loaded model and its predict path), data, models, runtime, errors; never
+Imports: infer (a loaded model and its predict path), equivariant, models, runtime, errors; never
 train or explain. ``pcam_jax.camelyon`` reads the folders back by ``layout``'s names.
 """

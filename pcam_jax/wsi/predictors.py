@@ -24,11 +24,12 @@ Rotations: for p4 and p4m models both modes are exact under 90-degree rotations 
 (``tests/test_slide.py``): a window's prediction is invariant, and a dense pass over a rotated
 block is the rotated map of the block, the block being square and centred on its cells.
 With ``tta`` each window or block is also predicted in its 8 D4 views and the maps averaged.
-Imports: infer.predict, infer.model, data.pipeline, runtime, errors.
+Imports: infer.predict, infer.model, equivariant.groups, models, runtime, errors.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections import deque
 from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -41,7 +42,7 @@ import numpy as np
 from jax.sharding import PartitionSpec as P
 
 from pcam_jax import models
-from pcam_jax.data import pipeline
+from pcam_jax.equivariant import groups
 from pcam_jax.errors import ModelError
 from pcam_jax.infer.model import Preprocess, cast_floats
 from pcam_jax.infer.predict import LoadedModel, pad_rows
@@ -160,24 +161,16 @@ def dense_step(
     tta: bool,
 ) -> jax.Array:
     """p(tumour) (B, n, n) at the cells of uint8 blocks (B, side, side, 3); with tta, the mean
-    over the 8 D4 views of each block, each map turned back before averaging."""
-    x = pipeline.normalize(blocks, preprocess.mean, preprocess.std).astype(preprocess.dtype)
+    over the 8 D4 views of each block, each map turned back (``groups.transform_plane`` by the
+    view's inverse) before averaging."""
+    x = dataclasses.replace(preprocess, size=blocks.shape[1])(blocks)  # normalise and cast
     variables = {**variables, "params": cast_floats(variables["params"], preprocess.dtype)}
-
-    def probs(v: jax.Array) -> jax.Array:
-        logits = apply_fn(variables, v, train=False, cells=cells)
-        return jax.nn.softmax(logits.astype(jnp.float32), -1)[..., 1]
-
-    if not tta:
-        return probs(x)
+    inverse = groups.inverses("p4m")
     maps = []
-    for k in range(4):
-        for flip in (False, True):
-            v = jnp.rot90(x, k, axes=(1, 2))
-            v = jnp.flip(v, axis=2) if flip else v
-            m = probs(v)
-            m = jnp.flip(m, axis=2) if flip else m
-            maps.append(jnp.rot90(m, -k, axes=(1, 2)))
+    for g in range(groups.group_order("p4m")) if tta else [0]:
+        logits = apply_fn(variables, groups.transform_plane(x, "p4m", g), train=False, cells=cells)
+        m = jax.nn.softmax(logits.astype(jnp.float32), -1)[..., 1]
+        maps.append(groups.transform_plane(m, "p4m", int(inverse[g])))
     return jnp.mean(jnp.stack(maps), axis=0)
 
 
