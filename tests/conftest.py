@@ -16,8 +16,6 @@ from absl import flags
 from pcam_jax.data import subset, synth
 from tests.helpers import RESUME_CONFIG, SMALL_SIZES, TINY_CNN, tiny_config
 
-CACHE_ENV = "PCAM_JAX_TEST_XLA_CACHE"  # the session's compilation cache, for xdist workers
-
 
 def pytest_configure(config: pytest.Config) -> None:
     # grain reads absl flags; outside an absl app they keep their defaults.
@@ -28,19 +26,14 @@ def pytest_configure(config: pytest.Config) -> None:
 
 def use_a_session_compilation_cache() -> None:
     """One persistent XLA compilation cache for this test session, empty at its start and
-    removed at its end: the test process (or pytest-xdist's workers) and every child it starts
-    (``helpers.child_env`` copies the environment) load a program another one compiled instead
-    of compiling it again.
+    removed at its end: the test process and every child it starts (``helpers.child_env``
+    copies the environment) load a program another one compiled instead of compiling it again.
     Most of the suite trains the same few tiny models, many times, in dozens of processes; a
     cached executable is the one the compiler produces, so results do not change."""
     from jax._src import compilation_cache
 
-    if os.environ.get(CACHE_ENV):  # a pytest-xdist worker: the controller made the cache
-        cache = Path(os.environ[CACHE_ENV])
-    else:
-        cache = Path(tempfile.mkdtemp(prefix="pcam_jax_test_xla_cache."))
-        atexit.register(shutil.rmtree, cache, ignore_errors=True)
-        os.environ[CACHE_ENV] = str(cache)
+    cache = Path(tempfile.mkdtemp(prefix="pcam_jax_test_xla_cache."))
+    atexit.register(shutil.rmtree, cache, ignore_errors=True)
     settings = {
         "jax_compilation_cache_dir": str(cache),
         "jax_persistent_cache_min_compile_time_secs": 0.0,
