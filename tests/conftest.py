@@ -7,6 +7,7 @@ import atexit
 import os
 import shutil
 import tempfile
+from collections import Counter
 from pathlib import Path
 
 import jax
@@ -24,16 +25,33 @@ def pytest_configure(config: pytest.Config) -> None:
     use_a_session_compilation_cache()
 
 
+_SESSION_CACHE_ENV = "PCAM_JAX_TEST_XLA_CACHE"
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """The modules with the most tests marked slow first (stable: each module stays whole and
+    in its order): the README's command runs the suite on two pytest-xdist workers, one module
+    per turn (``--dist loadscope``, so module fixtures are built once), and starting with the
+    longest modules lets both workers finish together."""
+    weight = Counter(item.module.__name__ for item in items if item.get_closest_marker("slow"))
+    items.sort(key=lambda item: -weight[item.module.__name__])
+
+
 def use_a_session_compilation_cache() -> None:
     """One persistent XLA compilation cache for this test session, empty at its start and
-    removed at its end: the test process and every child it starts (``helpers.child_env``
-    copies the environment) load a program another one compiled instead of compiling it again.
+    removed at its end: the test process, its pytest-xdist workers and every child they start
+    (``helpers.child_env`` copies the environment) load a program another one compiled instead
+    of compiling it again.
     Most of the suite trains the same few tiny models, many times, in dozens of processes; a
     cached executable is the one the compiler produces, so results do not change."""
     from jax._src import compilation_cache
 
-    cache = Path(tempfile.mkdtemp(prefix="pcam_jax_test_xla_cache."))
-    atexit.register(shutil.rmtree, cache, ignore_errors=True)
+    if os.environ.get(_SESSION_CACHE_ENV):  # a pytest-xdist worker: its controller made it
+        cache = Path(os.environ[_SESSION_CACHE_ENV])
+    else:
+        cache = Path(tempfile.mkdtemp(prefix="pcam_jax_test_xla_cache."))
+        atexit.register(shutil.rmtree, cache, ignore_errors=True)
+        os.environ[_SESSION_CACHE_ENV] = str(cache)
     settings = {
         "jax_compilation_cache_dir": str(cache),
         "jax_persistent_cache_min_compile_time_secs": 0.0,

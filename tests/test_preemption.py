@@ -143,6 +143,7 @@ def _shm_segments() -> set[str]:
 
 @pytest.mark.slow
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs Linux /proc")
+@pytest.mark.slow
 def test_a_run_stopped_four_ways_in_turn_resumes_bitwise(
     synthetic_root, resume_config, straight, tmp_path
 ):
