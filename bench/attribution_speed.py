@@ -1,12 +1,12 @@
 """Benchmark (not a test): time per patch of each attribution method (pcam_jax.explain.attribution).
 
-    python bench/attribution_speed.py [--model=bundled] [--patches 64] [--reps 3]
+    python bench/attribution_speed.py [--model=bundled:p4resnet] [--patches 64] [--reps 3]
 
-Loads the model as pcam-explain does (default: the bundled model), takes the first --patches
-tumour patches of the real subset's valid split (../shared/data/pcam-subset or
-PCAM_SUBSET_ROOT), and times ``attribution.attribute`` with its defaults for each method: the
-first call (compilation included) and the median of --reps further calls, divided by the
-number of patches. Prints a Markdown table.
+Loads the model as pcam-explain does (default: the bundled p4 ResNet, whose figures BENCHMARKS
+gives), takes the first --patches tumour patches of the real subset's valid split
+(../shared/data/pcam-subset or PCAM_SUBSET_ROOT), and times ``attribution.attribute`` with its
+defaults for each method: the first call (compilation included) and the median of --reps
+further calls, divided by the number of patches. Prints a Markdown table.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ SUBSET = subset_root()
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model", default=None, help="bundle or workdir (default: bundled)")
+    ap.add_argument("--model", default="bundled:p4resnet", help="bundle, workdir or bundled:NAME")
     ap.add_argument("--patches", type=int, default=64)
     ap.add_argument("--reps", type=int, default=3)
     args = ap.parse_args()
@@ -44,7 +44,7 @@ def main() -> None:
     images = np.stack([np.asarray(Image.open(f).convert("RGB")) for f in files])
     model = infer.load_model(args.model)
     print(
-        f"model {model.config.model.name} ({args.model or 'bundled'}), "
+        f"model {model.config.model.name} ({args.model}), "
         f"{len(images)} patches, jax {jax.__version__} on {jax.devices()[0].platform}, "
         f"{os.cpu_count()} cores"
     )

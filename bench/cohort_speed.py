@@ -59,7 +59,11 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--slides", type=int, default=4)
     ap.add_argument("--grid", type=int, default=24, help="patches per side of each mosaic")
-    ap.add_argument("--model", default=None, help="bundle or workdir (default: the bundled model)")
+    ap.add_argument(
+        "--model",
+        default="bundled:p4resnet",
+        help="bundle, workdir or bundled:NAME (default: the bundled p4 ResNet, which runs dense)",
+    )
     ap.add_argument("--batch_size", type=int, default=256)
     ap.add_argument("--modes", nargs="+", default=["dense", "windows"], help="pcam-slide --mode")
     ap.add_argument("--out", type=Path, default=None, help="keep the slides and outputs here")

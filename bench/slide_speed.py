@@ -92,7 +92,11 @@ def time_split(path: Path, model, settings, out: Path) -> dict[str, float]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--model", default=None, help="bundle or workdir (default: the bundled model)")
+    ap.add_argument(
+        "--model",
+        default="bundled:p4resnet",
+        help="bundle, workdir or bundled:NAME (default: the bundled p4 ResNet, which runs dense)",
+    )
     ap.add_argument("--grid", type=int, default=24, help="patches per side of the mosaic")
     ap.add_argument("--batch_size", type=int, default=256)
     ap.add_argument("--out", type=Path, default=None, help="keep the slides and outputs here")

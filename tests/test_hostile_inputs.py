@@ -286,7 +286,7 @@ def test_outputs_respect_the_umask(patches, synthetic_root, tmp_path, slide):
         )
         train.train_and_evaluate(config, workdir)
         out = tmp_path / "slide_out"
-        run_slide(slide, out, load_model(None))
+        run_slide(slide, out, load_model("bundled:p4resnet"))
     finally:
         os.umask(old)
     checked = [csv, workdir / "config.json", out, *out.iterdir(), *synth_dir.iterdir()]
@@ -321,7 +321,7 @@ def test_predict_pads_a_short_input_only_to_the_device_count():
 
     from pcam_jax.infer import load_model
 
-    model = load_model(None)
+    model = load_model("bundled:p4resnet")
     shapes: list[tuple[int, ...]] = []
     fn = model.predict_fn(jax.sharding.Mesh(jax.devices(), ("data",)))
 

@@ -9,6 +9,7 @@ import shutil
 from pathlib import Path
 
 import h5py
+import jax
 import numpy as np
 import pytest
 from PIL import Image
@@ -97,6 +98,44 @@ def test_bundle_round_trip_predicts_like_the_workdir(trained, synthetic_root, tm
     assert np.abs(tta - from_bundle).max() > 1e-6
 
 
+def test_float16_storage_is_checked_on_the_validation_split(trained, synthetic_root, tmp_path):
+    full = export(trained, tmp_path / "full")
+    half = export(trained, tmp_path / "half", storage_dtype="float16")
+    meta = json.loads((half / "bundle.json").read_text())
+    assert meta["storage_dtype"] == "float16" and meta["storage"]["n"] == 64
+    assert 0 < meta["storage"]["max_abs_dp"] <= 1e-3  # the weights did change, within bounds
+    assert "stored as float16" in (half / "MODEL.md").read_text()
+    size = {b: (b / "variables.msgpack").stat().st_size for b in (full, half)}
+    assert size[half] < 0.6 * size[full]
+    loaded = infer.load_model(half)
+    assert {a.dtype for a in jax.tree_util.tree_leaves(loaded.variables)} == {np.float32}
+    images, _ = _valid_images(synthetic_root)
+    p_full = infer.load_model(full).predict_images(images, batch_size=16)
+    p_half = loaded.predict_images(images, batch_size=16)
+    assert 0 < np.abs(p_half - p_full).max() <= 1e-3
+    # refused where the check fails (a tolerance nothing meets) or the split is gone: no bundle
+    import pcam_jax.infer.export as export_module
+
+    tolerance = export_module.HALF_STORAGE_TOLERANCE
+    try:
+        export_module.HALF_STORAGE_TOLERANCE = 0.0
+        with pytest.raises(ModelError, match=r"moves by up to .* export with --storage_dtype"):
+            export(trained, tmp_path / "refused", storage_dtype="float16")
+    finally:
+        export_module.HALF_STORAGE_TOLERANCE = tolerance
+    assert not (tmp_path / "refused").exists()
+    with pytest.raises(ModelError, match="--storage_dtype=bfloat16: use one of"):
+        export(trained, tmp_path / "refused", storage_dtype="bfloat16")
+    moved = tmp_path / "moved"
+    shutil.copytree(trained, moved)
+    config = json.loads((moved / "config.json").read_text())
+    config["data.root"] = str(tmp_path / "gone")
+    (moved / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ModelError, match="validation split 'valid' is needed"):
+        export(moved, tmp_path / "refused", storage_dtype="float16")
+    assert not (tmp_path / "refused").exists()
+
+
 def test_bad_bundles_give_clear_errors(trained, tmp_path):
     bundle = export(trained, tmp_path / "bundle")
     with pytest.raises(ModelError, match="already exists"):
@@ -133,15 +172,26 @@ def test_bad_bundles_give_clear_errors(trained, tmp_path):
         infer.load_model(tmp_path / "empty")
 
 
-def test_the_bundled_model_loads_and_has_a_card():
-    assert (infer.BUNDLED_MODEL / "MODEL.md").is_file()
-    model = infer.load_model(None)
+@pytest.mark.parametrize("name", sorted(infer.BUNDLED_MODELS))
+def test_each_bundled_model_loads_by_name_and_has_a_card(name):
+    path = infer.BUNDLED_MODELS[name]
+    assert (path / "MODEL.md").is_file()
+    model = infer.load_model(f"bundled:{name}")
     assert model.mpp == 0.972 and model.patch_size == 96
     assert model.info["metrics"]  # its validation figures travel with it
-    meta = json.loads((infer.BUNDLED_MODEL / "bundle.json").read_text())
-    assert machine_paths(meta, (infer.BUNDLED_MODEL / "MODEL.md").read_text()) == []
-    size = sum(p.stat().st_size for p in infer.BUNDLED_MODEL.iterdir())
-    assert size < 5_000_000
+    meta = json.loads((path / "bundle.json").read_text())
+    assert machine_paths(meta, (path / "MODEL.md").read_text()) == []
+    # what the wheel carries: 0.3 MB for the p4 ResNet, 13.7 MB for the EfficientNet (float32:
+    # float16 storage moves its p(tumour) by up to 8e-3 on valid, so pcam-export refuses it)
+    assert sum(p.stat().st_size for p in path.iterdir()) < 15_000_000
+    if name == infer.DEFAULT_BUNDLED:  # the default: no --model, or --model=bundled
+        assert infer.load_model(None).info["source"]["bundle"] == str(path.resolve())
+        assert infer.load_model("bundled").info["source"]["bundle"] == str(path.resolve())
+
+
+def test_an_unknown_bundled_name_lists_the_bundled_models():
+    with pytest.raises(ModelError, match="bundled:nothing: no bundled model .* bundled:p4resnet"):
+        infer.load_model("bundled:nothing")
 
 
 def _write_png(path: Path, image: np.ndarray) -> Path:

@@ -57,7 +57,8 @@ def patches(subset_root):
 
 @pytest.fixture(scope="module")
 def bundled():
-    return infer.load_model(None)
+    """The bundled p4 ResNet: the bundled model that runs both modes."""
+    return infer.load_model("bundled:p4resnet")
 
 
 def test_aligned_lossless_slide_equals_patch_predictions(patches, bundled, tmp_path):

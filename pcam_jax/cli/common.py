@@ -33,7 +33,11 @@ HELP_FLAGS = ("-h", "--help", "-help", "--helpshort", "-?")
 
 WORKDIR = flags.DEFINE_string("workdir", None, "A pcam-train run directory (WORKDIR).")
 MODEL = flags.DEFINE_string(
-    "model", None, "A model bundle or pcam-train workdir (default: the bundled model)."
+    "model",
+    None,
+    "A model bundle, a pcam-train workdir, or bundled:NAME, a model shipped with pcam_jax "
+    "(bundled:effnet-lite0, the default; bundled:p4resnet, exact under quarter turns and the "
+    "one --mode=dense runs).",
 )
 CHECKPOINT = flags.DEFINE_string("checkpoint", "best", "For a workdir: best, last or a saved step.")
 WEIGHTS = flags.DEFINE_enum(

@@ -10,7 +10,7 @@ Imports: models, data, config, workdir, runtime, errors; never ``pcam_jax.train`
 The names most callers need are importable from here::
 
     from pcam_jax import infer
-    model = infer.load_model("models/my_bundle")      # or a workdir, or None: the bundled one
+    model = infer.load_model("models/my_bundle")  # or a workdir, "bundled:p4resnet", None
     p = model.predict_images(uint8_patches, tta=True)
 """
 
@@ -21,6 +21,8 @@ from pcam_jax.infer.bundle import (
     BUNDLE_JSON,
     BUNDLE_VARIABLES,
     BUNDLED_MODEL,
+    BUNDLED_MODELS,
+    DEFAULT_BUNDLED,
     load_bundle,
     read_bundle_json,
     save_bundle,
@@ -47,6 +49,8 @@ from pcam_jax.infer.predict import (
 
 __all__ = [
     "BUNDLED_MODEL",
+    "BUNDLED_MODELS",
+    "DEFAULT_BUNDLED",
     "BUNDLE_CARD",
     "BUNDLE_FORMAT",
     "BUNDLE_FORMAT_VERSION",

@@ -7,6 +7,11 @@ bundle.json) and ``MODEL.md`` (the card: what the model is, its input, training 
 recipe, metrics, intended use and limits, and that it is not a medical device). A bundle needs
 no training data, no optimizer state and no Orbax; its ``format_version`` must be one this
 version reads (BUNDLE_FORMAT_VERSION), else ModelError says which versions differ.
+Weights may be stored as float16 (``storage_dtype``; pcam-export checks what that moves first)
+and are cast back to the model's dtype when loaded.
+
+The package ships more than one bundle (BUNDLED_MODELS, by name): ``--model=bundled`` (or no
+``--model``) is DEFAULT_BUNDLED, ``--model=bundled:NAME`` another one.
 ``save_bundle`` writes one all or nothing (``runtime.files.atomic_dir``); ``load_bundle`` checks
 the format, the checksum and that the weights fit the model. Imports: infer.model/predict,
 config, data, runtime, errors.
@@ -44,8 +49,19 @@ BUNDLE_FORMAT_VERSION = 1
 BUNDLE_JSON = "bundle.json"
 BUNDLE_VARIABLES = "variables.msgpack"
 BUNDLE_CARD = "MODEL.md"
-#: The model shipped inside the package; ``load_model(None)`` loads it.
-BUNDLED_MODEL = Path(__file__).resolve().parents[1] / "bundled" / "pcam_subset"
+#: How a bundle may store its floating-point weights (they are cast back when loaded).
+STORAGE_DTYPES = ("float32", "float16")
+_BUNDLED_ROOT = Path(__file__).resolve().parents[1] / "bundled"
+#: The models shipped inside the package, by name (``--model=bundled:NAME``): the fine-tuned
+#: ImageNet EfficientNet-Lite0 (the best single model on valid) and the p4 ResNet (exactly
+#: invariant to quarter turns, and the one that runs ``pcam-slide --mode=dense``).
+BUNDLED_MODELS = {
+    "effnet-lite0": _BUNDLED_ROOT / "effnet_lite0",
+    "p4resnet": _BUNDLED_ROOT / "p4resnet",
+}
+#: The bundle ``load_model(None)`` and ``--model=bundled`` load.
+DEFAULT_BUNDLED = "effnet-lite0"
+BUNDLED_MODEL = BUNDLED_MODELS[DEFAULT_BUNDLED]
 
 
 def _flat_leaves(tree: Any) -> dict[str, Any]:
@@ -55,14 +71,33 @@ def _flat_leaves(tree: Any) -> dict[str, Any]:
     }
 
 
+def stored_variables(variables: Any, storage_dtype: str = "float32") -> Any:
+    """`variables` on the host as a bundle stores them: floating-point leaves in
+    `storage_dtype` (one of STORAGE_DTYPES), the others unchanged."""
+    if storage_dtype not in STORAGE_DTYPES:
+        raise ModelError(f"storage dtype {storage_dtype!r}: use one of {', '.join(STORAGE_DTYPES)}")
+
+    def store(x: Any) -> np.ndarray:
+        a = np.asarray(jax.device_get(x))
+        return a.astype(storage_dtype) if np.issubdtype(a.dtype, np.floating) else a
+
+    return jax.tree_util.tree_map(store, variables)
+
+
 def save_bundle(
-    loaded: LoadedModel, out: str | Path, *, card: str, extra: dict[str, Any] | None = None
+    loaded: LoadedModel,
+    out: str | Path,
+    *,
+    card: str,
+    extra: dict[str, Any] | None = None,
+    storage_dtype: str = "float32",
 ) -> Path:
     """Writes `loaded` as a bundle directory `out` (which must not exist yet): bundle.json,
-    variables.msgpack and MODEL.md (`card`). Written under a temporary name and renamed, so a
-    failure leaves nothing at `out`. Returns `out`."""
+    variables.msgpack (floating-point weights as `storage_dtype`) and MODEL.md (`card`).
+    Written under a temporary name and renamed, so a failure leaves nothing at `out`. Returns
+    `out`."""
     out = check_bundle_out(out)
-    host = jax.tree_util.tree_map(lambda x: np.asarray(jax.device_get(x)), loaded.variables)
+    host = stored_variables(loaded.variables, storage_dtype)
     blob = serialization.msgpack_serialize(host)
     meta = {
         "format": BUNDLE_FORMAT,
@@ -72,6 +107,7 @@ def save_bundle(
         **(extra or {}),
         "classes": ["normal", "tumour"],
         "variables_sha256": hashlib.sha256(blob).hexdigest(),
+        "storage_dtype": storage_dtype,
         "parameters": count_parameters(host),
     }
     with atomic_dir(out, replace_empty=False) as tmp:
@@ -181,6 +217,42 @@ def _split_sizes(config: Any) -> str:
     return ", ".join(parts)
 
 
+def _norm_source(c: Any) -> str:
+    if c.data.get("normalization") == "imagenet":
+        return "ImageNet's (the pretrained backbone's)"
+    return "the training split's"
+
+
+def _data_fingerprint(loaded: LoadedModel) -> str:
+    """ "; FINGERPRINT" of the training split when the normalisation statistics recorded one
+    (ImageNet's statistics come from no split of this data)."""
+    if loaded.config.data.get("normalization") == "imagenet":
+        return ""
+    return f"; {loaded.info['norm'].get('fingerprint') or 'no fingerprint'}"
+
+
+def _init_line(c: Any) -> str:
+    frozen = c.model.get("frozen_blocks", 0)
+    scale = c.optimizer.get("backbone_lr_scale", 1.0)
+    return (
+        f"- initialised from `{c.init_from}` (ImageNet weights), then fine-tuned"
+        + (f" with its first {frozen} blocks frozen" if frozen else "")
+        + (f", the backbone at {scale}x the head's learning rate" if scale != 1.0 else "")
+    )
+
+
+def _storage_lines(storage: dict[str, Any] | None) -> list[str]:
+    if not storage or storage.get("dtype", "float32") == "float32":
+        return []
+    return [
+        f"Weights are stored as {storage['dtype']} and cast back to float32 when loaded: on "
+        f"the {storage['n']} patches of the `{storage['split']}` split, p(tumour) moves by at "
+        f"most {storage['max_abs_dp']:.1e} from the float32 weights' "
+        f"(pcam-export refuses above {storage['tolerance']:g}).",
+        "",
+    ]
+
+
 def model_card(loaded: LoadedModel, metrics: dict[str, dict[str, Any]]) -> str:
     """MODEL.md of a bundle: model, data, recipe, metrics, input, intended use, limits;
     ``loaded.info["source"]`` as ``export.portable_provenance`` leaves it (run, dataset,
@@ -200,6 +272,8 @@ def model_card(loaded: LoadedModel, metrics: dict[str, dict[str, Any]]) -> str:
         f"- augmentation: {aug or 'none'}",
         f"- seed {src.get('seed')}",
     ]
+    if c.get("init_from"):
+        recipe.insert(0, _init_line(c))
     lines = [
         f"# Model card: {c.model.name} for PCam tumour detection",
         "",
@@ -212,14 +286,13 @@ def model_card(loaded: LoadedModel, metrics: dict[str, dict[str, Any]]) -> str:
         "## Model",
         f"- `{c.model.name}` ({model_fields}); {loaded.info.get('parameters', '?')} parameters",
         f"- input: uint8 RGB patches of {loaded.patch_size}x{loaded.patch_size} pixels at "
-        f"{loaded.mpp} um/px (PCam: level 2 of CAMELYON16's 40x scans), normalised with the "
-        f"training split's per-channel mean {_rounded(loaded.info['norm']['mean'])} and std "
+        f"{loaded.mpp} um/px (PCam: level 2 of CAMELYON16's 40x scans), normalised with "
+        f"{_norm_source(c)} per-channel mean {_rounded(loaded.info['norm']['mean'])} and std "
         f"{_rounded(loaded.info['norm']['std'])} (done by the model's loader)",
         "- output: softmax over (normal, tumour); p(tumour) is the second entry",
         "",
         "## Training data",
-        f"- dataset `{src['dataset']}` (source "
-        f"`{c.data.source}`; {loaded.info['norm'].get('fingerprint') or 'no fingerprint'}): "
+        f"- dataset `{src['dataset']}` (source `{c.data.source}`{_data_fingerprint(loaded)}): "
         f"{_split_sizes(c)}",
         "- PCam patches come from 400 CAMELYON16 slides scanned at two Dutch centres "
         "(Radboud UMC, UMC Utrecht); other stains, scanners, tissues and magnifications are "
@@ -238,6 +311,7 @@ def model_card(loaded: LoadedModel, metrics: dict[str, dict[str, Any]]) -> str:
         "Validation patches share the training data's source (the same centres); expect lower "
         "figures on other slides, centres and scanners.",
         "",
+        *_storage_lines(loaded.info.get("storage")),
         "## Use",
         "```",
         "pcam-predict PATCHES... --model=THIS_DIR --out=predictions.csv",

@@ -1,9 +1,13 @@
 """pcam-export's library function: a training workdir's checkpoint as a model bundle.
 
-``export(workdir, out, checkpoint, weights)`` loads one checkpoint (``load.load_workdir``),
-gathers its validation metrics (the checkpoint's own and every pcam-eval result in
-WORKDIR/eval/ for the same step, ``workdir.eval_results``), renders the card and writes the
-bundle with ``bundle.save_bundle`` (all or nothing).
+``export(workdir, out, checkpoint, weights, storage_dtype)`` loads one checkpoint
+(``load.load_workdir``), gathers its validation metrics (the checkpoint's own and every
+pcam-eval result in WORKDIR/eval/ for the same step, ``workdir.eval_results``), renders the card
+and writes the bundle with ``bundle.save_bundle`` (all or nothing).
+
+float16 storage halves a bundle; it is written only after ``check_half_storage`` has run the
+run's validation split through both weight sets and found p(tumour) moved by at most
+HALF_STORAGE_TOLERANCE (else ModelError, and nothing is written).
 
 A bundle travels, so its provenance holds no path of the machine that exported it
 (``portable_provenance``): the run is named by its directory's name, the training data by its
@@ -19,20 +23,44 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+import jax
+import numpy as np
+
 from pcam_jax.config import flatten_config
-from pcam_jax.infer.bundle import check_bundle_out, model_card, save_bundle
+from pcam_jax.data import sources
+from pcam_jax.errors import ModelError
+from pcam_jax.infer.bundle import (
+    STORAGE_DTYPES,
+    check_bundle_out,
+    model_card,
+    save_bundle,
+    stored_variables,
+)
 from pcam_jax.infer.load import load_workdir
 from pcam_jax.infer.model import count_parameters
+from pcam_jax.infer.predict import LoadedModel
 from pcam_jax.workdir import eval_results
+
+#: The largest change of p(tumour) on the validation split that float16 storage may cause.
+HALF_STORAGE_TOLERANCE = 1e-3
 
 
 def export(
-    workdir: str | Path, out: str | Path, checkpoint: str = "best", weights: str = "ema"
+    workdir: str | Path,
+    out: str | Path,
+    checkpoint: str = "best",
+    weights: str = "ema",
+    storage_dtype: str = "float32",
 ) -> Path:
-    """Writes the bundle of `workdir`'s `checkpoint` to `out`; returns `out`."""
+    """Writes the bundle of `workdir`'s `checkpoint` to `out`, floating-point weights stored as
+    `storage_dtype` (checked first when not float32); returns `out`."""
     workdir = Path(workdir)
+    if storage_dtype not in STORAGE_DTYPES:
+        raise ModelError(f"--storage_dtype={storage_dtype}: use one of {', '.join(STORAGE_DTYPES)}")
     check_bundle_out(out)  # before the (slow) checkpoint restore
     loaded = load_workdir(workdir, checkpoint, weights)
+    if storage_dtype != "float32":
+        loaded.info["storage"] = check_half_storage(loaded, storage_dtype)
     step = loaded.info["source"]["step"]
     metrics = {}
     if loaded.info["metrics"].get("valid"):
@@ -42,7 +70,55 @@ def export(
     loaded.info["parameters"] = count_parameters(loaded.variables)
     loaded.info["training"] = flatten_config(loaded.config)
     loaded.info = portable_provenance(loaded.info, workdir)
-    return save_bundle(loaded, out, card=model_card(loaded, loaded.info["metrics"]))
+    return save_bundle(
+        loaded, out, card=model_card(loaded, loaded.info["metrics"]), storage_dtype=storage_dtype
+    )
+
+
+def check_half_storage(
+    loaded: LoadedModel, storage_dtype: str, *, batch: int = 250
+) -> dict[str, object]:
+    """Runs the validation split of `loaded`'s config through its weights as they are and as
+    `storage_dtype` would store them; returns {dtype, split, n, max_abs_dp, tolerance}, or
+    raises ModelError when p(tumour) moves by more than HALF_STORAGE_TOLERANCE or the split
+    cannot be read (the check needs it)."""
+    split = loaded.config.data.eval_split
+    try:
+        source = sources.from_config(loaded.config, split)
+    except Exception as e:  # the data moved or is gone
+        raise ModelError(
+            f"--storage_dtype={storage_dtype}: the run's validation split {split!r} is needed to "
+            f"check what the smaller weights change, and it cannot be read ({e}); export with "
+            "--storage_dtype=float32, or make the data available at the run's data.root"
+        ) from None
+    rounded = jax.tree_util.tree_map(
+        lambda stored, full: jax.numpy.asarray(stored, full.dtype),
+        stored_variables(loaded.variables, storage_dtype),
+        loaded.variables,
+    )
+    half = LoadedModel(loaded.config, loaded.model, rounded, loaded.preprocess, loaded.info)
+    chunks = (
+        source.read_images(lo, min(lo + batch, len(source))) for lo in range(0, len(source), batch)
+    )
+    worst = 0.0
+    for images in chunks:
+        dp = loaded.predict_images(images, batch_size=batch) - half.predict_images(
+            images, batch_size=batch
+        )
+        worst = max(worst, float(np.max(np.abs(dp))))
+    if worst > HALF_STORAGE_TOLERANCE:
+        raise ModelError(
+            f"--storage_dtype={storage_dtype}: p(tumour) on the {len(source)} patches of split "
+            f"{split!r} moves by up to {worst:.2e} (> {HALF_STORAGE_TOLERANCE:g}); export with "
+            "--storage_dtype=float32"
+        )
+    return {
+        "dtype": storage_dtype,
+        "split": split,
+        "n": len(source),
+        "max_abs_dp": worst,
+        "tolerance": HALF_STORAGE_TOLERANCE,
+    }
 
 
 def portable_provenance(info: dict[str, Any], workdir: Path) -> dict[str, Any]:

@@ -14,7 +14,7 @@ from pcam_jax import models
 from pcam_jax import workdir as workdir_layout
 from pcam_jax.data import pipeline
 from pcam_jax.errors import ModelError
-from pcam_jax.infer.bundle import BUNDLE_JSON, BUNDLED_MODEL, load_bundle
+from pcam_jax.infer.bundle import BUNDLE_JSON, BUNDLED_MODELS, DEFAULT_BUNDLED, load_bundle
 from pcam_jax.infer.model import PCAM_MPP, abstract_variables, create_model, make_preprocess
 from pcam_jax.infer.predict import LoadedModel
 
@@ -64,12 +64,20 @@ def load_workdir(
 def load_model(
     spec: str | Path | None, checkpoint: str = "best", weights: str = "ema"
 ) -> LoadedModel:
-    """A bundle directory, a pcam-train workdir (at `checkpoint`, `weights`) or, for None or
-    "bundled", the model shipped with pcam_jax."""
-    if spec is None or str(spec) == "bundled":
-        if not (BUNDLED_MODEL / BUNDLE_JSON).is_file():
-            raise ModelError(f"{BUNDLED_MODEL}: the bundled model is missing from this install")
-        return load_bundle(BUNDLED_MODEL)
+    """A bundle directory, a pcam-train workdir (at `checkpoint`, `weights`), or a model
+    shipped with pcam_jax: None or "bundled" for the default one, "bundled:NAME" for the one of
+    that name (``bundle.BUNDLED_MODELS``)."""
+    if spec is None or str(spec).startswith("bundled:") or str(spec) == "bundled":
+        name = DEFAULT_BUNDLED if spec is None else (str(spec).partition(":")[2] or DEFAULT_BUNDLED)
+        if name not in BUNDLED_MODELS:
+            raise ModelError(
+                f"--model={spec}: no bundled model of that name; the bundled models are "
+                + ", ".join(f"bundled:{n}" for n in BUNDLED_MODELS)
+            )
+        path = BUNDLED_MODELS[name]
+        if not (path / BUNDLE_JSON).is_file():
+            raise ModelError(f"{path}: the bundled model {name!r} is missing from this install")
+        return load_bundle(path)
     path = Path(spec)
     if (path / BUNDLE_JSON).is_file():
         return load_bundle(path)

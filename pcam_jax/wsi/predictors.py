@@ -183,7 +183,9 @@ class DensePredictor:
     def __init__(self, model: LoadedModel, stride: int, batch_size: int = 256, tta: bool = False):
         reason = dense_support(model, stride)
         if reason is not None:
-            raise ModelError(f"--mode=dense: {reason}; use --mode=windows")
+            raise ModelError(
+                f"--mode=dense: {reason}; use --mode=windows, or --model=bundled:p4resnet"
+            )
         d = model.model.dense_stride()
         self.model = model
         self.blocks_per_call = max(1, batch_size // (self.block * self.block))
