@@ -106,9 +106,9 @@ def test_float16_storage_is_checked_on_the_validation_split(trained, synthetic_r
     assert 0 < meta["storage"]["max_abs_dp"] <= 1e-3  # the weights did change, within bounds
     assert "stored as float16" in (half / "MODEL.md").read_text()
     size = {b: (b / "variables.msgpack").stat().st_size for b in (full, half)}
-    assert size[half] < 0.6 * size[full]
+    assert size[half] < 0.7 * size[full]  # 2 bytes a weight instead of 4, plus msgpack keys
     loaded = infer.load_model(half)
-    assert {a.dtype for a in jax.tree_util.tree_leaves(loaded.variables)} == {np.float32}
+    assert {a.dtype for a in jax.tree_util.tree_leaves(loaded.variables)} == {np.dtype("float32")}
     images, _ = _valid_images(synthetic_root)
     p_full = infer.load_model(full).predict_images(images, batch_size=16)
     p_half = loaded.predict_images(images, batch_size=16)
@@ -261,14 +261,16 @@ def test_pcam_predict_cli_stops_on_a_bad_file_and_writes_nothing(trained, tmp_pa
 
 @pytest.mark.slow
 def test_pcam_predict_on_the_real_valid_split_equals_pcam_eval(subset_root, tmp_path):
-    """The bundled model on the subset's valid folders: pcam-predict's AUC and probabilities
-    are pcam-eval's (same decoder, same model, same program)."""
+    """A bundled model, named on the command line, on the subset's valid folders: pcam-predict's
+    AUC and probabilities are pcam-eval's (same decoder, same model, same program)."""
     out = tmp_path / "valid.csv"
-    r = run_cli("predict", subset_root / "valid", f"--out={out}", "--noprogress")
+    r = run_cli(
+        "predict", subset_root / "valid", f"--out={out}", "--model=bundled:p4resnet", "--noprogress"
+    )
     assert r.returncode == 0, r.stderr
     rows = list(csv.DictReader(out.open()))
     assert len(rows) == 3000
-    model = infer.load_model(None)
+    model = infer.load_model("bundled:p4resnet")
     import ml_collections
 
     config = ml_collections.ConfigDict(
