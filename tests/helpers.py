@@ -13,6 +13,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -73,7 +74,7 @@ def get_config():
     c.model.dense_features = 16
     c.model.dropout_rate = 0.0
     c.model.dense_dropout_rate = 0.0
-    c.data.worker_count = 2
+    c.data.worker_count = 1
     c.augment.brightness = 0.1
     c.ema_decay = 0.9
     c.label_smoothing = 0.1
@@ -180,6 +181,20 @@ def free_port() -> int:
 def checkpoint_steps(workdir: Path) -> list[int]:
     """The steps of a run's committed checkpoints, ascending."""
     return sorted(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit())
+
+
+def wait_for_checkpoint(workdir: Path, after: int, procs: list[subprocess.Popen]) -> None:
+    """Returns once `workdir` holds a committed checkpoint of a step after `after`; fails if one
+    of `procs` (the runs writing it) ends first or ten minutes pass."""
+    deadline = time.time() + 600
+    while not any(
+        int(marker.parent.name) > after
+        for marker in workdir.glob("checkpoints/*/commit_success.txt")
+        if marker.parent.name.isdigit()
+    ):
+        assert all(p.poll() is None for p in procs), "a run ended before the signal"
+        assert time.time() < deadline
+        time.sleep(0.02)
 
 
 def final_params(workdir: Path, weights: str = "raw") -> dict[str, np.ndarray]:

@@ -7,6 +7,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -16,24 +17,33 @@ import numpy as np
 import pytest
 
 from pcam_jax.runtime import distributed
-from tests.helpers import assert_params_equal, child_env, final_params, free_port
+from pcam_jax.runtime.preemption import EXIT_PREEMPTED
+from tests.helpers import (
+    assert_params_equal,
+    checkpoint_steps,
+    child_env,
+    final_params,
+    free_port,
+    wait_for_checkpoint,
+)
 
-# a few steps of the tiny CNN (conftest's resume_config), checkpoints at 3 and 6, no grain
-# workers unless a test adds them; dropout on, so that equal parameters also show that each
-# device drew the same dropout mask for the same rows
-SHORT = [
+# the tiny CNN (conftest's resume_config) for 30 steps, checkpoints every 5, validation at 15
+# and 30, no grain workers unless a run adds them; dropout on, so that equal parameters also show
+# that each device drew the same dropout mask for the same rows
+RUN = [
     "--config.data.worker_count=0",
-    "--config.num_train_steps=6",
-    "--config.eval_every_steps=3",
-    "--config.checkpoint_every_steps=3",
-    "--config.log_every_steps=3",
+    "--config.num_train_steps=30",
+    "--config.eval_every_steps=15",
+    "--config.checkpoint_every_steps=5",
+    "--config.log_every_steps=5",
     "--config.model.dense_dropout_rate=0.3",
 ]
+TRAIN = "pcam_jax.cli.train"
 
 
-def _launch(module: str, args: list[str], processes: int, logdir: Path, name: str) -> list[str]:
-    """Runs `processes` copies of `module` (one CPU device each) joined through a
-    coordinator on 127.0.0.1; returns each process's output. Fails if any fails."""
+def _start(module: str, args: list[str], processes: int, logdir: Path, name: str):
+    """Starts `processes` copies of `module` (one CPU device each) joined through a coordinator
+    on 127.0.0.1, or one process with two devices; returns (processes, their log files)."""
     port = free_port()
     procs, logs = [], []
     for i in range(processes):
@@ -49,10 +59,16 @@ def _launch(module: str, args: list[str], processes: int, logdir: Path, name: st
             env = child_env(1 if processes > 1 else 2)
             procs.append(subprocess.Popen(cmd, env=env, stdout=f, stderr=subprocess.STDOUT))
         logs.append(log)
+    return procs, logs
+
+
+def _finish(procs: list[subprocess.Popen], logs: list[Path], name: str, code: int = 0) -> list[str]:
+    """Waits for every process; returns their outputs. Fails unless each exits with `code`
+    (a failed one takes the others down: a lone survivor would wait for its peer)."""
     deadline = time.time() + 600
     while any(p.poll() is None for p in procs):
-        failed = [p for p in procs if p.returncode not in (None, 0)]
-        if failed or time.time() > deadline:  # a lone survivor would wait for its peer
+        failed = [p for p in procs if p.returncode not in (None, code)]
+        if failed or time.time() > deadline:
             for p in procs:
                 p.kill()
             break
@@ -60,66 +76,63 @@ def _launch(module: str, args: list[str], processes: int, logdir: Path, name: st
     out = [log.read_text() for log in logs]
     for i, p in enumerate(procs):
         p.wait()
-        assert p.returncode == 0, f"{name} process {i} exited {p.returncode}:\n{out[i][-3000:]}"
+        assert p.returncode == code, f"{name} process {i} exited {p.returncode}:\n{out[i][-3000:]}"
     return out
 
 
-def _stopped_at_step_3(run: Path, copy: Path) -> Path:
-    """A copy of `run` as if it had stopped after its step-3 checkpoint."""
-    shutil.copytree(run, copy)
-    shutil.rmtree(copy / "checkpoints" / "6")
-    return copy
+def _launch(module: str, args: list[str], processes: int, logdir: Path, name: str) -> list[str]:
+    """Runs `module` as `_start` does and returns each process's output; fails if any fails."""
+    return _finish(*_start(module, args, processes, logdir, name), name)
 
 
 def _train_args(config: Path, workdir: Path, root: Path) -> list[str]:
-    return [f"--config={config}", f"--workdir={workdir}", f"--config.data.root={root}", *SHORT]
+    return [f"--config={config}", f"--workdir={workdir}", f"--config.data.root={root}", *RUN]
 
 
 @pytest.mark.slow
-def test_two_processes_equal_one_process_with_two_devices_and_resume_on_one_or_two(
+def test_two_processes_stopped_by_one_signal_resume_on_two_or_one_as_one_process_with_two_devices(
     synthetic_root, resume_config, tmp_path
 ):
+    """Two processes (one device and one grain worker each) against one process with two
+    devices (no workers): SIGTERM to process 1 alone stops both at the same agreed step, each
+    saving its worker's state; resumed on two processes, or on one, the run ends bitwise where
+    the one-process run ends; a naive resume from process 0's own grain state (the control)
+    does not; a two-process pcam-eval gathers every prediction once."""
     t0 = time.time()
     two, one = tmp_path / "two", tmp_path / "one"
-    # two processes x 1 device, one grain worker each; against 1 process x 2 devices, none
-    _launch(
-        "pcam_jax.cli.train",
-        [*_train_args(resume_config, two, synthetic_root), "--config.data.worker_count=1"],
-        2,
-        tmp_path,
-        "train2",
-    )
-    out = _launch(
-        "pcam_jax.cli.train", _train_args(resume_config, one, synthetic_root), 1, tmp_path, "train1"
-    )
-    assert "4 devices" not in out[0]
-    data_files = sorted(p.name for p in (two / "checkpoints" / "6" / "data").iterdir())
-    assert "process_0-of-2.json" in data_files and "process_1-of-2.json" in data_files
+    one_args = [
+        *_train_args(resume_config, one, synthetic_root),
+        "--config.checkpoint_every_steps=30",
+    ]
+    _launch(TRAIN, one_args, 1, tmp_path, "one")  # (how often it saves changes no number)
     a = final_params(one)
-    assert_params_equal(final_params(two), a)
     assert max(float(np.abs(v).max()) for v in a.values()) > 0
 
-    # one process (2 devices, no workers) resumes from the two processes' step-3 checkpoint
-    resumed = _stopped_at_step_3(two, tmp_path / "resumed")
-    out = _launch(
-        "pcam_jax.cli.train",
-        _train_args(resume_config, resumed, synthetic_root),
-        1,
-        tmp_path,
-        "resume",
-    )
-    assert "resumed from checkpoint 3" in out[0]
+    two_args = [*_train_args(resume_config, two, synthetic_root), "--config.data.worker_count=1"]
+    procs, logs = _start(TRAIN, two_args, 2, tmp_path, "two")
+    wait_for_checkpoint(two, 4, procs)
+    procs[1].send_signal(signal.SIGTERM)  # only process 1 is told
+    out = _finish(procs, logs, "two (stopped)", EXIT_PREEMPTED)
+    stopped = max(checkpoint_steps(two))
+    assert stopped in (10, 20)  # the agreed step (a multiple of 10), saved by both
+    data = sorted(p.name for p in (two / "checkpoints" / str(stopped) / "data").iterdir())
+    assert "process_0-of-2.json" in data and "process_1-of-2.json" in data
+    for text in out:
+        assert f"saved a checkpoint at step {stopped} and stopped" in text
+    resumed, naive = (shutil.copytree(two, tmp_path / name) for name in ("resumed", "naive"))
+
+    _launch(TRAIN, two_args, 2, tmp_path, "two (resumed)")  # on two processes, to the end
+    assert_params_equal(final_params(two), a)
+
+    # one process (2 devices, no workers) resumes from the two processes' checkpoint
+    out = _launch(TRAIN, _train_args(resume_config, resumed, synthetic_root), 1, tmp_path, "one")
+    assert f"resumed from checkpoint {stopped}" in out[0]
     assert "'processes': 2" in out[0]  # it knew the checkpoint came from two processes
     assert_params_equal(final_params(resumed), a)
 
-    # two processes resuming from their own checkpoint (each its grain worker's state) end
-    # where one process does: test_preemption.py::
-    # test_sigterm_to_one_of_two_processes_stops_both_at_the_same_step
-
-    # the control: a naive resume that takes process 0's own grain state (where
-    # process 0 stopped, one record short of the global position) ends elsewhere
-    naive = _stopped_at_step_3(two, tmp_path / "naive")
-    ckpt = naive / "checkpoints" / "3"
+    # the control: a naive resume that takes process 0's own grain state (where process 0
+    # stopped, one record short of the global position) ends elsewhere
+    ckpt = naive / "checkpoints" / str(stopped)
     state = json.loads((ckpt / "data" / "process_0-of-2.json").read_text())
     state["sampler"] = re.match(r"GlobalBatchSampler\((.*), batch=", state["sampler"]).group(1)
     state["worker_count"] = 0
@@ -127,27 +140,16 @@ def test_two_processes_equal_one_process_with_two_devices_and_resume_on_one_or_t
     record = json.loads((ckpt / "record" / "metadata").read_text())
     record["layout"] = {"processes": 1, "workers": 0}  # so that the grain state is used as is
     (ckpt / "record" / "metadata").write_text(json.dumps(record))
-    out = _launch(
-        "pcam_jax.cli.train",
-        _train_args(resume_config, naive, synthetic_root),
-        1,
-        tmp_path,
-        "naive",
-    )
-    assert "resumed from checkpoint 3" in out[0] and "'processes': 2" not in out[0]
+    out = _launch(TRAIN, _train_args(resume_config, naive, synthetic_root), 1, tmp_path, "naive")
+    assert f"resumed from checkpoint {stopped}" in out[0] and "'processes': 2" not in out[0]
     d = final_params(naive)
     assert any(not np.allclose(d[k], a[k], rtol=1e-5, atol=1e-6) for k in a)
 
     # two-process evaluation gathers every prediction; only process 0 reports and writes
+    eval_args = [f"--workdir={two}", "--checkpoint=last", "--split=valid", "--bootstrap=0"]
     out = _launch(
         "pcam_jax.cli.eval",
-        [
-            f"--workdir={two}",
-            "--checkpoint=last",
-            "--split=valid",
-            "--bootstrap=0",
-            f"--config.data.root={synthetic_root}",
-        ],
+        [*eval_args, f"--config.data.root={synthetic_root}"],
         2,
         tmp_path,
         "eval",
@@ -157,17 +159,12 @@ def test_two_processes_equal_one_process_with_two_devices_and_resume_on_one_or_t
         rows = list(csv.DictReader(f))
     assert [int(r["index"]) for r in rows] == list(range(64))  # every patch once, in order
     got = json.loads((two / "eval" / "valid.json").read_text())
-    # the one-process run validated the same parameters on the same split at step 6
-    reference = json.loads((one / "checkpoints" / "6" / "record" / "metadata").read_text())
+    # the one-process run validated the same parameters on the same split at step 30
+    reference = json.loads((one / "checkpoints" / "30" / "record" / "metadata").read_text())
     assert got["n"] == reference["val"]["n"] == 64
     assert abs(got["auc"] - reference["val"]["auc"]) < 1e-6
     assert abs(got["nll"] - reference["val"]["nll"]) < 1e-5
-    print(
-        f"two-process train, one-process reference, resume, control, eval: {time.time() - t0:.0f} s"
-    )
-
-
-# --- flags and launch detection (no processes started) --------------------------------------
+    print(f"one-process run, two-process stop and resumes, control, eval: {time.time() - t0:.0f} s")
 
 
 @pytest.mark.parametrize(

@@ -7,7 +7,6 @@ from __future__ import annotations
 import random
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -16,28 +15,15 @@ import pytest
 
 from pcam_jax.runtime.preemption import EXIT_PREEMPTED
 from tests.helpers import (
-    assert_params_equal,
     checkpoint_steps,
     child_env,
     final_params,
-    free_port,
+    load_config,
     train_cmd,
+    wait_for_checkpoint,
 )
 
 LONG = ["--config.num_train_steps=40"]
-
-
-def _wait_for_checkpoint(workdir: Path, after: int, procs: list[subprocess.Popen]) -> None:
-    """Returns once `workdir` holds a committed checkpoint of a step after `after`."""
-    deadline = time.time() + 600
-    while not any(
-        int(marker.parent.name) > after
-        for marker in workdir.glob("checkpoints/*/commit_success.txt")
-        if marker.parent.name.isdigit()
-    ):
-        assert all(p.poll() is None for p in procs), "a run ended before the signal"
-        assert time.time() < deadline
-        time.sleep(0.02)
 
 
 def _start_past_a_new_checkpoint(cmd: list[str], workdir: Path) -> subprocess.Popen:
@@ -45,71 +31,31 @@ def _start_past_a_new_checkpoint(cmd: list[str], workdir: Path) -> subprocess.Po
     of its own (every 2 steps in resume_config)."""
     steps = checkpoint_steps(workdir) if (workdir / "checkpoints").is_dir() else []
     proc = subprocess.Popen(cmd, env=child_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    _wait_for_checkpoint(workdir, max(steps, default=0), [proc])
+    wait_for_checkpoint(workdir, max(steps, default=0), [proc])
     return proc
 
 
 @pytest.fixture(scope="module")
 def straight(synthetic_root, resume_config, tmp_path_factory):
+    """The run never interrupted, trained in this process (one device, as the children have):
+    without grain workers and with one checkpoint, which change no batch and no number
+    (test_pipeline.py::test_global_batches_do_not_depend_on_processes_or_workers)."""
+    from pcam_jax import train
+
     workdir = tmp_path_factory.mktemp("straight") / "run"
-    cmd = train_cmd(resume_config, workdir, synthetic_root, *LONG)
-    subprocess.run(cmd, env=child_env(), check=True, capture_output=True, timeout=600)
+    config = load_config(
+        resume_config,
+        f"--config.data.root={synthetic_root}",
+        *LONG,
+        "--config.data.worker_count=0",
+        "--config.checkpoint_every_steps=40",
+    )
+    train.train_and_evaluate(config, workdir)
     return workdir
 
 
-@pytest.mark.slow
-def test_sigterm_to_one_of_two_processes_stops_both_at_the_same_step(
-    synthetic_root, resume_config, tmp_path
-):
-    args = [  # the tiny CNN; one grain worker per process (its state is in the checkpoint)
-        f"--config={resume_config}",
-        f"--config.data.root={synthetic_root}",
-        "--config.data.worker_count=1",
-        "--config.num_train_steps=60",
-        "--config.eval_every_steps=30",
-        "--config.checkpoint_every_steps=5",
-        "--config.log_every_steps=5",
-    ]
-    one = tmp_path / "one"
-    subprocess.run(
-        [sys.executable, "-m", "pcam_jax.cli.train", *args, f"--workdir={one}"],
-        env=child_env(2),
-        check=True,
-        capture_output=True,
-        timeout=900,
-    )
-
-    def launch(workdir: Path) -> list[subprocess.Popen]:
-        port = free_port()
-        return [
-            subprocess.Popen(
-                [sys.executable, "-m", "pcam_jax.cli.train", *args, f"--workdir={workdir}"]
-                + [f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2"]
-                + [f"--process_id={i}"],
-                env=child_env(1),
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.PIPE,
-            )
-            for i in range(2)
-        ]
-
-    two = tmp_path / "two"
-    procs = launch(two)
-    _wait_for_checkpoint(two, 4, procs)
-    procs[1].send_signal(signal.SIGTERM)  # only process 1 is told
-    errs = [p.communicate(timeout=600)[1].decode() for p in procs]
-    assert [p.returncode for p in procs] == [EXIT_PREEMPTED] * 2, errs[0][-2000:]
-    stopped = max(checkpoint_steps(two))
-    assert 5 < stopped < 60 and stopped % 10 == 0  # the agreed step, saved by both
-    data = sorted(p.name for p in (two / "checkpoints" / str(stopped) / "data").iterdir())
-    assert "process_0-of-2.json" in data and "process_1-of-2.json" in data
-    for err in errs:
-        assert f"saved a checkpoint at step {stopped} and stopped" in err
-    procs = launch(two)  # resume on two processes to the end
-    for p in procs:
-        p.wait(timeout=900)
-    assert [p.returncode for p in procs] == [0, 0]
-    assert_params_equal(final_params(two), final_params(one))
+# Two processes stopped by a signal to one of them, resumed on two or one: test_distributed.py::
+# test_two_processes_stopped_by_one_signal_resume_on_two_or_one_as_one_process_with_two_devices
 
 
 def _descendants(pid: int) -> list[int]:
@@ -143,7 +89,6 @@ def _shm_segments() -> set[str]:
 
 @pytest.mark.slow
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs Linux /proc")
-@pytest.mark.slow
 def test_a_run_stopped_four_ways_in_turn_resumes_bitwise(
     synthetic_root, resume_config, straight, tmp_path
 ):
@@ -175,11 +120,11 @@ def test_a_run_stopped_four_ways_in_turn_resumes_bitwise(
     assert stopped < max(checkpoint_steps(workdir)) < 40
 
     # SIGKILL: what a scheduler sends after its grace period and what the OOM killer sends;
-    # resume_config runs 2 grain workers: nothing of the run may stay alive or in /dev/shm
+    # resume_config runs a grain worker: nothing of the run may stay alive or in /dev/shm
     before = _shm_segments()
     proc = _start_past_a_new_checkpoint(cmd, workdir)
     children = _descendants(proc.pid)
-    assert len(children) >= 2, children  # the workers (and multiprocessing's tracker)
+    assert len(children) >= 2, children  # the worker and multiprocessing's tracker
     run_segments = _shm_segments() - before
     proc.kill()
     proc.wait(timeout=60)
