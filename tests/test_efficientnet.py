@@ -48,6 +48,18 @@ def lite0_variables():
     return model, models.init_variables(model, jax.random.key(0), (2, 96, 96, 3))
 
 
+def test_gradcam_defaults_to_a_depthwise_convolution_at_a_quarter_of_the_patch(lite0_variables):
+    """The depthwise convolutions are the network's spatial layers: Grad-CAM's default layer is
+    the last one whose map is 24x24 at 96x96, not the stem."""
+    from pcam_jax.explain.attribution import default_gradcam_layer, feature_layers
+
+    model, variables = lite0_variables
+    layer = default_gradcam_layer(model, variables)
+    assert layer.endswith("depthwise_conv") and layer != "conv_stem", layer
+    shapes = {e["layer"]: e["shape"] for e in feature_layers(model, variables)}
+    assert shapes[layer][:2] == (24, 24)
+
+
 def test_the_packaged_checkpoint_reads_without_torch(state_dict):
     assert "torch" not in sys.modules
     assert len(state_dict) == 296

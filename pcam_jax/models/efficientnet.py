@@ -152,6 +152,11 @@ class DepthwiseConv(nn.Module):
     kernel: int
     stride: int = 1
 
+    @property
+    def kernel_size(self) -> tuple[int, int]:
+        """(k, k), named as ``nn.Conv`` names it (explain's Grad-CAM picks layers by it)."""
+        return (self.kernel, self.kernel)
+
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         c = x.shape[-1]
