@@ -15,10 +15,7 @@ import pytest
 from absl import flags
 
 from pcam_jax.data import subset, synth
-from tests.helpers import RESUME_CONFIG, SMALL_SIZES, TINY_CNN, core_sharing_xla_flags, tiny_config
-
-# before any test creates an array: jax reads XLA_FLAGS when its CPU backend starts
-os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {core_sharing_xla_flags()}".strip()
+from tests.helpers import RESUME_CONFIG, SMALL_SIZES, TINY_CNN, tiny_config
 
 
 def pytest_configure(config: pytest.Config) -> None:

@@ -90,24 +90,11 @@ def get_config():
 # --- child processes -------------------------------------------------------------------------
 
 
-def core_sharing_xla_flags() -> str:
-    """The XLA flags of every process of a test session: single-threaded Eigen (matmuls and
-    convolutions) when the session runs at least as many pytest-xdist workers as the machine
-    has cores, else none. On the 2-core machine, two workers that each spread every op over
-    both cores only make the threads wait for one another (the suite used 12% more CPU time);
-    each keeps one core. A child process takes the same flags as its worker (``child_env``),
-    so results compared across processes come from the same programs."""
-    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return "--xla_cpu_multi_thread_eigen=false" if workers >= (cores or 1) else ""
-
-
 def child_env(devices: int = 1) -> dict[str, str]:
     """The environment of a child process: `devices` CPU devices, this checkout importable, and
     no cluster variables inherited from the machine running the tests."""
     env = dict(os.environ)
-    flags = f"--xla_force_host_platform_device_count={devices} {core_sharing_xla_flags()}"
-    env["XLA_FLAGS"] = flags.strip()
+    env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
     env["JAX_PLATFORMS"] = "cpu"
     env["PYTHONPATH"] = str(REPO)
     for k in [k for k in env if k.startswith(("SLURM_", "JAX_COORDINATOR", "JAX_NUM_PROC"))]:
