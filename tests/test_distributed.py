@@ -41,6 +41,20 @@ RUN = [
 TRAIN = "pcam_jax.cli.train"
 
 
+_CHILDREN: list[subprocess.Popen] = []  # every process `_start` started in this test
+
+
+@pytest.fixture(autouse=True)
+def _no_child_outlives_its_test():
+    """A failed test leaves no run of its own behind (several may be running at once)."""
+    yield
+    for proc in _CHILDREN:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    _CHILDREN.clear()
+
+
 def _start(module: str, args: list[str], processes: int, logdir: Path, name: str):
     """Starts `processes` copies of `module` (one CPU device each) joined through a coordinator
     on 127.0.0.1, or one process with two devices; returns (processes, their log files)."""
@@ -58,6 +72,7 @@ def _start(module: str, args: list[str], processes: int, logdir: Path, name: str
             cmd = [sys.executable, "-m", module, *args, *extra]
             env = child_env(1 if processes > 1 else 2)
             procs.append(subprocess.Popen(cmd, env=env, stdout=f, stderr=subprocess.STDOUT))
+            _CHILDREN.append(procs[-1])
         logs.append(log)
     return procs, logs
 
@@ -104,9 +119,10 @@ def test_two_processes_stopped_by_one_signal_resume_on_two_or_one_as_one_process
         *_train_args(resume_config, one, synthetic_root),
         "--config.checkpoint_every_steps=30",
     ]
-    _launch(TRAIN, one_args, 1, tmp_path, "one")  # (how often it saves changes no number)
-    a = final_params(one)
-    assert max(float(np.abs(v).max()) for v in a.values()) > 0
+    # Runs that share nothing run at the same time: the children of this test spend most of
+    # their lives waiting (for a peer, the coordinator, the disk), and their waits overlap.
+    # (How often the reference run saves changes no number.)
+    one_run = _start(TRAIN, one_args, 1, tmp_path, "one")
 
     two_args = [*_train_args(resume_config, two, synthetic_root), "--config.data.worker_count=1"]
     procs, logs = _start(TRAIN, two_args, 2, tmp_path, "two")
@@ -121,15 +137,6 @@ def test_two_processes_stopped_by_one_signal_resume_on_two_or_one_as_one_process
         assert f"saved a checkpoint at step {stopped} and stopped" in text
     resumed, naive = (shutil.copytree(two, tmp_path / name) for name in ("resumed", "naive"))
 
-    _launch(TRAIN, two_args, 2, tmp_path, "two (resumed)")  # on two processes, to the end
-    assert_params_equal(final_params(two), a)
-
-    # one process (2 devices, no workers) resumes from the two processes' checkpoint
-    out = _launch(TRAIN, _train_args(resume_config, resumed, synthetic_root), 1, tmp_path, "one")
-    assert f"resumed from checkpoint {stopped}" in out[0]
-    assert "'processes': 2" in out[0]  # it knew the checkpoint came from two processes
-    assert_params_equal(final_params(resumed), a)
-
     # the control: a naive resume that takes process 0's own grain state (where process 0
     # stopped, one record short of the global position) ends elsewhere
     ckpt = naive / "checkpoints" / str(stopped)
@@ -140,8 +147,30 @@ def test_two_processes_stopped_by_one_signal_resume_on_two_or_one_as_one_process
     record = json.loads((ckpt / "record" / "metadata").read_text())
     record["layout"] = {"processes": 1, "workers": 0}  # so that the grain state is used as is
     (ckpt / "record" / "metadata").write_text(json.dumps(record))
-    out = _launch(TRAIN, _train_args(resume_config, naive, synthetic_root), 1, tmp_path, "naive")
-    assert f"resumed from checkpoint {stopped}" in out[0] and "'processes': 2" not in out[0]
+
+    runs = {
+        # on two processes, to the end
+        "two (resumed)": _start(TRAIN, two_args, 2, tmp_path, "two (resumed)"),
+        # one process (2 devices, no workers) resumes from the two processes' checkpoint
+        "one (resumed)": _start(
+            TRAIN, _train_args(resume_config, resumed, synthetic_root), 1, tmp_path, "resumed"
+        ),
+        "naive": _start(
+            TRAIN, _train_args(resume_config, naive, synthetic_root), 1, tmp_path, "naive"
+        ),
+    }
+    _finish(*one_run, "one")
+    a = final_params(one)
+    assert max(float(np.abs(v).max()) for v in a.values()) > 0
+    out = {name: _finish(*started, name) for name, started in runs.items()}
+    assert_params_equal(final_params(two), a)
+
+    assert f"resumed from checkpoint {stopped}" in out["one (resumed)"][0]
+    assert "'processes': 2" in out["one (resumed)"][0]  # it knew the checkpoint came from two
+    assert_params_equal(final_params(resumed), a)
+
+    naive_log = out["naive"][0]
+    assert f"resumed from checkpoint {stopped}" in naive_log and "'processes': 2" not in naive_log
     d = final_params(naive)
     assert any(not np.allclose(d[k], a[k], rtol=1e-5, atol=1e-6) for k in a)
 

@@ -149,7 +149,7 @@ def test_train_refuses_bad_config_values_before_creating_the_workdir(
 
 
 def test_train_on_an_unwritable_place_is_one_line(synthetic_root):
-    r = run_cli(
+    r = run_in_process(
         "train",
         f"--config={QUICKSTART}",
         "--workdir=/proc/pcam_jax_run",
@@ -344,8 +344,8 @@ def test_predict_pads_a_short_input_only_to_the_device_count():
 @pytest.mark.skipif(not Path("/proc/self").exists(), reason="/proc: a folder nobody can write")
 def test_unwritable_outputs_are_refused_before_the_work(patches, tmp_path):
     # /proc refuses new files even to root, for whom os.access says every folder is writable
-    r = run_cli("predict", patches / "v_x.h5", "--out=/proc/p.csv", "--progress=false")
+    r = run_in_process("predict", patches / "v_x.h5", "--out=/proc/p.csv", "--progress=false")
     line = refused(r, "--out=/proc/p.csv", "cannot write")
     assert "patch/s" not in r.stderr, line  # refused before predicting
-    r = run_cli("export", f"--workdir={tmp_path / 'no_run'}", "--out=/proc/pcam_bundle")
+    r = run_in_process("export", f"--workdir={tmp_path / 'no_run'}", "--out=/proc/pcam_bundle")
     refused(r, "--out=/proc/pcam_bundle", "cannot write")

@@ -169,16 +169,26 @@ def _layout_loader(src, processes, process, workers, global_batch=32):
     )
 
 
+_GLOBAL_BATCHES: dict[tuple[str, int, int], list[dict[str, np.ndarray]]] = {}
+_MOST_BATCHES = 8
+
+
 def _global_batches(src, processes, workers, n):
-    """Batch k of every process, concatenated in process order: the global batch k."""
-    per_process = [
-        list(itertools.islice(iter(_layout_loader(src, processes, p, workers)), n))
-        for p in range(processes)
-    ]
-    return [
-        {key: np.concatenate([pp[k][key] for pp in per_process]) for key in ("index", "image")}
-        for k in range(n)
-    ]
+    """Batch k of every process, concatenated in process order: the global batch k, for k < n.
+    Read once per layout for this module (grain workers are processes: each loader with workers
+    starts them anew); the batches are returned for reading only."""
+    key = (str(src.root), processes, workers)
+    if key not in _GLOBAL_BATCHES:
+        per_process = [
+            list(itertools.islice(iter(_layout_loader(src, processes, p, workers)), _MOST_BATCHES))
+            for p in range(processes)
+        ]
+        _GLOBAL_BATCHES[key] = [
+            {k: np.concatenate([pp[b][k] for pp in per_process]) for k in ("index", "image")}
+            for b in range(_MOST_BATCHES)
+        ]
+    assert n <= _MOST_BATCHES
+    return _GLOBAL_BATCHES[key][:n]
 
 
 @pytest.mark.parametrize("processes,workers", [(2, 0), (1, 2), (2, 2)])

@@ -12,7 +12,7 @@ import pytest
 from pcam_jax import train
 from pcam_jax.errors import TrainingError
 from pcam_jax.workdir import lock_path, workdir_lock
-from tests.helpers import REPO, run_cli, tiny_config
+from tests.helpers import REPO, run_in_process, tiny_config
 
 HOLD = """
 import sys, time
@@ -40,7 +40,7 @@ def test_a_second_run_fails_fast_naming_the_holder(synthetic_root, tmp_path):
         ):
             train.train_and_evaluate(tiny_config(synthetic_root, "cnn"), workdir)
         assert not (workdir / "config.json").exists()  # it stopped before touching the run
-        r = run_cli(
+        r = run_in_process(
             "train",
             "--config=configs/quickstart.py",
             f"--workdir={workdir}",
