@@ -2,7 +2,7 @@
 training patches, group (p4) against plain ResNets, on the real PCam subset.
 
     python bench/data_efficiency.py [--sizes 1000 3000 10000] [--out ../bench-runs/data_efficiency]
-                                    [--only LABEL ...] [--report-only]
+                                    [--only LABEL ...] [--seeds N ...] [--report-only]
 
 The grid (GRID): class-balanced nested training subsets (``data.train_examples``, drawn with
 ``data.train_subset_seed`` = the run's seed, so the spread over seeds includes which patches
@@ -291,6 +291,12 @@ def main() -> None:
     ap.add_argument("--sizes", type=int, nargs="+", default=sorted(SEEDS))
     ap.add_argument("--out", type=Path, default=REPO.parent / "bench-runs" / "data_efficiency")
     ap.add_argument("--only", nargs="+", default=list(MODELS), choices=MODELS)
+    ap.add_argument(
+        "--seeds",
+        type=int,
+        nargs="+",
+        help="train only these of each size's seeds (SEEDS), e.g. one run that fits a session",
+    )
     ap.add_argument("--report-only", action="store_true")
     args = ap.parse_args()
     runs = read_runs()
@@ -299,6 +305,8 @@ def main() -> None:
             raise SystemExit(f"the real PCam subset is not at {SUBSET}; set PCAM_SUBSET_ROOT")
         for size, model, seed in grid(args.sizes):
             if model not in args.only or (size, model, seed) in runs:
+                continue
+            if args.seeds is not None and seed not in args.seeds:
                 continue
             runs[(size, model, seed)] = train_one(size, model, seed, args.out)
             write_runs(runs)
