@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import itertools
 import json
 import os
@@ -169,26 +170,28 @@ def _layout_loader(src, processes, process, workers, global_batch=32):
     )
 
 
-_GLOBAL_BATCHES: dict[tuple[str, int, int], list[dict[str, np.ndarray]]] = {}
 _MOST_BATCHES = 8
 
 
+@functools.cache
+def _read_global_batches(root: str, processes: int, workers: int) -> list[dict[str, np.ndarray]]:
+    """The first _MOST_BATCHES global batches of a layout, read once per module (grain workers
+    are processes: each loader with workers starts them anew). For reading only."""
+    src = _train_src(root)
+    per_process = [
+        list(itertools.islice(iter(_layout_loader(src, processes, p, workers)), _MOST_BATCHES))
+        for p in range(processes)
+    ]
+    return [
+        {k: np.concatenate([pp[b][k] for pp in per_process]) for k in ("index", "image")}
+        for b in range(_MOST_BATCHES)
+    ]
+
+
 def _global_batches(src, processes, workers, n):
-    """Batch k of every process, concatenated in process order: the global batch k, for k < n.
-    Read once per layout for this module (grain workers are processes: each loader with workers
-    starts them anew); the batches are returned for reading only."""
-    key = (str(src.root), processes, workers)
-    if key not in _GLOBAL_BATCHES:
-        per_process = [
-            list(itertools.islice(iter(_layout_loader(src, processes, p, workers)), _MOST_BATCHES))
-            for p in range(processes)
-        ]
-        _GLOBAL_BATCHES[key] = [
-            {k: np.concatenate([pp[b][k] for pp in per_process]) for k in ("index", "image")}
-            for b in range(_MOST_BATCHES)
-        ]
+    """Batch k of every process, concatenated in process order: the global batch k, for k < n."""
     assert n <= _MOST_BATCHES
-    return _GLOBAL_BATCHES[key][:n]
+    return _read_global_batches(str(src.root), processes, workers)[:n]
 
 
 @pytest.mark.parametrize("processes,workers", [(2, 0), (1, 2), (2, 2)])
