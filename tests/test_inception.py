@@ -130,16 +130,17 @@ def test_load_pretrained_new_heads_and_frozen_backbone():
         )
         return jnp.sum(lo**2) + jnp.sum(aux**2), upd
 
-    grads, upd = jax.jit(jax.grad(loss, has_aux=True))(loaded["params"])
+    # checked in numpy: jnp op by op compiles a program per leaf shape (hundreds here)
+    grads, upd = jax.device_get(jax.jit(jax.grad(loss, has_aux=True))(loaded["params"]))
     flat = traverse_util.flatten_dict(grads)
     mask = traverse_util.flatten_dict(trainable_mask(grads))
     assert any(mask.values()) and not all(mask.values())
     for k, g in flat.items():
-        nz = float(jnp.abs(g).max()) > 0
+        nz = float(np.abs(g).max()) > 0
         assert nz == mask[k], k
     # frozen backbone: batch norm in inference mode, running statistics unchanged
     same = jax.tree.map(
-        lambda a, b: bool(jnp.all(a == b)), upd["batch_stats"], loaded["batch_stats"]
+        lambda a, b: bool(np.all(a == np.asarray(b))), upd["batch_stats"], loaded["batch_stats"]
     )
     assert all(jax.tree.leaves(same))
     opt = optax.masked(optax.sgd(0.1), trainable_mask(loaded["params"]))

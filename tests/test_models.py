@@ -7,7 +7,7 @@ Intermediate group feature maps transform by L_g (rotation/mirror + group-axis p
 Negative control: the plain models fail the same check (and p4 models fail it for mirrors).
 """
 
-from functools import partial
+from functools import cache, partial
 
 import flax.linen as nn
 import jax
@@ -86,11 +86,18 @@ def numpy_variables(model, x, seed=0):
     return {"params": params, "batch_stats": stats}
 
 
+@cache
+def small_variables(name):
+    """``numpy_variables(small(name), images())``, made once per model: the eval- and the
+    train-mode contract and the feature-map check read the same variables (each call compiles
+    a calibration program, 2-3 s on the 2-core machine). Do not modify the result."""
+    return numpy_variables(small(name), images())
+
+
 def all_logits(name, train):
     """Logits (8, N, 2) and updated batch stats for the 8 transformed copies of one batch."""
     model = small(name)
-    x = images()
-    variables = numpy_variables(model, x)
+    variables = small_variables(name)
 
     def one(xx):
         if train:
@@ -104,7 +111,7 @@ def all_logits(name, train):
             return y, upd["batch_stats"]
         return model.apply(variables, xx, train=False), variables["batch_stats"]
 
-    return jax.jit(jax.vmap(one))(transformed_stack(x))
+    return jax.jit(jax.vmap(one))(transformed_stack(images()))
 
 
 def invariance_errors(logits):
@@ -171,7 +178,7 @@ def test_intermediate_feature_maps_transform_by_the_regular_action(name):
     model = small(name)
     group = models.GROUP_OF[name]
     x = images(1)
-    variables = numpy_variables(model, images(2))
+    variables = small_variables(name)
 
     def feats(xx):
         _, st = model.apply(
