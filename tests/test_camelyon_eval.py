@@ -578,14 +578,14 @@ def square(x0: float, y0: float, x1: float, y1: float) -> np.ndarray:
     return np.array([[x0, y0], [x1, y0], [x1, y1], [x0, y1]], float)
 
 
-def write_prediction(root: Path, stem: str, detections: list, slide: str) -> None:
+def write_prediction(root: Path, stem: str, detections: list, slide: str, side: int = SIDE) -> None:
     folder = root / stem
     folder.mkdir(parents=True)
     summary = {
         "slide": slide,
         "score_max": 0.0,  # slide_scores.csv wins
         "level0_mpp": MPP,
-        "grid": [SIDE // 32, SIDE // 32],
+        "grid": [side // 32, side // 32],
         "cell_size_level0_px": 32.0,
     }
     (folder / "summary.json").write_text(json.dumps(summary))
@@ -675,6 +675,35 @@ def test_the_binary_on_a_fabricated_cohort(tmp_path):
     line = r.stdout.strip().splitlines()[-1]
     assert line.startswith(f"{PROG}: slide AUC 0.667 (95% CI ")
     assert "FROC 0.500 on 5 slides (3 tumour, 2 normal)" in line
+
+
+def test_a_mask_with_levels_padded_to_whole_tiles_is_read_where_the_lesion_is(tmp_path):
+    """A 1800-pixel mask whose levels are padded to 256-pixel tiles (level 8: 225 -> 256 rows,
+    OpenSlide's ratio 7.03): read at its true downsample the lesion is at level-8 rows 175-211
+    and the detection at y = 1650 (row 206) finds it; read at 7.03 the lesion would sit at rows
+    154-185 and the detection be a false positive (FROC 0, not 1)."""
+    pred, gt = tmp_path / "pred", tmp_path / "gt"
+    gt.mkdir()
+    mask = np.zeros((1800, 1800), bool)
+    mask[1400:1700, 1100:1300] = True
+    write_mask_tiff(gt / "T1_Mask.tif", mask, (1, 2, 4, 8), padded=True)
+    write_prediction(pred, "T1", [(0.9, 1200, 1650)], "/gone/T1.tif", side=1800)
+    write_prediction(pred, "N1", [(0.2, 500, 500)], "/gone/N1.tif", side=1800)
+    (pred / "slide_scores.csv").write_text("T1,0.9\nN1,0.1\n")
+    with open(pred / "slides.csv", "w", newline="") as f:
+        csv.writer(f).writerows(
+            [["slide", "status", "score_max", "error"]]
+            + [[f"/data/{s}.tif", "done", v, ""] for s, v in (("T1", 0.9), ("N1", 0.1))]
+        )
+    out = tmp_path / "eval"
+    r = run_in_process(
+        "camelyon_eval", f"--predictions={pred}", f"--ground_truth={gt}", f"--out={out}"
+    )
+    assert r.returncode == 0, r.stderr
+    result = json.loads((out / "froc.json").read_text())
+    rows = {s["slide"]: s for s in result["slides"]}
+    assert (rows["T1"]["lesions"], rows["T1"]["lesions_detected"], rows["T1"]["fp"]) == (1, 1, 0)
+    assert result["froc"] == 1.0  # the lesion found above the one false positive (0.2, N1)
 
 
 def test_the_binary_refuses_bad_inputs_and_leaves_no_output(tmp_path):

@@ -26,7 +26,7 @@ from pcam_jax.infer.metrics import binary_metrics
 from pcam_jax.wsi.outputs import cell_polygons
 from pcam_jax.wsi.run import SlideSettings, predict_slide, run_slide
 from pcam_jax.wsi.slide import otsu_threshold
-from tests.helpers import TINY_CNN, run_cli
+from tests.helpers import TINY_CNN, run_cli, run_in_process
 
 
 def centre_cells() -> tuple[np.ndarray, np.ndarray]:
@@ -80,6 +80,36 @@ def test_aligned_lossless_slide_equals_patch_predictions(patches, bundled, tmp_p
     assert np.isnan(probs[:m]).all() and np.isnan(probs[:, -m:]).all()
     assert np.isnan(probs[-m:]).all() and np.isnan(probs[:, :m]).all()
     assert np.isfinite(probs[m:-m, m:-m]).mean() > 0.7
+
+
+def test_levels_padded_to_whole_tiles_are_read_where_their_pixels_are(patches, bundled, tmp_path):
+    """A 0.243 um/px slide whose 4x level (the model's 0.972 um/px) is stored padded to whole
+    tiles, as CAMELYON16's Utrecht scanners store their levels: OpenSlide's ratio is 3.75, its
+    true downsample 4. Read at 4 (``wsi.pyramid``) it holds the mosaic pixel for pixel, so the
+    cells equal the patch predictions as on the aligned slide; read at 3.75 they would come from
+    a resampled, drifting image."""
+    images, _ = patches
+    big = np.repeat(np.repeat(mosaic(images), 4, 0), 4, 1)  # its 4x box reduction is the mosaic
+    path = write_slide(tmp_path / "padded.tif", big, 0.243, downsamples=(1, 2, 4), padded=True)
+    out = tmp_path / "out"
+    r = run_in_process(
+        "slide", path, f"--out={out}", "--model=bundled:p4resnet", "--mpp=0.243", "--noprogress"
+    )
+    assert r.returncode == 0, r.stderr
+    summary = json.loads((out / "summary.json").read_text())
+    assert (summary["level"], summary["padded_levels"]) == (2, [1, 2])
+    assert summary["level_downsample"] == 4.0 and summary["resample_factor"] == 1.0
+    assert summary["openslide_level_downsample"] == pytest.approx(3.75)
+    probs = np.load(out / "probabilities.npy")
+    rows, cols = centre_cells()
+    predicted = np.isfinite(probs[rows, cols])
+    assert predicted.mean() > 0.7
+    np.testing.assert_allclose(
+        probs[rows, cols][predicted],
+        bundled.predict_images(images)[predicted],
+        rtol=1e-5,
+        atol=1e-6,
+    )
 
 
 def test_jpeg_slide_at_twice_the_resolution_finds_the_tumour(patches, bundled, tmp_path):

@@ -6,10 +6,12 @@ slide's size, any value > 0 is tumour (255 in CAMELYON16, 1 in others), 0 backgr
 ``annotations.rasterise``: shape ``(ceil(h / ds), ceil(w / ds))`` for level-0 size (w, h),
 pixel (r, c) covering level-0 ``[c ds, (c + 1) ds) x [r ds, (r + 1) ds)``.
 
-Which level: a level's downsample is the integer d when its size is the level-0 size divided
-by d, rounded either way (``level_downsample``); the level at ds is read as it is. When no
-level is at ds, the coarsest finer level is read and reduced by "any": a mask pixel is tumour
-when any finer pixel whose centre falls in it is (``reduce_any``).
+Which level: a level's downsample is its true factor (``wsi.pyramid.true_downsamples``: the
+integer d when its size is the level-0 size divided by d, rounded either way, or that size
+rounded up to whole tiles, as some scanners pad their levels); a padded level is read without
+its padding. The level at ds is read as it is. When no level is at ds, the coarsest finer level
+is read and reduced by "any": a mask pixel is tumour when any finer pixel whose centre falls in
+it is (``reduce_any``).
 
 Reading: with OpenSlide when it opens the file (a tiled TIFF), in strips of rows of at most
 READ_PIXELS pixels when OpenSlide's downsample of the level is an integer (strip origins then
@@ -18,7 +20,7 @@ for compressed files, imagecodecs must be installed). A file whose channels diff
 a slide, not a mask, and is refused. Errors: ``AnnotationError`` naming the file (and the
 level) and what to do.
 
-Imports: camelyon.annotations, errors.
+Imports: camelyon.annotations, wsi.pyramid, errors.
 """
 
 from __future__ import annotations
@@ -31,19 +33,10 @@ import numpy as np
 
 from pcam_jax.camelyon.annotations import check_downsample, mask_shape
 from pcam_jax.errors import AnnotationError
+from pcam_jax.wsi.pyramid import level_extent, openslide_tiles, true_downsamples
 
 # the most mask pixels read at once (one OpenSlide strip, 4 bytes each)
 READ_PIXELS = 1 << 24
-
-
-def level_downsample(size0: tuple[int, int], size: tuple[int, int]) -> float:
-    """The downsample of a pyramid level of size (w, h) below level 0 of size0: the integer d
-    when the level is size0 / d rounded either way, else the mean of the two ratios."""
-    (w0, h0), (w, h) = size0, size
-    d = max(1, round(w0 / max(w, 1)))
-    if w in (w0 // d, -(-w0 // d)) and h in (h0 // d, -(-h0 // d)):
-        return float(d)
-    return (w0 / max(w, 1) + h0 / max(h, 1)) / 2
 
 
 def reduce_any(
@@ -89,6 +82,16 @@ def _tiff_levels(path: Path) -> Any:
     return tif
 
 
+def _tiff_pyramid(tif: Any) -> list[Any]:
+    """The levels of an open TIFF, level 0 first: tifffile's pyramid, or, where it finds only
+    one level (it groups levels that are exact reductions; a level padded to whole tiles is not),
+    level 0 and the reduced-resolution pages after it."""
+    levels = list(tif.series[0].levels)
+    if len(levels) == 1:
+        levels += [p for p in tif.pages[1:] if getattr(p, "subfiletype", 0) & 1]
+    return levels
+
+
 def _tiff_level_array(level: Any, path: Path, k: int) -> np.ndarray:
     try:
         data = np.asarray(level.asarray())
@@ -112,11 +115,10 @@ def _check_grey(data: np.ndarray, path: Path) -> None:
         )
 
 
-def _choose_level(sizes: Sequence[tuple[int, int]], downsample: int) -> tuple[int, float]:
+def _choose_level(factors: Sequence[float], downsample: int) -> tuple[int, float]:
     """The coarsest level at or finer than `downsample`, and its downsample."""
     best, best_ds = 0, 1.0
-    for k, size in enumerate(sizes):
-        d = level_downsample(sizes[0], size)
+    for k, d in enumerate(factors):
         if best_ds < d <= downsample * (1 + 1e-9):
             best, best_ds = k, d
     return best, best_ds
@@ -154,11 +156,17 @@ def read_mask_tiff(path: str | Path, downsample: int) -> np.ndarray:
         finally:
             slide.close()
     with _tiff_levels(path) as tif:
-        levels = tif.series[0].levels
+        levels = _tiff_pyramid(tif)
         sizes = [(lv.shape[lv.axes.index("X")], lv.shape[lv.axes.index("Y")]) for lv in levels]
-        k, level_ds = _choose_level(sizes, ds)
+        tiles = [
+            (lv.keyframe.tilewidth, lv.keyframe.tilelength) if lv.keyframe.is_tiled else None
+            for lv in levels
+        ]
+        factors = true_downsamples(sizes, tiles, [sizes[0][0] / max(w, 1) for w, _ in sizes])
+        k, level_ds = _choose_level(factors, ds)
+        w, h = level_extent(sizes[0], sizes[k], level_ds)
         out = np.zeros(mask_shape(sizes[0], ds), bool)
-        reduce_any(_tiff_level_array(levels[k], path, k), 0, level_ds, ds, out)
+        reduce_any(_tiff_level_array(levels[k], path, k)[:h, :w], 0, level_ds, ds, out)
     return out
 
 
@@ -167,9 +175,10 @@ def _read_openslide(slide: Any, path: Path, ds: int) -> np.ndarray:
     the level is an integer (strip origins then fall on level pixels), else in one read."""
     import openslide
 
-    sizes = [tuple(s) for s in slide.level_dimensions]
-    k, level_ds = _choose_level(sizes, ds)
-    w, h = sizes[k]
+    sizes = [(int(w), int(h)) for w, h in slide.level_dimensions]
+    factors = true_downsamples(sizes, openslide_tiles(slide), list(slide.level_downsamples))
+    k, level_ds = _choose_level(factors, ds)
+    w, h = level_extent(sizes[0], sizes[k], level_ds)  # a padded level without its padding
     os_ds = float(slide.level_downsamples[k])
     out = np.zeros(mask_shape(sizes[0], ds), bool)
     step = max(1, READ_PIXELS // max(w, 1)) if os_ds.is_integer() else h
@@ -189,7 +198,6 @@ def _read_openslide(slide: Any, path: Path, ds: int) -> np.ndarray:
 
 __all__ = [
     "READ_PIXELS",
-    "level_downsample",
     "mask_tiff_size",
     "read_mask_tiff",
     "reduce_any",

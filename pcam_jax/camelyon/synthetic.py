@@ -28,6 +28,7 @@ from PIL import Image
 GRID = 8  # patches per side of the mosaic
 MARGIN = 96  # white border, a multiple of the 32-pixel cell
 TUMOUR = (slice(2, 6), slice(3, 7))  # the tumour patches: rows 2-5, columns 3-6
+TILE = 256  # tile side of the TIFFs written here
 
 
 def real_patches(
@@ -64,14 +65,28 @@ def mosaic(patches: np.ndarray) -> np.ndarray:
     return image
 
 
+def pad_to_tiles(level: np.ndarray, value: int, tile: int = TILE) -> np.ndarray:
+    """`level` (H, W, ...) padded right and below with `value` to whole `tile`s, as some
+    scanners (CAMELYON16's Utrecht ones among them) store their reduced levels."""
+    h, w = level.shape[:2]
+    pad = [(0, -h % tile), (0, -w % tile)] + [(0, 0)] * (level.ndim - 2)
+    return np.pad(level, pad, constant_values=value)
+
+
 def write_slide(
-    path: Path, image: np.ndarray, mpp: float | None, compression: str | None = None
+    path: Path,
+    image: np.ndarray,
+    mpp: float | None,
+    compression: str | None = None,
+    downsamples: tuple[int, ...] = (1, 4),
+    padded: bool = False,
 ) -> Path:
-    """A tiled pyramidal TIFF: level 0 and a 4x-reduced level, 256-pixel tiles."""
+    """A tiled pyramidal TIFF: level 0 and a level per further downsample (Pillow's box
+    reduction), TILE-pixel tiles; `padded`: the reduced levels padded white to whole tiles."""
     import tifffile
 
     with tifffile.TiffWriter(path) as tif:
-        for level, ds in enumerate((1, 4)):
+        for level, ds in enumerate(downsamples):
             extra = {}
             if mpp is not None:
                 res = 1e4 / (mpp * ds)
@@ -79,9 +94,11 @@ def write_slide(
             reduced = np.asarray(
                 Image.fromarray(image).reduce(ds) if ds > 1 else Image.fromarray(image)
             )
+            if padded and ds > 1:
+                reduced = pad_to_tiles(reduced, 255)
             tif.write(
                 reduced,
-                tile=(256, 256),
+                tile=(TILE, TILE),
                 photometric="rgb",
                 compression=compression,
                 subfiletype=1 if level else 0,
@@ -216,17 +233,22 @@ def write_mask_tiff(
     downsamples: tuple[int, ...] = (1, 4),
     value: int = 255,
     tiled: bool = True,
+    padded: bool = False,
 ) -> Path:
     """A pyramidal mask TIFF of level-0 `mask0`: one page per downsample (each level samples
-    the level-0 pixel at the centre of its block), uint8 `value` for tumour."""
+    the level-0 pixel at the centre of its block), uint8 `value` for tumour; `padded`: the
+    reduced levels padded with 0 to whole tiles (tiled only)."""
     import tifffile
 
     with tifffile.TiffWriter(path) as tif:
         for k, ds in enumerate(downsamples):
             level = mask0[ds // 2 :: ds, ds // 2 :: ds] if ds > 1 else mask0
+            level = level.astype(np.uint8) * np.uint8(value)
+            if padded and ds > 1:
+                level = pad_to_tiles(level, 0)
             tif.write(
-                level.astype(np.uint8) * np.uint8(value),
-                tile=(256, 256) if tiled else None,
+                level,
+                tile=(TILE, TILE) if tiled else None,
                 photometric="minisblack",
                 subfiletype=1 if k else 0,
             )

@@ -185,6 +185,10 @@ def slide_summary(
         "cells_per_second": p.size / result.seconds,
         "level": g.level,
         "level_mpp": g.level_mpp,
+        "level_downsample": g.level_downsample,
+        # OpenSlide's size ratio; differs from level_downsample on a level padded to whole tiles
+        "openslide_level_downsample": g.openslide_downsample,
+        "padded_levels": list(g.padded_levels),
         "level0_mpp": g.mpp0,
         "model_mpp": g.model_mpp,
         "resample_factor": g.scale,

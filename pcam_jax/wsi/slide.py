@@ -11,7 +11,9 @@ everywhere (tiles.csv, tumour.geojson), as OpenSlide and QuPath use them.
 Resolution. mpp0 is the slide's own (``openslide.mpp-x``/``-y``) or --mpp; the pixels are read at
 the pyramid level whose resolution is nearest to m (in log scale) and resampled to m (Pillow's
 antialiased bilinear); when that level is at m exactly, no resampling happens and a patch placed
-on the slide's pixel grid reaches the model bit for bit.
+on the slide's pixel grid reaches the model bit for bit. A level's resolution is mpp0 times its
+true downsample (``wsi.pyramid``: levels padded to whole tiles, as some scanners write them, are
+read where their pixels are, not where OpenSlide's size ratio puts them).
 
 Tissue. Otsu's threshold on the HSV saturation of a thumbnail (at most THUMBNAIL_SIZE pixels a
 side, no finer than THUMBNAIL_PX_PER_CELL pixels a cell side, read from a low pyramid level),
@@ -22,7 +24,7 @@ Blocks. Cells are read n x n at a time (BLOCK by default; the predictor chooses)
 read_region of the block plus the window margin, ``n * S + P - S`` model pixels a side
 (``read_block``); only blocks holding tissue are read (``tissue_blocks``). ``wsi.predictors``
 turns blocks into probabilities.
-Imports: runtime, errors.
+Imports: runtime, errors, wsi.pyramid.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ import numpy as np
 from PIL import Image
 
 from pcam_jax.errors import SlideError
+from pcam_jax.wsi.pyramid import level_extent, openslide_location, slide_downsamples
 
 THUMBNAIL_SIZE = 2048  # longest side of the tissue-detection image, in pixels
 THUMBNAIL_PX_PER_CELL = 4  # its resolution need not be finer than this, per cell side
@@ -52,7 +55,10 @@ MPP_RANGE = (0.05, 4.0)
 class SlideGeometry:
     """How the slide maps to model pixels and cells.
 
-    mpp0: level-0 um/px; level, level_mpp, level_downsample: the level read; model_mpp: m;
+    mpp0: level-0 um/px; level, level_mpp, level_downsample: the level read (its true
+    downsample, ``wsi.pyramid``); openslide_downsample: OpenSlide's ratio for that level (not
+    level_downsample when the level is padded to whole tiles); padded_levels: the slide's
+    levels stored padded to whole tiles; model_mpp: m;
     scale: level pixels per model pixel (m / level_mpp); cell_model: S (model px);
     cell0: c (level-0 px, a float); rows, cols: the cell grid over the slide.
     """
@@ -61,6 +67,8 @@ class SlideGeometry:
     level: int
     level_mpp: float
     level_downsample: float
+    openslide_downsample: float
+    padded_levels: tuple[int, ...]
     model_mpp: float
     scale: float
     cell_model: int
@@ -128,7 +136,8 @@ def slide_geometry(
             f"--stride={stride}: expected 1..{patch} with {patch} - stride even (the window must "
             "centre on its cell)"
         )
-    mpps = [mpp0 * d for d in slide.level_downsamples]
+    factors = slide_downsamples(slide)
+    mpps = [mpp0 * d for d in factors]
     level = min(range(len(mpps)), key=lambda i: (abs(math.log(mpps[i] / model_mpp)), i))
     w0, h0 = slide.dimensions
     cell0 = stride * model_mpp / mpp0
@@ -136,7 +145,9 @@ def slide_geometry(
         mpp0=mpp0,
         level=level,
         level_mpp=mpps[level],
-        level_downsample=float(slide.level_downsamples[level]),
+        level_downsample=factors[level],
+        openslide_downsample=float(slide.level_downsamples[level]),
+        padded_levels=tuple(padded_levels(slide)),
         model_mpp=model_mpp,
         scale=model_mpp / mpps[level],
         cell_model=stride,
@@ -179,12 +190,43 @@ def thumbnail(slide: Any, cell0: float = 0.0) -> tuple[np.ndarray, float]:
     import openslide
 
     try:
-        thumb = slide.get_thumbnail(size).convert("RGB")
+        if padded_levels(slide):
+            thumb = _thumbnail_by_true_downsamples(slide, factor, size)
+        else:
+            thumb = slide.get_thumbnail(size).convert("RGB")
     except openslide.OpenSlideError as e:
         raise SlideError(
             f"{getattr(slide, '_filename', 'the slide')}: thumbnail unreadable ({e})"
         ) from None
     return np.asarray(thumb), w0 / thumb.size[0]
+
+
+def padded_levels(slide: Any) -> list[int]:
+    """The levels of `slide` stored padded to whole tiles (larger than their image at their true
+    downsample, ``wsi.pyramid``)."""
+    sizes = [(int(w), int(h)) for w, h in slide.level_dimensions]
+    factors = slide_downsamples(slide)
+    return [
+        k
+        for k, (size, d) in enumerate(zip(sizes, factors, strict=True))
+        if level_extent(sizes[0], size, d) != size
+    ]
+
+
+def _thumbnail_by_true_downsamples(slide: Any, factor: float, size: tuple[int, int]) -> Any:
+    """What OpenSlide's get_thumbnail does (the coarsest level at or finer than `factor`, read
+    whole, transparency white, Lanczos to at most `size`), with the level's padding cropped off
+    (get_thumbnail keeps it, so the tissue map would drift by the padding's share)."""
+    sizes = [(int(w), int(h)) for w, h in slide.level_dimensions]
+    factors = slide_downsamples(slide)
+    level = max(
+        (k for k, d in enumerate(factors) if d <= max(factor, 1.0)), key=factors.__getitem__
+    )
+    region = slide.read_region((0, 0), level, level_extent(sizes[0], sizes[level], factors[level]))
+    thumb = Image.new("RGB", region.size, (255, 255, 255))
+    thumb.paste(region, mask=region.split()[3])
+    thumb.thumbnail(size, Image.Resampling.LANCZOS)
+    return thumb
 
 
 def tissue_fraction(
@@ -232,7 +274,8 @@ def read_block(slide: Any, geom: SlideGeometry, row0: int, col0: int, n: int) ->
     f0 = geom.model_mpp / geom.mpp0  # level-0 px per model px
     x0, y0 = math.floor(mx * f0), math.floor(my * f0)
     read = math.ceil(side * geom.scale)
-    region = _read_region(slide, (x0, y0), geom.level, (read, read))
+    at = openslide_location(x0, y0, geom.openslide_downsample, geom.level_downsample)
+    region = _read_region(slide, at, geom.level, (read, read))
     rgb = Image.new("RGB", region.size, (255, 255, 255))
     rgb.paste(region, mask=region.split()[3])
     if read != side:  # to model resolution; the read's rounding-up is cropped off, not squeezed
