@@ -67,7 +67,9 @@ def main() -> None:
         seconds = time.time() - t0
         subprocess.run(
             [*cli, "pcam_jax.cli.camelyon_eval", f"--predictions={predictions}"]
-            + [f"--ground_truth={notes}", f"--normal={reference}", f"--out={evaluation}"],
+            + [f"--ground_truth={notes}", f"--normal={reference}", f"--out={evaluation}"]
+            # the synthetic slides are at 0.972 um/px, not CAMELYON16's 0.243
+            + ["--resolution=slide"],
             check=True,
             capture_output=True,
         )

@@ -578,13 +578,15 @@ def square(x0: float, y0: float, x1: float, y1: float) -> np.ndarray:
     return np.array([[x0, y0], [x1, y0], [x1, y1], [x0, y1]], float)
 
 
-def write_prediction(root: Path, stem: str, detections: list, slide: str, side: int = SIDE) -> None:
+def write_prediction(
+    root: Path, stem: str, detections: list, slide: str, side: int = SIDE, mpp: float = MPP
+) -> None:
     folder = root / stem
     folder.mkdir(parents=True)
     summary = {
         "slide": slide,
         "score_max": 0.0,  # slide_scores.csv wins
-        "level0_mpp": MPP,
+        "level0_mpp": mpp,
         "grid": [side // 32, side // 32],
         "cell_size_level0_px": 32.0,
     }
@@ -630,6 +632,8 @@ def fabricated_cohort(tmp_path: Path) -> tuple[Path, Path]:
 
 
 def test_the_binary_on_a_fabricated_cohort(tmp_path):
+    """Each slide at its own 0.972 um/px and any mask value above 0 (the options; the figures
+    the evaluation gave before the challenge's rules became the default)."""
     pred, gt = fabricated_cohort(tmp_path)
     out = tmp_path / "eval"
     r = run_in_process(
@@ -638,6 +642,8 @@ def test_the_binary_on_a_fabricated_cohort(tmp_path):
         f"--ground_truth={gt}",
         f"--out={out}",
         "--bootstrap=200",
+        "--resolution=slide",
+        "--mask_values=nonzero",
     )
     assert r.returncode == 0, r.stderr
     assert "Broken" in r.stderr and "Orphan" in r.stderr  # the failed slide, the orphan
@@ -689,21 +695,136 @@ def test_a_mask_with_levels_padded_to_whole_tiles_is_read_where_the_lesion_is(tm
     write_mask_tiff(gt / "T1_Mask.tif", mask, (1, 2, 4, 8), padded=True)
     write_prediction(pred, "T1", [(0.9, 1200, 1650)], "/gone/T1.tif", side=1800)
     write_prediction(pred, "N1", [(0.2, 500, 500)], "/gone/N1.tif", side=1800)
-    (pred / "slide_scores.csv").write_text("T1,0.9\nN1,0.1\n")
-    with open(pred / "slides.csv", "w", newline="") as f:
-        csv.writer(f).writerows(
-            [["slide", "status", "score_max", "error"]]
-            + [[f"/data/{s}.tif", "done", v, ""] for s, v in (("T1", 0.9), ("N1", 0.1))]
-        )
+    write_scores(pred, {"T1": 0.9, "N1": 0.1})
     out = tmp_path / "eval"
     r = run_in_process(
-        "camelyon_eval", f"--predictions={pred}", f"--ground_truth={gt}", f"--out={out}"
+        "camelyon_eval",
+        f"--predictions={pred}",
+        f"--ground_truth={gt}",
+        f"--out={out}",
+        "--resolution=slide",  # at 0.972 um/px: the lesion is no ITC
     )
     assert r.returncode == 0, r.stderr
     result = json.loads((out / "froc.json").read_text())
     rows = {s["slide"]: s for s in result["slides"]}
     assert (rows["T1"]["lesions"], rows["T1"]["lesions_detected"], rows["T1"]["fp"]) == (1, 1, 0)
     assert result["froc"] == 1.0  # the lesion found above the one false positive (0.2, N1)
+
+
+def write_scores(pred: Path, scores: dict[str, float]) -> None:
+    """slide_scores.csv and slides.csv of a fabricated cohort, every slide done."""
+    (pred / "slide_scores.csv").write_text("".join(f"{k},{v}\n" for k, v in scores.items()))
+    with open(pred / "slides.csv", "w", newline="") as f:
+        csv.writer(f).writerows(
+            [["slide", "status", "score_max", "error"]]
+            + [[f"/data/{k}.tif", "done", v, ""] for k, v in scores.items()]
+        )
+
+
+def script_froc(slides: list[tuple[Path | None, list]], resolution: float, tumour) -> float:
+    """Evaluation_FROC.py's rules, ported: each tumour slide's mask TIFF read as the script
+    reads it (level 5 through OpenSlide, channel 0; `tumour` picks the pixels: the script's
+    distance to ``255 - value == 0`` is ``value == 255``), at level-0 `resolution` um/px for
+    every slide, its evaluation mask, ITCs, hits and curve by the loop-by-loop helpers above,
+    and the score interpolated at the six rates."""
+    import openslide
+
+    data: list[list] = [[], [], [], []]
+    for k, (mask_path, dets) in enumerate(slides):
+        labels, itcs = None, []
+        if mask_path is not None:
+            with openslide.OpenSlide(str(mask_path)) as s:
+                pixels = np.asarray(s.read_region((0, 0), 5, s.level_dimensions[5]))[:, :, 0]
+            px = resolution * 2**5
+            labels = ref_evaluation_mask(tumour(pixels), px)
+            itcs = ref_itc_list(labels, px)
+        probs = [float(p) for p, _, _ in dets]
+        xs, ys = [int(float(x)) for _, x, _ in dets], [int(float(y)) for _, _, y in dets]
+        fp, tp, n = ref_fp_tp(probs, xs, ys, mask_path is not None, labels, itcs, 2**5)
+        for i, v in enumerate((f"slide{k}", fp, tp, n)):
+            data[i].append(v)
+    fps, sens = ref_compute_froc(data)
+    return float(np.mean([np.interp(r, fps[::-1], sens[::-1]) for r in froc.FP_RATES]))
+
+
+def test_the_default_is_the_challenges_script_and_the_options_the_earlier_rules(tmp_path):
+    """A hand case that separates the rules. T1's level 0 is 0.226 um/px (as CAMELYON16's
+    Utrecht slides); its mask's level 5 is 255 on a 26-pixel core and 128 on an 8-pixel rim
+    (the grey a resampled level leaves), and its one detection lies 5 level-5 pixels right of
+    the core: outside the script's margin of 4.82 pixels (0.243 um/px, the 255 pixels) and so a
+    false positive; inside it at the slide's own 0.226 (5.18 pixels), or on the rim when any
+    value above 0 is tumour. N1 (normal) holds one false positive at 0.2."""
+    pred, gt = tmp_path / "pred", tmp_path / "gt"
+    gt.mkdir()
+    level5 = np.zeros((64, 64), np.uint8)
+    level5[8:50, 8:50] = 128
+    level5[16:42, 16:42] = 255
+    mask0 = np.kron(level5, np.ones((32, 32), np.uint8))
+    mask_path = write_mask_tiff(gt / "T1_Mask.tif", mask0, (1, 2, 4, 8, 16, 32), value=1)
+    t1, n1 = [(0.9, 46 * 32 + 16, 29 * 32 + 16)], [(0.2, 100, 100)]
+    write_prediction(pred, "T1", t1, "/gone/T1.tif", side=2048, mpp=0.226)
+    write_prediction(pred, "N1", n1, "/gone/N1.tif", side=2048, mpp=0.226)
+    write_scores(pred, {"T1": 0.9, "N1": 0.2})
+    cases = {
+        "default": ([], 0.243, lambda v: v == 255),
+        "slide": (["--resolution=slide"], 0.226, lambda v: v == 255),
+        "nonzero": (["--mask_values=nonzero"], 0.243, lambda v: v > 0),
+        "both": (["--resolution=slide", "--mask_values=nonzero"], 0.226, lambda v: v > 0),
+    }
+    got = {}
+    for name, (flags, resolution, tumour) in cases.items():
+        out = tmp_path / f"eval_{name}"
+        r = run_in_process(
+            "camelyon_eval",
+            f"--predictions={pred}",
+            f"--ground_truth={gt}",
+            f"--out={out}",
+            "--bootstrap=0",
+            *flags,
+        )
+        assert r.returncode == 0, r.stderr
+        result = json.loads((out / "froc.json").read_text())
+        got[name] = result["froc"]
+        port = script_froc([(mask_path, t1), (None, n1)], resolution, tumour)
+        assert got[name] == pytest.approx(port, abs=1e-12), name
+        rules = result["evaluation"]
+        assert rules["resolution"] == ("slide" if "--resolution=slide" in flags else "official")
+        assert "interpolated" in rules["score"] and "NCRF" in rules["score"]
+        if not flags:
+            assert rules["level0_mpp"] == 0.243 and rules["mask_tumour"] == "255"
+            assert "evaluated at 0.243" in r.stderr  # the slide says 0.226
+    assert got == {"default": 0.0, "slide": 1.0, "nonzero": 1.0, "both": 1.0}
+
+
+def test_a_tumour_slide_without_tumour_in_its_ground_truth_is_refused(tmp_path):
+    """An empty mask (the script would measure distances to a pixel outside the image and
+    invent an ITC in the top-left corner), and a 0/1 mask under the 255 rule."""
+    for name, mask, hint in (
+        ("empty", np.zeros((512, 512), np.uint8), "holds no tumour"),
+        ("zero_one", np.pad(np.ones((64, 64), np.uint8), 224), "--mask_values=nonzero"),
+    ):
+        pred, gt = tmp_path / name / "pred", tmp_path / name / "gt"
+        gt.mkdir(parents=True)
+        write_mask_tiff(gt / "T1_Mask.tif", mask, (1, 4), value=1)
+        write_prediction(pred, "T1", [(0.9, 20, 20)], "/gone/T1.tif", side=512, mpp=0.243)
+        write_prediction(pred, "N1", [(0.2, 20, 20)], "/gone/N1.tif", side=512, mpp=0.243)
+        write_scores(pred, {"T1": 0.9, "N1": 0.2})
+        out = tmp_path / name / "eval"
+        r = run_in_process(
+            "camelyon_eval", f"--predictions={pred}", f"--ground_truth={gt}", f"--out={out}"
+        )
+        assert r.returncode == 1 and not out.exists(), r.stderr
+        line = r.stderr.strip().splitlines()[-1]
+        assert "T1" in line and "T1_Mask.tif" in line and hint in line, line
+    # the 0/1 mask with the option: evaluated
+    r = run_in_process(
+        "camelyon_eval",
+        f"--predictions={pred}",
+        f"--ground_truth={gt}",
+        f"--out={tmp_path / 'ok'}",
+        "--mask_values=nonzero",
+    )
+    assert r.returncode == 0, r.stderr
 
 
 def test_the_binary_refuses_bad_inputs_and_leaves_no_output(tmp_path):

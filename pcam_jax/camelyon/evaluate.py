@@ -19,11 +19,24 @@ ground-truth file and is skipped with a warning when it has none. Ground-truth f
 slides that have no predictions are reported in a warning and not evaluated (the FROC averages
 over the slides evaluated, as the script averages over its result files).
 
+Rules (``Rules``; by default the challenge script's, so that a FROC compares with published ones)
+-----------------------------------------------------------------------------------------------
+- resolution: "official" takes every slide's level 0 to be 0.243 um/px, as Evaluation_FROC.py
+  does (a slide whose summary.json says otherwise is evaluated so, with a warning); "slide" takes
+  summary.json's level0_mpp, the slide's own (CAMELYON16's Utrecht slides are about 0.226).
+- mask_values: "official" counts a mask pixel as tumour only at 255 (the script measures the
+  distance to the 255 pixels, so a grey edge left by resampling a mask's level is background
+  there); "nonzero" counts any value above 0 (masks written 0/1).
+- pixel_um: the evaluation mask's target pixel, 7.776 um (the script's level 5 of 0.243 um).
+- The score: ``froc.SCORE_RULE`` (the interpolation NCRF and MONAI use).
+
 Geometry
 --------
-The resolution is summary.json's level0_mpp (the slide's own); the evaluation mask's
-downsample is ``froc.evaluation_downsample(mpp, pixel_um)`` and its pixel ``mpp * ds``. A mask
-TIFF gives its own level-0 size. Polygons are rasterised on the slide's level-0 size, read
+With resolution m (above), the evaluation mask's downsample is
+``froc.evaluation_downsample(m, pixel_um)`` and its pixel ``m * ds``. A mask TIFF gives its own
+level-0 size. A tumour slide whose ground truth holds no tumour at that pixel is refused (the
+script would measure distances to nothing and invent a region in the top-left corner).
+Polygons are rasterised on the slide's level-0 size, read
 with OpenSlide from summary.json's ``slide`` (as written, or relative to PREDICTIONS or its
 parent); when the slide cannot be opened, on the extent of the predicted cell grid (grid x
 cell_size_level0_px) and of the polygons, with a warning.
@@ -42,7 +55,10 @@ import numpy as np
 
 from pcam_jax.camelyon.annotations import Regions, rasterise, read_regions
 from pcam_jax.camelyon.froc import (
+    ITC_UM,
+    MARGIN_UM,
     OFFICIAL_PIXEL_UM,
+    SCORE_RULE,
     SlideHits,
     detection_labels,
     evaluation_downsample,
@@ -69,7 +85,75 @@ GROUND_TRUTH_SUFFIXES = (
 )  # fmt: skip
 MASK_SUFFIXES = ("_mask.tif", "_mask.tiff", ".tif", ".tiff")
 TUMOUR_LABELS = ("tumor", "tumour", "positive")
+OFFICIAL_MPP = 0.243  # the level-0 um/px Evaluation_FROC.py uses for every slide
+RESOLUTIONS = ("official", "slide")
+MASK_VALUES = ("official", "nonzero")
 NORMAL_LABELS = ("normal", "negative")
+
+
+@dataclass(frozen=True)
+class Rules:
+    """How the ground truth is read and the score computed (see the module docstring)."""
+
+    resolution: str = "official"
+    mask_values: str = "official"
+    pixel_um: float = OFFICIAL_PIXEL_UM
+
+    def check(self) -> Rules:
+        """self, or SlideError naming the flag whose value is not a rule."""
+        if self.resolution not in RESOLUTIONS:
+            raise SlideError(
+                f"--resolution={self.resolution}: expected official (every slide at "
+                f"{OFFICIAL_MPP} um/px, as the challenge's script) or slide (each slide's own MPP)"
+            )
+        if self.mask_values not in MASK_VALUES:
+            raise SlideError(
+                f"--mask_values={self.mask_values}: expected official (tumour at 255, as the "
+                "challenge's script) or nonzero (any value above 0)"
+            )
+        if not (math.isfinite(self.pixel_um) and self.pixel_um > 0):
+            raise SlideError(f"--pixel_um={self.pixel_um}: expected a positive size in microns")
+        return self
+
+    @property
+    def tumour_value(self) -> int | None:
+        """The mask value that is tumour (None: any value above 0)."""
+        return 255 if self.mask_values == "official" else None
+
+    def level0_mpp(self, slide: CohortSlide, log: Log) -> float:
+        """The slide's level-0 um/px under these rules (warns when the official 0.243 is not
+        the slide's own)."""
+        own = float(slide.summary["level0_mpp"])
+        if self.resolution == "slide":
+            return own
+        if abs(own - OFFICIAL_MPP) > 0.05 * OFFICIAL_MPP:
+            log(
+                f"{slide.stem}: level 0 is {own:.4g} um/px; evaluated at {OFFICIAL_MPP} as the "
+                "challenge's script does (--resolution=slide uses the slide's own)"
+            )
+        return OFFICIAL_MPP
+
+    def describe(self) -> dict[str, Any]:
+        """froc.json's "evaluation": the rules in words and numbers."""
+        official = self.resolution == "official" and self.mask_values == "official"
+        return {
+            "resolution": self.resolution,
+            "level0_mpp": OFFICIAL_MPP
+            if self.resolution == "official"
+            else "each slide's summary.json level0_mpp",
+            "mask_values": self.mask_values,
+            "mask_tumour": "255" if self.tumour_value == 255 else "above 0",
+            "pixel_um_target": self.pixel_um,
+            "margin_um": MARGIN_UM,
+            "itc_major_axis_um": ITC_UM,
+            "score": SCORE_RULE,
+            "rule": "CAMELYON16 Evaluation_FROC.py"
+            + ("" if official else ", with the options above")
+            + " (see pcam_jax.camelyon.froc)",
+        }
+
+
+OFFICIAL_RULES = Rules()  # the challenge script's
 
 
 @dataclass
@@ -248,11 +332,17 @@ def slide_size(
 
 
 def ground_truth_mask(
-    slide: CohortSlide, gt: Path, downsample: int, base: Path, log: Log = print_warning
+    slide: CohortSlide,
+    gt: Path,
+    downsample: int,
+    base: Path,
+    log: Log = print_warning,
+    tumour_value: int | None = 255,
 ) -> np.ndarray:
-    """The slide's boolean tumour mask at `downsample` from its ground-truth file."""
+    """The slide's boolean tumour mask at `downsample` from its ground-truth file (a mask
+    TIFF's tumour pixels: those equal to `tumour_value`, or above 0 with None)."""
     if gt.name.lower().endswith(MASK_SUFFIXES):
-        return read_mask_tiff(gt, downsample)
+        return read_mask_tiff(gt, downsample, tumour_value)
     regions = read_regions(gt)
     return rasterise(regions, slide_size(slide, regions, base, log), downsample)
 
@@ -261,19 +351,32 @@ def evaluate_slide(
     slide: CohortSlide,
     gt: Path | None,
     *,
-    pixel_um: float = OFFICIAL_PIXEL_UM,
+    rules: Rules = OFFICIAL_RULES,
     base: Path = Path("."),
     log: Log = print_warning,
 ) -> SlideEvaluation:
     """One slide's FROC part: normal when `gt` is None, else against its ground truth."""
-    mpp = float(slide.summary["level0_mpp"])
-    ds = evaluation_downsample(mpp, pixel_um)
+    mpp = rules.level0_mpp(slide, log)
+    ds = evaluation_downsample(mpp, rules.pixel_um)
     px = mpp * ds
     n = len(slide.detections)
     if gt is None:
         hits = slide_hits(slide.detections, None, set(), ds, False)
         return SlideEvaluation(slide.stem, False, slide.score, hits, None, ds, px, n)
-    labels = evaluation_mask(ground_truth_mask(slide, gt, ds, base, log), px)
+    tumour = ground_truth_mask(slide, gt, ds, base, log, rules.tumour_value)
+    if not tumour.any():
+        which = (
+            ""
+            if rules.tumour_value is None
+            else f" (no pixel at {rules.tumour_value}; a mask written 0/1 needs "
+            "--mask_values=nonzero)"
+        )
+        raise AnnotationError(
+            f"{slide.stem}: its ground truth {gt} holds no tumour{which} at {px:.4g} um per "
+            "pixel, so this tumour slide has no lesion to find: fix the file, or list the "
+            "slide as Normal in --normal"
+        )
+    labels = evaluation_mask(tumour, px)
     itcs = isolated_tumour_cells(labels, px)
     hits = slide_hits(slide.detections, labels, itcs, ds, True)
     under = detection_labels(slide.detections, labels, ds)
@@ -297,15 +400,14 @@ def evaluate_cohort(
     ground_truth: str | Path,
     *,
     normal: str | Path | None = None,
-    pixel_um: float = OFFICIAL_PIXEL_UM,
+    rules: Rules = OFFICIAL_RULES,
     slide_score: str = "file",
     log: Log = print_warning,
 ) -> tuple[Cohort, list[SlideEvaluation], dict[str, list[str]]]:
     """Every slide of PREDICTIONS evaluated; returns the cohort, the evaluations and the names
     skipped: failed (slides.csv), undecided (no ground truth, not in `normal`), no_predictions
     (ground truth or listed, but not predicted)."""
-    if not (math.isfinite(pixel_um) and pixel_um > 0):
-        raise SlideError(f"--pixel_um={pixel_um}: expected a positive size in microns")
+    rules.check()
     files = ground_truth_files(Path(ground_truth))
     reference = read_reference(normal) if normal else None
     cohort = read_cohort(predictions, slide_score, log)
@@ -313,7 +415,7 @@ def evaluate_cohort(
     if not decided:
         raise AnnotationError("no slide has a tumour/normal decision; see the warnings above")
     evaluations = [
-        evaluate_slide(s, gt, pixel_um=pixel_um, base=cohort.folder, log=log) for s, gt in decided
+        evaluate_slide(s, gt, rules=rules, base=cohort.folder, log=log) for s, gt in decided
     ]
     skipped = {"failed": cohort.failed, "undecided": undecided, "no_predictions": orphans}
     return cohort, evaluations, skipped
@@ -323,6 +425,11 @@ __all__ = [
     "Cohort",
     "CohortSlide",
     "Log",
+    "MASK_VALUES",
+    "OFFICIAL_MPP",
+    "OFFICIAL_RULES",
+    "RESOLUTIONS",
+    "Rules",
     "SlideEvaluation",
     "decide",
     "evaluate_cohort",

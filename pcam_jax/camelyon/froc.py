@@ -48,14 +48,21 @@ and of ITCs included)::
     sensitivity = total_TPs / sum(num_tumours)
     score      = mean(np.interp([0.25, 0.5, 1, 2, 4, 8], avg_fps[::-1], sensitivity[::-1]))
 
+The script stops at the curve; the score is NCRF's and MONAI's rule (``SCORE_RULE``, which the
+report names). Another rule in circulation (the first curve point at or above each rate) can
+move a score by 0.15 on small cohorts, so scores computed by other code compare only when the
+rule is the same.
+
 Precision, as the script: TP entries are float32, FP probabilities float64; ``TPs >= t``
 compares in float32 (numpy casts the threshold to the array's float32) and ``FPs >= t`` in
 float64; the thresholds are the distinct float64 values, sorted. For float32 probabilities
 (what pcam-slide writes) none of this changes a number.
 
 The evaluation pixel size (``evaluation_downsample``): the official 7.776 um; on a slide of
-level-0 resolution m (its own MPP) the mask's downsample is the power of two nearest (in log
-scale) to 7.776 / m (CAMELYON16's 0.243 um: 32; a 0.972 um slide: 8) and ``px_um = m * ds``.
+level-0 resolution m the mask's downsample is the power of two nearest (in log scale) to
+7.776 / m (CAMELYON16's 0.243 um: 32; a 0.972 um slide: 8) and ``px_um = m * ds``. The script
+takes m = 0.243 for every slide (CAMELYON16's Utrecht slides are about 0.226 um/px);
+``camelyon.evaluate.Rules`` says which m a run uses.
 
 Imports: nothing of pcam_jax.
 """
@@ -73,6 +80,12 @@ OFFICIAL_PIXEL_UM = 0.243 * 2**5  # level 5 of CAMELYON16's 0.243 um/px slides
 MARGIN_UM = 75.0  # the script's 75 um, applied as a 37.5 um distance
 ITC_UM = 275.0
 FP_RATES = (0.25, 0.5, 1.0, 2.0, 4.0, 8.0)
+# what froc_score computes, as the report names it: the script draws the curve, not a score
+SCORE_RULE = (
+    "mean of the sensitivities at 1/4, 1/2, 1, 2, 4 and 8 average false positives per slide, "
+    "each linearly interpolated on the FROC curve (np.interp, as NCRF and MONAI compute it; "
+    "Evaluation_FROC.py draws the curve and computes no score)"
+)
 
 
 class SlideHits(NamedTuple):
@@ -213,6 +226,7 @@ def froc_score(
 
 __all__ = [
     "FP_RATES",
+    "SCORE_RULE",
     "ITC_UM",
     "MARGIN_UM",
     "OFFICIAL_PIXEL_UM",

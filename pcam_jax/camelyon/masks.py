@@ -1,10 +1,12 @@
 """CAMELYON16 ground-truth mask TIFFs read to a boolean tumour mask at a chosen downsample.
 
 A mask TIFF is pyramidal, as CAMELYON16 ships them (``Test_001_Mask.tif``): level 0 is the
-slide's size, any value > 0 is tumour (255 in CAMELYON16, 1 in others), 0 background.
-``read_mask_tiff(path, ds)`` returns the mask at downsample ds in the layout of
-``annotations.rasterise``: shape ``(ceil(h / ds), ceil(w / ds))`` for level-0 size (w, h),
-pixel (r, c) covering level-0 ``[c ds, (c + 1) ds) x [r ds, (r + 1) ds)``.
+slide's size, 255 tumour in CAMELYON16 (1 in others), 0 background; a level resampled by the
+mask's writer may hold grey values at the lesions' edges. Which pixels are tumour: those equal
+to ``tumour_value`` (255: the challenge script's rule, which measures distances to the 255
+pixels), or with None any value > 0. ``read_mask_tiff(path, ds)`` returns the mask at
+downsample ds in the layout of ``annotations.rasterise``: shape ``(ceil(h / ds), ceil(w / ds))``
+for level-0 size (w, h), pixel (r, c) covering level-0 ``[c ds, (c + 1) ds) x [r ds, (r + 1) ds)``.
 
 Which level: a level's downsample is its true factor (``wsi.pyramid.true_downsamples``: the
 integer d when its size is the level-0 size divided by d, rounded either way, or that size
@@ -92,7 +94,11 @@ def _tiff_pyramid(tif: Any) -> list[Any]:
     return levels
 
 
-def _tiff_level_array(level: Any, path: Path, k: int) -> np.ndarray:
+def _tumour(grey: np.ndarray, tumour_value: int | None) -> np.ndarray:
+    return grey > 0 if tumour_value is None else grey == tumour_value
+
+
+def _tiff_level_array(level: Any, path: Path, k: int, tumour_value: int | None) -> np.ndarray:
     try:
         data = np.asarray(level.asarray())
     except Exception as e:
@@ -103,7 +109,7 @@ def _tiff_level_array(level: Any, path: Path, k: int) -> np.ndarray:
     data = np.moveaxis(data, [axes.index("Y"), axes.index("X")], [0, 1])
     data = data.reshape(data.shape[0], data.shape[1], -1)
     _check_grey(data, path)
-    return (data > 0).any(-1)
+    return _tumour(data[..., 0], tumour_value)
 
 
 def _check_grey(data: np.ndarray, path: Path) -> None:
@@ -145,14 +151,17 @@ def _existing(path: str | Path) -> Path:
     return path
 
 
-def read_mask_tiff(path: str | Path, downsample: int) -> np.ndarray:
-    """Boolean tumour mask (ceil(h / ds), ceil(w / ds)) of a mask TIFF at `downsample` (value
-    > 0: tumour); see the module docstring for the level read."""
+def read_mask_tiff(
+    path: str | Path, downsample: int, tumour_value: int | None = None
+) -> np.ndarray:
+    """Boolean tumour mask (ceil(h / ds), ceil(w / ds)) of a mask TIFF at `downsample` (tumour:
+    the pixels equal to `tumour_value`, or above 0 with None); see the module docstring for the
+    level read."""
     path, ds = _existing(path), check_downsample(downsample)
     slide = _openslide_mask(path)
     if slide is not None:
         try:
-            return _read_openslide(slide, path, ds)
+            return _read_openslide(slide, path, ds, tumour_value)
         finally:
             slide.close()
     with _tiff_levels(path) as tif:
@@ -166,11 +175,12 @@ def read_mask_tiff(path: str | Path, downsample: int) -> np.ndarray:
         k, level_ds = _choose_level(factors, ds)
         w, h = level_extent(sizes[0], sizes[k], level_ds)
         out = np.zeros(mask_shape(sizes[0], ds), bool)
-        reduce_any(_tiff_level_array(levels[k], path, k)[:h, :w], 0, level_ds, ds, out)
+        level = _tiff_level_array(levels[k], path, k, tumour_value)
+        reduce_any(level[:h, :w], 0, level_ds, ds, out)
     return out
 
 
-def _read_openslide(slide: Any, path: Path, ds: int) -> np.ndarray:
+def _read_openslide(slide: Any, path: Path, ds: int, tumour_value: int | None) -> np.ndarray:
     """The mask at `ds` from an open OpenSlide: in strips of rows when OpenSlide's downsample of
     the level is an integer (strip origins then fall on level pixels), else in one read."""
     import openslide
@@ -192,7 +202,7 @@ def _read_openslide(slide: Any, path: Path, ds: int) -> np.ndarray:
             ) from None
         rgba = np.asarray(region)
         _check_grey(rgba[:, :, :3], path)
-        reduce_any(rgba[:, :, 0] > 0, row0, level_ds, ds, out)
+        reduce_any(_tumour(rgba[:, :, 0], tumour_value), row0, level_ds, ds, out)
     return out
 
 

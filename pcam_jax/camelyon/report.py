@@ -12,8 +12,10 @@ OUT only when all are done (``runtime.files.atomic_dir``), so that a failed run 
     roc.png          the slide-level ROC curve
     froc.json        the FROC score (mean sensitivity at 1/4, 1/2, 1, 2, 4 and 8 average false
                      positives per slide), the six sensitivities, the numbers of lesions and
-                     isolated tumour cells, and per slide: detections, false positives, lesions,
-                     lesions detected, ITCs, detections on ITCs, detections outside the mask
+                     isolated tumour cells, the rules applied ("evaluation": resolution, mask
+                     values, pixel, margin, ITC size, the score's rule), and per slide:
+                     detections, false positives, lesions, lesions detected, ITCs, detections
+                     on ITCs, detections outside the mask
     froc.png         the FROC curve as the score interpolates it (log x), its points and the
                      six operating points marked
     froc_curve.csv   threshold, avg_fps, sensitivity, fp, tp: the script's curve, thresholds
@@ -34,16 +36,15 @@ from typing import Any
 import numpy as np
 
 from pcam_jax.camelyon.evaluate import (
+    OFFICIAL_RULES,
     Log,
+    Rules,
     SlideEvaluation,
     evaluate_cohort,
     print_warning,
 )
 from pcam_jax.camelyon.froc import (
     FP_RATES,
-    ITC_UM,
-    MARGIN_UM,
-    OFFICIAL_PIXEL_UM,
     froc_curve,
     froc_points,
     froc_score,
@@ -86,7 +87,7 @@ def slide_auc(
 
 
 def froc_results(
-    evaluations: Sequence[SlideEvaluation], pixel_um: float = OFFICIAL_PIXEL_UM
+    evaluations: Sequence[SlideEvaluation], rules: Rules = OFFICIAL_RULES
 ) -> tuple[dict[str, Any], list[list[Any]]]:
     """froc.json's content (without "skipped") and froc_curve.csv's rows."""
     hits = [e.hits for e in evaluations]
@@ -108,12 +109,7 @@ def froc_results(
         "lesions": sum(e.hits.num_tumours for e in evaluations),
         "itcs": sum(e.itcs for e in evaluations),
         "false_positives": sum(len(e.hits.fp_probs) for e in evaluations),
-        "evaluation": {
-            "pixel_um_target": pixel_um,
-            "margin_um": MARGIN_UM,
-            "itc_major_axis_um": ITC_UM,
-            "rule": "CAMELYON16 Evaluation_FROC.py (see pcam_jax.camelyon.froc)",
-        },
+        "evaluation": rules.describe(),
         "slides": [e.row() for e in evaluations],
     }
     return result, rows
@@ -189,7 +185,7 @@ def run_camelyon_eval(
     out: str | Path,
     *,
     normal: str | Path | None = None,
-    pixel_um: float = OFFICIAL_PIXEL_UM,
+    rules: Rules = OFFICIAL_RULES,
     slide_score: str = "file",
     n_bootstrap: int = 1000,
     seed: int = 0,
@@ -204,12 +200,12 @@ def run_camelyon_eval(
         predictions,
         ground_truth,
         normal=normal,
-        pixel_um=pixel_um,
+        rules=rules,
         slide_score=slide_score,
         log=log,
     )
     auc = slide_auc(evaluations, cohort.score_source, n_bootstrap=n_bootstrap, seed=seed)
-    froc, rows = froc_results(evaluations, pixel_um)
+    froc, rows = froc_results(evaluations, rules)
     auc["skipped"] = froc["skipped"] = skipped
     write_report(out, auc, froc, rows, evaluations)
     return {"slide_auc": auc, "froc": froc}

@@ -3,6 +3,7 @@ CAMELYON16 ground truth (see pcam_jax.camelyon).
 
     pcam-camelyon-eval --predictions=DIR --ground_truth=GT_DIR --out=OUT
                        [--normal=reference.csv] [--slide_score=file] [--pixel_um=7.776]
+                       [--resolution=official|slide] [--mask_values=official|nonzero]
                        [--bootstrap=1000] [--seed=0]
 
 DIR is a folder written by `pcam-slide SLIDES... --out=DIR`: one sub-folder per slide (its
@@ -14,9 +15,12 @@ stems, or CAMELYON16's reference.csv with Tumor/Normal), the list decides and an
 without ground truth is skipped with a warning.
 
 The FROC is the challenge's (Evaluation_FROC.py): lesions dilated by 37.5 um, isolated tumour
-cells (major axis < 275 um) ignored, the mean sensitivity at 1/4, 1/2, 1, 2, 4, 8 false
-positives per slide, on a mask of about --pixel_um microns per pixel (the official level 5:
-7.776 um), at each slide's own resolution.
+cells (major axis < 275 um) ignored, on a mask of about --pixel_um microns per pixel (the
+official level 5: 7.776 um); by default as the script computes it, every slide at 0.243 um/px
+(--resolution=slide: each slide's own MPP) and a mask pixel tumour at 255 only
+(--mask_values=nonzero: any value above 0). The score is the mean sensitivity at 1/4, 1/2, 1,
+2, 4, 8 average false positives per slide, interpolated on the curve as NCRF and MONAI do (the
+script draws the curve and computes no score). froc.json states the rules used.
 
 OUT (new, or an empty folder) receives, all at once: slide_auc.json (AUC, bootstrap 95% CI,
 slides), roc.png, froc.json (score, the six sensitivities, per-slide counts), froc.png and
@@ -30,6 +34,7 @@ from collections.abc import Sequence
 
 from absl import flags
 
+from pcam_jax.camelyon.evaluate import MASK_VALUES, RESOLUTIONS, Rules
 from pcam_jax.camelyon.report import run_camelyon_eval, summary_line
 from pcam_jax.cli import common
 
@@ -54,6 +59,20 @@ _PIXEL_UM = flags.DEFINE_float(
     lower_bound=0.0,
 )
 common.check_finite("pixel_um")
+_RESOLUTION = flags.DEFINE_enum(
+    "resolution",
+    "official",
+    list(RESOLUTIONS),
+    "official: every slide's level 0 at 0.243 um/px, as the challenge's script (comparable with "
+    "published FROCs); slide: each slide's own MPP (summary.json level0_mpp).",
+)
+_MASK_VALUES = flags.DEFINE_enum(
+    "mask_values",
+    "official",
+    list(MASK_VALUES),
+    "official: a mask TIFF's pixel is tumour at 255 only, as the challenge's script; nonzero: "
+    "at any value above 0 (masks written 0/1).",
+)
 
 PROG = "pcam-camelyon-eval"
 
@@ -81,7 +100,7 @@ def main(argv: Sequence[str]) -> None:
         _GROUND_TRUTH.value,
         common.OUT.value,
         normal=_NORMAL.value,
-        pixel_um=_PIXEL_UM.value,
+        rules=Rules(_RESOLUTION.value, _MASK_VALUES.value, _PIXEL_UM.value),
         slide_score=_SLIDE_SCORE.value,
         n_bootstrap=common.BOOTSTRAP.value,
         seed=common.SEED.value,
