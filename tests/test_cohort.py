@@ -142,6 +142,67 @@ def test_killed_cohort_run_resumes_to_the_same_outputs(cohort, first_run, tmp_pa
     assert len(scores) == len(slides) and set(scores) <= ref_scores
 
 
+def test_ctrl_c_and_sigterm_stop_a_cohort_in_one_line_and_leave_nothing_unfinished(
+    cohort, tmp_path
+):
+    """SIGINT (Ctrl-C) after the first slide, then SIGTERM after the next one of the resumed
+    run: each ends with status 128 + the signal and one line, no traceback, no temporary
+    folder, the finished slides kept (the second run keeps the first's)."""
+    out = tmp_path / "stopped"
+    slides = sorted(cohort["tumour"] + cohort["normal"])
+    for k, sig in enumerate((signal.SIGINT, signal.SIGTERM)):
+        cmd = cli_cmd("slide", *slides, f"--out={out}", "--noprogress")
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        summary = out / slides[k].stem / "summary.json"
+        deadline = time.monotonic() + 300
+        while not summary.is_file() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        proc.send_signal(sig)
+        _, err = proc.communicate(timeout=300)
+        assert proc.returncode == 128 + sig, err
+        assert "Traceback" not in err and err.strip().splitlines()[-1].startswith(
+            f"pcam-slide: stopped by {signal.Signals(sig).name}"
+        ), err
+        assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no temporary left
+        finished = [s for s in slides if (out / s.stem / "summary.json").is_file()]
+        assert k + 1 <= len(finished) < len(slides), "the run ended before it was stopped"
+        folders = [p for p in out.iterdir() if p.is_dir()]
+        assert all((p / "summary.json").is_file() for p in folders)  # only finished slides
+
+
+def test_links_keep_their_names_a_link_loop_fails_as_its_slide_and_lists_are_read_safely(
+    cohort, tmp_path
+):
+    """A slide linked as t1.tif (to a store's file named otherwise) is named t1, as the
+    evaluation reads names; a link to itself fails as that slide, in one row; the same file
+    listed under two names with two resolutions, a header-only list and a header without a
+    slide column are refused before any work; a list row shorter than its header reads."""
+    store = cohort["normal"][0]
+    links = tmp_path / "links"
+    links.mkdir()
+    (links / "t1.tif").symlink_to(store)
+    (links / "loop.tif").symlink_to(links / "loop.tif")
+    out = tmp_path / "out"
+    r = pcam_slide(links, f"--out={out}", "--model=bundled:p4resnet")
+    assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr
+    status = {Path(row["slide"]).name: row["status"] for row in read_rows(out / "slides.csv")}
+    assert status == {"loop.tif": "failed", "t1.tif": "done"}
+    assert (out / "t1" / "summary.json").is_file() and not (out / store.stem).exists()
+    assert json.loads((out / "t1" / "summary.json").read_text())["slide"].endswith("t1.tif")
+    listed = tmp_path / "list.csv"
+    for text, needle in (
+        (f"slide,mpp\n{store},0.972\n{links / 't1.tif'},0.5\n", "listed with mpp 0.972 and 0.5"),
+        ("slide,mpp\n", "the slide list is empty"),
+        (f"name,mpp\n{store},0.972\n", "expected a header line naming a 'slide'"),
+    ):
+        listed.write_text(text)
+        r = pcam_slide(listed, f"--out={tmp_path / 'never'}")
+        assert r.returncode == 1 and needle in r.stderr.strip().splitlines()[-1], r.stderr
+        assert not (tmp_path / "never").exists()
+    listed.write_text(f"slide,mpp,note\n{store}\n")  # a row shorter than its header
+    assert resolve_slides([str(listed)]) == {store: None}
+
+
 def test_a_cohort_folder_refuses_other_settings_and_foreign_folders(cohort, first_run, tmp_path):
     out, _ = first_run
     slides = cohort["tumour"][0].parent
@@ -186,7 +247,9 @@ def test_resolve_slides(tmp_path):
     with pytest.raises(SlideError, match=r"bad.csv:2: mpp 'fast' is not a number"):
         resolve_slides([str(sub / "bad.csv")])
     (sub / "cols.csv").write_text("name\nd.tif\n")
-    with pytest.raises(SlideError, match="expected a 'slide' or 'path' column"):
+    with pytest.raises(
+        SlideError, match=r"expected a header line naming a 'slide' \(or 'path'\) column"
+    ):
         resolve_slides([str(sub / "cols.csv")])
     (sub / "a.tif").write_bytes(b"x")
     with pytest.raises(SlideError, match="two slides named 'a'"):

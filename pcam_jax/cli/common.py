@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import copy
 import math
+import signal
 import sys
+import threading
 import traceback
 from collections.abc import Callable, Sequence
 from functools import partial
@@ -190,15 +192,42 @@ def _run_main(main: Callable[[list[str]], Any], prog: str, argv: list[str]) -> A
     return reporting_errors(prog, partial(main, argv))
 
 
+class Stopped(KeyboardInterrupt):
+    """SIGTERM raised in the main thread as Ctrl-C raises KeyboardInterrupt, so that both
+    unwind the same way (temporary outputs removed by their ``finally``/``except`` blocks)."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _raise_stopped(signum: int, frame: Any) -> None:
+    raise Stopped(signum)
+
+
 def reporting_errors(prog: str, body: Callable[[], T]) -> T:
     """``body()``, its errors turned into what the user of binary `prog` reads (every binary's
     one path, pcam-data's subcommands included): a PcamError (every error a user can cause) or
     an OSError (the machine's: a read-only or full disk, permissions) exits with status 1 and
     one line ``PROG: error: ...``, no traceback; anything else is a bug: its traceback, then a
-    line asking to report it."""
+    line asking to report it. Ctrl-C (SIGINT) and SIGTERM unwind the same way (what was not
+    finished is removed on the way) and end with one line and status 128 + the signal's number
+    (130, 143); pcam-train replaces both while it trains (a checkpoint, then status 75)."""
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _raise_stopped) if main_thread else None
     try:
         return body()
-    except (SystemExit, KeyboardInterrupt, app.UsageError):
+    except KeyboardInterrupt as e:
+        signum = getattr(e, "signum", signal.SIGINT)
+        name = signal.Signals(signum).name + (" (Ctrl-C)" if signum == signal.SIGINT else "")
+        print(
+            f"{prog}: stopped by {name}; nothing unfinished was left (rerun the command to "
+            "start again; a cohort keeps its finished slides and goes on)",
+            file=sys.stderr,
+            flush=True,
+        )
+        sys.exit(128 + signum)
+    except (SystemExit, app.UsageError):
         raise
     except PcamError as e:
         sys.exit(f"{prog}: error: {e}")
@@ -211,6 +240,10 @@ def reporting_errors(prog: str, body: Callable[[], T]) -> T:
             f"{prog}: internal error (a bug in pcam_jax, not in your input): please report it "
             "with the traceback above"
         )
+    finally:
+        # unless body() put its own handler in place (pcam-train ignores signals on its way out)
+        if main_thread and signal.getsignal(signal.SIGTERM) is _raise_stopped:
+            signal.signal(signal.SIGTERM, previous)
 
 
 def check_finite(name: str) -> None:

@@ -4,9 +4,11 @@ Slides (``resolve_slides``): each argument is a slide file, a folder (the slide 
 sorted, not recursive; SLIDE_SUFFIXES), a glob pattern (``'data/*.tif'``), or a list: a .txt
 file with one path per line or a .csv file with a ``slide`` (or ``path``) column, relative paths
 taken from the list's folder; a .csv list may give a slide's level-0 resolution in an ``mpp``
-column (for slides that do not record it; --mpp, when given, overrides every slide's). The same
-file named twice is run once; two different slides with the same file stem are refused (their
-sub-folders would collide).
+column (for slides that do not record it; --mpp, when given, overrides every slide's). A slide
+is named by the path given (a symbolic link by its own name, not its target's: the evaluation
+reads the name). The same file named twice (also through links) is run once, under its first
+name; named twice with two different mpp values, or two different slides with the same file
+stem, is refused before any work (their sub-folders would collide).
 
 DIR (``--out``) holds:
 
@@ -39,6 +41,7 @@ import csv
 import dataclasses
 import glob
 import json
+import os
 import sys
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -88,11 +91,19 @@ def _read_list(path: Path) -> list[tuple[Path, float | None]]:
     except (OSError, UnicodeDecodeError) as e:
         raise SlideError(f"{path}: cannot read the slide list ({e})") from None
     if path.suffix.lower() == ".csv":
-        rows = list(csv.DictReader(text.splitlines()))
-        columns = [c for c in ("slide", "path") if rows and c in rows[0]]
+        reader = csv.DictReader(text.splitlines())
+        header = reader.fieldnames or []
+        columns = [c for c in ("slide", "path") if c in header]
         if not columns:
-            raise SlideError(f"{path}: expected a 'slide' or 'path' column in the slide list")
-        entries = [(r[columns[0]].strip(), _list_mpp(path, n, r)) for n, r in enumerate(rows, 2)]
+            raise SlideError(
+                f"{path}: expected a header line naming a 'slide' (or 'path') column, and "
+                f"optionally 'mpp'; the first line is {','.join(header)!r}"
+            )
+        # a row shorter than the header has None in its missing columns
+        entries = [
+            ((r.get(columns[0]) or "").strip(), _list_mpp(path, n, r))
+            for n, r in enumerate(reader, 2)
+        ]
     else:
         entries = [(line.strip(), None) for line in text.splitlines()]
     entries = [(n, mpp) for n, mpp in entries if n and not n.startswith("#")]
@@ -138,8 +149,17 @@ def resolve_slides(specs: Sequence[str]) -> dict[Path, float | None]:
             files = [(path, None)]  # a missing file fails as that slide, in slides.csv
         found += files
     unique: dict[Path, float | None] = {}
+    named: dict[str, Path] = {}  # the file behind each name -> the first name given for it
     for p, mpp in found:
-        unique[p.resolve()] = mpp if mpp is not None else unique.get(p.resolve())
+        given = Path(os.path.abspath(p))  # a link keeps its own name
+        target = os.path.realpath(given)  # never raises, not even on a link loop
+        first = named.setdefault(target, given)
+        if first in unique and mpp is not None and unique[first] not in (None, mpp):
+            raise SlideError(
+                f"{first}{'' if first == given else f' (also named {given})'}: listed with mpp "
+                f"{unique[first]} and {mpp}; give each slide one resolution"
+            )
+        unique[first] = mpp if mpp is not None else unique.get(first)
     stems: dict[str, Path] = {}
     for p in unique:
         if p.stem in stems:
