@@ -827,6 +827,46 @@ def test_a_tumour_slide_without_tumour_in_its_ground_truth_is_refused(tmp_path):
     assert r.returncode == 0, r.stderr
 
 
+@pytest.mark.parametrize(
+    ("case", "needle"),
+    [
+        ("mask_half", "the mask is 1024 x 1024 level-0 pixels"),
+        ("mask_double", "the mask is 4096 x 4096 level-0 pixels"),
+        ("negative_detection", "detection at X=-5, Y=100 lies outside the slide"),
+        ("far_detection", "detection at X=1e+300, Y=5 lies outside the slide"),
+        ("far_vertex", "the ground truth reaches level-0 (1.00001e+07, 1.00001e+07), beyond"),
+    ],
+)
+def test_impossible_inputs_are_refused_in_one_line_naming_the_file(tmp_path, case, needle):
+    """A mask of half or double the slide's size (read as it was, a lesion would move or
+    shrink), detections at a negative or a far coordinate, ground truth at 1e7 pixels beside an
+    unreachable slide (its mask would need terabytes): one line each, no output."""
+    pred, gt = tmp_path / "pred", tmp_path / "gt"
+    gt.mkdir()
+    lesion = np.zeros((64, 64), bool)
+    lesion[25:40, 30:45] = True
+    t1 = [(0.9, -5, 100)] if case == "negative_detection" else [(0.9, 1200, 1000)]
+    if case == "far_detection":
+        t1 = [(0.9, 1e300, 5)]
+    if case == "far_vertex":
+        write_asap_xml(gt / "T1.xml", [square(1e7, 1e7, 1e7 + 64, 1e7 + 64)])
+        named = "T1.xml"
+    else:
+        scale = {"mask_half": 16, "mask_double": 64}.get(case, 32)
+        write_mask_tiff(gt / "T1_Mask.tif", np.kron(lesion, np.ones((scale, scale), bool)))
+        named = "T1_Mask.tif" if case.startswith("mask") else "detections.csv"
+    write_prediction(pred, "T1", t1, "/gone/T1.tif", side=2048, mpp=0.243)
+    write_prediction(pred, "N1", [(0.2, 100, 100)], "/gone/N1.tif", side=2048, mpp=0.243)
+    write_scores(pred, {"T1": 0.9, "N1": 0.2})
+    out = tmp_path / "eval"
+    r = run_in_process(
+        "camelyon_eval", f"--predictions={pred}", f"--ground_truth={gt}", f"--out={out}"
+    )
+    assert r.returncode == 1 and not out.exists(), r.stderr
+    line = r.stderr.strip().splitlines()[-1]
+    assert line.startswith(f"{PROG}: error: ") and needle in line and named in line, line
+
+
 def test_the_binary_refuses_bad_inputs_and_leaves_no_output(tmp_path):
     out = tmp_path / "eval"
     r = run_in_process(

@@ -41,7 +41,12 @@ with OpenSlide from summary.json's ``slide`` (as written, or relative to PREDICT
 parent); when the slide cannot be opened, on the extent of the predicted cell grid (grid x
 cell_size_level0_px) and of the polygons, with a warning.
 
-Imports: camelyon.annotations, camelyon.masks, camelyon.froc, camelyon.predictions, errors.
+Impossible inputs are refused with one line naming the file: a mask TIFF whose level-0 size is
+not the slide's (summary.json's grid), a detection outside the slide, ground truth reaching
+beyond an unreachable slide's grid, a tumour slide with no tumour inside it.
+
+Imports: camelyon.annotations, camelyon.masks, camelyon.froc, camelyon.predictions, wsi.layout,
+errors.
 """
 
 from __future__ import annotations
@@ -66,7 +71,7 @@ from pcam_jax.camelyon.froc import (
     isolated_tumour_cells,
     slide_hits,
 )
-from pcam_jax.camelyon.masks import read_mask_tiff
+from pcam_jax.camelyon.masks import mask_tiff_size, read_mask_tiff
 from pcam_jax.camelyon.predictions import (
     SUMMARY_JSON,
     Cohort,
@@ -79,6 +84,7 @@ from pcam_jax.camelyon.predictions import (
     read_cohort,
 )
 from pcam_jax.errors import AnnotationError, SlideError
+from pcam_jax.wsi.layout import DETECTIONS_CSV
 
 GROUND_TRUTH_SUFFIXES = (
     ".xml", ".geojson", ".json", "_mask.tif", "_mask.tiff", ".tif", ".tiff"
@@ -303,8 +309,42 @@ def _open_size(path: Path) -> tuple[int, int] | None:
         return None
 
 
+def grid_extent(slide: CohortSlide) -> tuple[float, float, float] | None:
+    """(cols, rows, cell) of the slide's predicted cell grid (summary.json's grid and
+    cell_size_level0_px), None when absent: the slide's level-0 width lies in
+    ``[cols * cell, (cols + 1) * cell)`` (the grid floors), its height likewise."""
+    grid, cell = slide.summary.get("grid"), slide.summary.get("cell_size_level0_px")
+    try:
+        rows, cols = (int(v) for v in grid)  # type: ignore[union-attr]
+        return float(cols), float(rows), float(cell)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return None
+
+
+def check_detections_inside(slide: CohortSlide) -> None:
+    """AnnotationError naming detections.csv when a detection lies outside the slide (beyond
+    its cell grid by a cell or more, or at a negative coordinate): X and Y are level-0 pixels."""
+    extent, det = grid_extent(slide), slide.detections
+    if extent is None or not len(det):
+        return
+    cols, rows, cell = extent
+    outside = (det[:, 1] < 0) | (det[:, 2] < 0)
+    outside |= (det[:, 1] >= (cols + 1) * cell) | (det[:, 2] >= (rows + 1) * cell)
+    if outside.any():
+        _, x, y = det[int(np.argmax(outside))]
+        raise AnnotationError(
+            f"{slide.folder / DETECTIONS_CSV}: detection at X={x:g}, Y={y:g} lies outside the "
+            f"slide (about {cols * cell:.0f} x {rows * cell:.0f} level-0 pixels, summary.json's "
+            "grid); X and Y must be level-0 pixels of this slide"
+        )
+
+
 def slide_size(
-    slide: CohortSlide, regions: Regions, base: Path, log: Log = print_warning
+    slide: CohortSlide,
+    regions: Regions,
+    base: Path,
+    log: Log = print_warning,
+    gt: Path | None = None,
 ) -> tuple[int, int]:
     """Level-0 (w, h) of the slide (see the module docstring: the slide file, else the cell
     grid and the polygons)."""
@@ -313,16 +353,22 @@ def slide_size(
         for candidate in (Path(named), base / named, base.parent / named):
             if candidate.is_file() and (size := _open_size(candidate)) is not None:
                 return size
-    grid, cell = slide.summary.get("grid"), slide.summary.get("cell_size_level0_px")
-    try:
-        rows, cols = (int(v) for v in grid)  # type: ignore[union-attr]
-        cell = float(cell)  # type: ignore[arg-type]
-    except (TypeError, ValueError):
+    extent = grid_extent(slide)
+    if extent is None:
         raise SlideError(
             f"{slide.folder / SUMMARY_JSON}: the slide {named!r} cannot be opened and there is no "
             "grid / cell_size_level0_px to size the ground-truth mask; make the slide reachable"
-        ) from None
+        )
+    cols, rows, cell = extent
     x, y = regions.extent()
+    if x >= (cols + 2) * cell or y >= (rows + 2) * cell:
+        raise AnnotationError(
+            f"{gt or slide.stem}: the ground truth reaches level-0 ({x:g}, {y:g}), beyond the "
+            f"slide {slide.stem} "
+            f"(about {cols * cell:.0f} x {rows * cell:.0f} pixels, summary.json's grid; the slide "
+            f"{named!r} cannot be opened): the ground truth is another slide's, or not in "
+            "level-0 pixels"
+        )
     size = (math.ceil(max(cols * cell, x + 1)), math.ceil(max(rows * cell, y + 1)))
     log(
         f"{slide.stem}: slide {named!r} cannot be opened; ground truth rasterised on the "
@@ -342,9 +388,21 @@ def ground_truth_mask(
     """The slide's boolean tumour mask at `downsample` from its ground-truth file (a mask
     TIFF's tumour pixels: those equal to `tumour_value`, or above 0 with None)."""
     if gt.name.lower().endswith(MASK_SUFFIXES):
+        extent = grid_extent(slide)
+        if extent is not None:
+            cols, rows, cell = extent
+            w, h = mask_tiff_size(gt)
+            if not (cols * cell - 1 <= w < (cols + 1) * cell + 1) or not (
+                rows * cell - 1 <= h < (rows + 1) * cell + 1
+            ):
+                raise AnnotationError(
+                    f"{gt}: the mask is {w} x {h} level-0 pixels, the slide {slide.stem} about "
+                    f"{cols * cell:.0f} x {rows * cell:.0f} (summary.json's grid of "
+                    f"{cell:g}-pixel cells); a mask must be its slide's level-0 size"
+                )
         return read_mask_tiff(gt, downsample, tumour_value)
     regions = read_regions(gt)
-    return rasterise(regions, slide_size(slide, regions, base, log), downsample)
+    return rasterise(regions, slide_size(slide, regions, base, log, gt), downsample)
 
 
 def evaluate_slide(
@@ -356,6 +414,7 @@ def evaluate_slide(
     log: Log = print_warning,
 ) -> SlideEvaluation:
     """One slide's FROC part: normal when `gt` is None, else against its ground truth."""
+    check_detections_inside(slide)
     mpp = rules.level0_mpp(slide, log)
     ds = evaluation_downsample(mpp, rules.pixel_um)
     px = mpp * ds
@@ -372,9 +431,9 @@ def evaluate_slide(
             "--mask_values=nonzero)"
         )
         raise AnnotationError(
-            f"{slide.stem}: its ground truth {gt} holds no tumour{which} at {px:.4g} um per "
-            "pixel, so this tumour slide has no lesion to find: fix the file, or list the "
-            "slide as Normal in --normal"
+            f"{slide.stem}: its ground truth {gt} holds no tumour{which} inside the slide at "
+            f"{px:.4g} um per pixel, so this tumour slide has no lesion to find: fix the file, "
+            "or list the slide as Normal in --normal"
         )
     labels = evaluation_mask(tumour, px)
     itcs = isolated_tumour_cells(labels, px)
