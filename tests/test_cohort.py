@@ -8,6 +8,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -201,6 +202,34 @@ def test_links_keep_their_names_a_link_loop_fails_as_its_slide_and_lists_are_rea
         assert not (tmp_path / "never").exists()
     listed.write_text(f"slide,mpp,note\n{store}\n")  # a row shorter than its header
     assert resolve_slides([str(listed)]) == {store: None}
+
+
+def test_names_a_cohort_cannot_hold_are_refused_before_any_work(tmp_path):
+    """A comma or a line break (CAMELYON16's CSVs cannot hold them), a leading dot (the run's
+    own temporary names), a name of the cohort's own files, a name too long for its temporary
+    folder; a folder's hidden files are not slides."""
+    store = tmp_path / "store"
+    store.mkdir()
+    (store / "fine.tif").write_bytes(b"")
+    cases = (
+        ("a,b.tif", "has a comma or a line break"),
+        ("a\nb.tif", "has a comma or a line break"),
+        (".x.pcam-host-99.ab.tmp.tif", "starts with a dot"),
+        ("slides.csv.tif", "is the name of the cohort's own slides.csv"),
+        ("x" * 201 + ".tif", "is 201 bytes long (at most 200)"),
+    )
+    for name, needle in cases:
+        (store / name).write_bytes(b"")
+        with pytest.raises(SlideError, match=re.escape(needle)):
+            resolve_slides([str(store / "fine.tif"), str(store / name)])
+    hidden = tmp_path / "folder"
+    hidden.mkdir()
+    for name in ("a.tif", "._a.tif", ".b.tif"):
+        (hidden / name).write_bytes(b"")
+    assert [p.name for p in resolve_slides([str(hidden)])] == ["a.tif"]
+    r = pcam_slide(store / "fine.tif", store / "a,b.tif", f"--out={tmp_path / 'never'}")
+    assert r.returncode == 1 and "has a comma" in r.stderr.strip().splitlines()[-1], r.stderr
+    assert not (tmp_path / "never").exists()
 
 
 def test_a_cohort_folder_refuses_other_settings_and_foreign_folders(cohort, first_run, tmp_path):

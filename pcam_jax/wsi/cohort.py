@@ -1,14 +1,17 @@
 """pcam-slide on a cohort: many slides into one folder, in one resumable run.
 
-Slides (``resolve_slides``): each argument is a slide file, a folder (the slide files in it,
-sorted, not recursive; SLIDE_SUFFIXES), a glob pattern (``'data/*.tif'``), or a list: a .txt
+Slides (``resolve_slides``): each argument is a slide file, a folder (the slide files in it, sorted,
+not recursive, not hidden; SLIDE_SUFFIXES), a glob pattern (``'data/*.tif'``), or a list: a .txt
 file with one path per line or a .csv file with a ``slide`` (or ``path``) column, relative paths
-taken from the list's folder; a .csv list may give a slide's level-0 resolution in an ``mpp``
-column (for slides that do not record it; --mpp, when given, overrides every slide's). A slide
-is named by the path given (a symbolic link by its own name, not its target's: the evaluation
-reads the name). The same file named twice (also through links) is run once, under its first
-name; named twice with two different mpp values, or two different slides with the same file
-stem, is refused before any work (their sub-folders would collide).
+taken from the list's folder; a .csv list may give a slide's level-0 resolution in an ``mpp`` column
+(for slides that do not record it; --mpp, when given, overrides every slide's). A slide is named by
+the path given (a symbolic link by its own name, not its target's: the evaluation reads the name).
+The same file named twice (also through links) is run once, under its first name; named twice with
+two different mpp values, or two different slides with the same file stem, is refused before any
+work (their sub-folders would collide), and so is a slide whose stem cannot name its sub-folder and
+its rows (``check_slide_name``: a comma or a line break, which CAMELYON16's CSV files cannot hold; a
+leading dot, hidden and temporary names being the run's own; the name of one of DIR's files; more
+than NAME_BYTES bytes).
 
 DIR (``--out``) holds:
 
@@ -70,6 +73,9 @@ COLUMNS = (
     "slide", "status", "score_max", "score_topk", "tumour_area_mm2", "cells", "detections",
     "seconds", "error",
 )  # fmt: skip
+# the longest slide stem, in UTF-8 bytes: its folder's temporary name adds about 40 to it, and
+# file systems take 255
+NAME_BYTES = 200
 # settings that do not change any output: a rerun may change them
 NEUTRAL_SETTINGS = frozenset({"batch_size"})
 
@@ -134,8 +140,10 @@ def resolve_slides(specs: Sequence[str]) -> dict[Path, float | None]:
     for spec in specs:
         path = Path(spec)
         if path.is_dir():
-            files = [
-                (p, None) for p in sorted(path.iterdir()) if p.suffix.lower() in SLIDE_SUFFIXES
+            files = [  # not hidden files (macOS's ._NAME copies among them)
+                (p, None)
+                for p in sorted(path.iterdir())
+                if p.suffix.lower() in SLIDE_SUFFIXES and not p.name.startswith(".")
             ]
             if not files:
                 raise SlideError(f"{spec}: no slide files ({', '.join(SLIDE_SUFFIXES)}) in it")
@@ -162,6 +170,7 @@ def resolve_slides(specs: Sequence[str]) -> dict[Path, float | None]:
         unique[first] = mpp if mpp is not None else unique.get(first)
     stems: dict[str, Path] = {}
     for p in unique:
+        check_slide_name(p)
         if p.stem in stems:
             raise SlideError(
                 f"{stems[p.stem]} and {p}: two slides named {p.stem!r}; their output folders "
@@ -169,6 +178,26 @@ def resolve_slides(specs: Sequence[str]) -> dict[Path, float | None]:
             )
         stems[p.stem] = p
     return unique
+
+
+def check_slide_name(path: Path) -> None:
+    """SlideError, with the fix, when `path`'s stem cannot name a cohort's sub-folder and rows
+    (see the module docstring)."""
+    stem = path.stem
+    problem = ""
+    if any(c in stem for c in ",\n\r"):
+        problem = "has a comma or a line break, which CAMELYON16's CSV files cannot hold"
+    elif stem.startswith("."):
+        problem = "starts with a dot (hidden and temporary names are the run's own)"
+    elif stem in (COHORT_JSON, SLIDES_CSV, SLIDE_SCORES_CSV):
+        problem = f"is the name of the cohort's own {stem}"
+    elif len(stem.encode()) > NAME_BYTES:
+        problem = f"is {len(stem.encode())} bytes long (at most {NAME_BYTES})"
+    if problem:
+        raise SlideError(
+            f"{str(path)!r}: the slide's name {problem}; link it under another name (ln -s) "
+            "and give the link"
+        )
 
 
 def check_cohort_dir(out: str | Path, record: dict[str, Any] | None = None) -> Path:
