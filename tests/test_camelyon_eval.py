@@ -867,12 +867,23 @@ def test_impossible_inputs_are_refused_in_one_line_naming_the_file(tmp_path, cas
     assert line.startswith(f"{PROG}: error: ") and needle in line and named in line, line
 
 
+def test_results_inside_an_input_folder_are_refused(tmp_path):
+    pred, gt = fabricated_cohort(tmp_path)
+    for out, flag in ((gt, "--ground_truth"), (pred / "eval", "--predictions")):
+        r = run_in_process(
+            "camelyon_eval", f"--predictions={pred}", f"--ground_truth={gt}", f"--out={out}"
+        )
+        assert r.returncode == 1 and f"inside {flag}=" in r.stderr, r.stderr
+    assert not (pred / "eval").exists()
+
+
 def test_the_binary_refuses_bad_inputs_and_leaves_no_output(tmp_path):
     out = tmp_path / "eval"
+    (tmp_path / "gt0").mkdir()
     r = run_in_process(
         "camelyon_eval",
         f"--predictions={tmp_path / 'none'}",
-        f"--ground_truth={tmp_path}",
+        f"--ground_truth={tmp_path / 'gt0'}",
         f"--out={out}",
     )
     assert r.returncode != 0 and "Traceback" not in r.stderr

@@ -27,6 +27,7 @@ from pcam_jax.wsi.detections import (
     read_detections_csv,
     write_detections_csv,
 )
+from pcam_jax.wsi.slide import open_slide
 from tests.helpers import cli_cmd, run_cli
 
 OUTPUTS = ("tiles.csv", "probabilities.npy", "tumour.geojson", "detections.csv", "summary.json")
@@ -207,7 +208,7 @@ def test_links_keep_their_names_a_link_loop_fails_as_its_slide_and_lists_are_rea
 def test_names_a_cohort_cannot_hold_are_refused_before_any_work(tmp_path):
     """A comma or a line break (CAMELYON16's CSVs cannot hold them), a leading dot (the run's
     own temporary names), a name of the cohort's own files, a name too long for its temporary
-    folder; a folder's hidden files are not slides."""
+    folder; a folder's hidden files and sub-folders are not slides."""
     store = tmp_path / "store"
     store.mkdir()
     (store / "fine.tif").write_bytes(b"")
@@ -226,7 +227,10 @@ def test_names_a_cohort_cannot_hold_are_refused_before_any_work(tmp_path):
     hidden.mkdir()
     for name in ("a.tif", "._a.tif", ".b.tif"):
         (hidden / name).write_bytes(b"")
+    (hidden / "results.tiff").mkdir()  # e.g. an earlier --out inside the input folder
     assert [p.name for p in resolve_slides([str(hidden)])] == ["a.tif"]
+    with pytest.raises(SlideError, match="a folder, not a slide file"):
+        open_slide(hidden / "results.tiff")
     r = pcam_slide(store / "fine.tif", store / "a,b.tif", f"--out={tmp_path / 'never'}")
     assert r.returncode == 1 and "has a comma" in r.stderr.strip().splitlines()[-1], r.stderr
     assert not (tmp_path / "never").exists()

@@ -29,6 +29,7 @@ Imports: camelyon.evaluate, camelyon.froc, infer.metrics, runtime, errors.
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -195,6 +196,11 @@ def run_camelyon_eval(
     {"slide_auc": slide_auc.json, "froc": froc.json}."""
     if n_bootstrap < 0:
         raise SlideError(f"--bootstrap={n_bootstrap}: expected 0 or more resamples")
+    for flag, folder in (("--predictions", predictions), ("--ground_truth", ground_truth)):
+        if Path(os.path.realpath(out)).is_relative_to(os.path.realpath(folder)):
+            raise SlideError(
+                f"--out={out}: inside {flag}={folder}; the results go to a folder of their own"
+            )
     out = check_new_dir(out, SlideError)
     cohort, evaluations, skipped = evaluate_cohort(
         predictions,

@@ -1,17 +1,17 @@
 """pcam-slide on a cohort: many slides into one folder, in one resumable run.
 
 Slides (``resolve_slides``): each argument is a slide file, a folder (the slide files in it, sorted,
-not recursive, not hidden; SLIDE_SUFFIXES), a glob pattern (``'data/*.tif'``), or a list: a .txt
-file with one path per line or a .csv file with a ``slide`` (or ``path``) column, relative paths
-taken from the list's folder; a .csv list may give a slide's level-0 resolution in an ``mpp`` column
-(for slides that do not record it; --mpp, when given, overrides every slide's). A slide is named by
-the path given (a symbolic link by its own name, not its target's: the evaluation reads the name).
-The same file named twice (also through links) is run once, under its first name; named twice with
-two different mpp values, or two different slides with the same file stem, is refused before any
-work (their sub-folders would collide), and so is a slide whose stem cannot name its sub-folder and
-its rows (``check_slide_name``: a comma or a line break, which CAMELYON16's CSV files cannot hold; a
-leading dot, hidden and temporary names being the run's own; the name of one of DIR's files; more
-than NAME_BYTES bytes).
+not recursive, not hidden, not folders; SLIDE_SUFFIXES), a glob pattern (``'data/*.tif'``), or a
+list: a .txt file with one path per line or a .csv file with a ``slide`` (or ``path``) column,
+relative paths taken from the list's folder; a .csv list may give a slide's level-0 resolution in an
+``mpp`` column (for slides that do not record it; --mpp, when given, overrides every slide's). A
+slide is named by the path given (a symbolic link by its own name, not its target's: the evaluation
+reads the name). The same file named twice (also through links) is run once, under its first name;
+named twice with two different mpp values, or two different slides with the same file stem, is
+refused before any work (their sub-folders would collide), and so is a slide whose stem cannot name
+its sub-folder and its rows (``check_slide_name``: a comma or a line break, which CAMELYON16's CSV
+files cannot hold; a leading dot, hidden and temporary names being the run's own; the name of one of
+DIR's files; more than NAME_BYTES bytes).
 
 DIR (``--out``) holds:
 
@@ -53,7 +53,7 @@ from typing import Any
 
 from pcam_jax.errors import PcamError, SlideError
 from pcam_jax.infer.predict import LoadedModel
-from pcam_jax.runtime.files import check_new_dir, write_dict_csv, write_json
+from pcam_jax.runtime.files import check_new_dir, writable_folder, write_dict_csv, write_json
 from pcam_jax.wsi.detections import write_slide_scores_csv
 from pcam_jax.wsi.layout import (
     COHORT_JSON,
@@ -140,10 +140,12 @@ def resolve_slides(specs: Sequence[str]) -> dict[Path, float | None]:
     for spec in specs:
         path = Path(spec)
         if path.is_dir():
-            files = [  # not hidden files (macOS's ._NAME copies among them)
+            files = [  # not folders, not hidden files (macOS's ._NAME copies among them)
                 (p, None)
                 for p in sorted(path.iterdir())
-                if p.suffix.lower() in SLIDE_SUFFIXES and not p.name.startswith(".")
+                if p.suffix.lower() in SLIDE_SUFFIXES
+                and not p.name.startswith(".")
+                and not p.is_dir()
             ]
             if not files:
                 raise SlideError(f"{spec}: no slide files ({', '.join(SLIDE_SUFFIXES)}) in it")
@@ -205,6 +207,8 @@ def check_cohort_dir(out: str | Path, record: dict[str, Any] | None = None) -> P
     model (`record`, cohort.json's content; None: any); SlideError otherwise."""
     out = Path(out)
     stored = out / COHORT_JSON
+    if out.is_dir() and stored.is_file() and not writable_folder(out):
+        raise SlideError(f"--out={out}: a cohort folder this user cannot write; choose another")
     if out.is_dir() and stored.is_file() and record is None:
         return out
     if out.is_dir() and stored.is_file():

@@ -83,6 +83,8 @@ def open_slide(path: str | Path) -> Any:
     import openslide
 
     path = Path(path)
+    if path.is_dir():
+        raise SlideError(f"{path}: a folder, not a slide file")
     if not path.is_file():
         raise SlideError(f"{path}: no such file")
     try:
