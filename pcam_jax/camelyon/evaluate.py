@@ -41,9 +41,8 @@ with OpenSlide from summary.json's ``slide`` (as written, or relative to PREDICT
 parent); when the slide cannot be opened, on the extent of the predicted cell grid (grid x
 cell_size_level0_px) and of the polygons, with a warning.
 
-Impossible inputs are refused with one line naming the file: a mask TIFF whose level-0 size is
-not the slide's (summary.json's grid), a detection outside the slide, ground truth reaching
-beyond an unreachable slide's grid, a tumour slide with no tumour inside it.
+Refused in one line naming the file: a mask TIFF not of the slide's level-0 size (summary.json's
+grid), a detection outside the slide, ground truth far beyond an unreachable slide's grid.
 
 Imports: camelyon.annotations, camelyon.masks, camelyon.froc, camelyon.predictions, wsi.layout,
 errors.
@@ -310,9 +309,8 @@ def _open_size(path: Path) -> tuple[int, int] | None:
 
 
 def grid_extent(slide: CohortSlide) -> tuple[float, float, float] | None:
-    """(cols, rows, cell) of the slide's predicted cell grid (summary.json's grid and
-    cell_size_level0_px), None when absent: the slide's level-0 width lies in
-    ``[cols * cell, (cols + 1) * cell)`` (the grid floors), its height likewise."""
+    """(cols, rows, cell) of summary.json's grid and cell_size_level0_px (None: absent); the
+    slide's level-0 width lies in ``[cols * cell, (cols + 1) * cell)``, its height likewise."""
     grid, cell = slide.summary.get("grid"), slide.summary.get("cell_size_level0_px")
     try:
         rows, cols = (int(v) for v in grid)  # type: ignore[union-attr]
@@ -322,8 +320,7 @@ def grid_extent(slide: CohortSlide) -> tuple[float, float, float] | None:
 
 
 def check_detections_inside(slide: CohortSlide) -> None:
-    """AnnotationError naming detections.csv when a detection lies outside the slide (beyond
-    its cell grid by a cell or more, or at a negative coordinate): X and Y are level-0 pixels."""
+    """AnnotationError naming detections.csv when a detection lies outside the slide's grid."""
     extent, det = grid_extent(slide), slide.detections
     if extent is None or not len(det):
         return

@@ -71,12 +71,16 @@ def block_stream(
             queue.append(pool.submit(load, item))
             if len(queue) >= 2 * threads:
                 break
-        while queue:
-            result = queue.popleft().result()
-            nxt = next(items, None)
-            if nxt is not None:
-                queue.append(pool.submit(load, nxt))
-            yield result
+        try:
+            while queue:
+                result = queue.popleft().result()
+                nxt = next(items, None)
+                if nxt is not None:
+                    queue.append(pool.submit(load, nxt))
+                yield result
+        finally:  # closed early: drop the reads not started; the pool waits for the others
+            for future in queue:
+                future.cancel()
 
 
 def block_windows(

@@ -16,6 +16,7 @@ Imports: wsi.slide, wsi.predictors, wsi.outputs, infer.predict, runtime, errors.
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import time
 from dataclasses import dataclass
@@ -124,10 +125,14 @@ def predict_prepared(
         total=int(tissue.sum()), unit="cell", disable=not progress, file=sys.stderr, leave=False
     ) as bar:
         blocks = tissue_blocks(tissue, predictor.block)
-        stream = block_stream(prepared.slide, geom, blocks, predictor.block)
-        for cells, p in predictor.predict(stream, geom):
-            probs[cells[:, 0], cells[:, 1]] = p
-            bar.update(len(p))
+        # closed here, whatever ends the loop (Ctrl-C included): its reader threads finish their
+        # reads before the caller closes the slide (OpenSlide aborts the process otherwise)
+        with contextlib.closing(
+            block_stream(prepared.slide, geom, blocks, predictor.block)
+        ) as stream:
+            for cells, p in predictor.predict(stream, geom):
+                probs[cells[:, 0], cells[:, 1]] = p
+                bar.update(len(p))
     return SlideResult(
         probs,
         geom,
