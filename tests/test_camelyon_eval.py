@@ -594,6 +594,27 @@ def write_prediction(
     (folder / "detections.csv").write_text("".join(f"{p!r},{x},{y}\n" for p, x, y in detections))
 
 
+def write_scores(
+    pred: Path, scores: dict[str, float], failed: dict[str, str] | None = None
+) -> None:
+    """slide_scores.csv and slides.csv of a fabricated cohort: the slides in `scores` done,
+    those in `failed` failed with their error."""
+    (pred / "slide_scores.csv").write_text("".join(f"{k},{v}\n" for k, v in scores.items()))
+    with open(pred / "slides.csv", "w", newline="") as f:
+        csv.writer(f).writerows(
+            [["slide", "status", "score_max", "error"]]
+            + [[f"/data/{k}.tif", "done", v, ""] for k, v in scores.items()]
+            + [[f"/data/{k}.tif", "failed", "", e] for k, e in (failed or {}).items()]
+        )
+
+
+def camelyon_eval(pred: Path, gt: Path, out: Path, *flags: str):
+    """pcam-camelyon-eval in this process on PRED against GT into OUT, with `flags`."""
+    return run_in_process(
+        "camelyon_eval", f"--predictions={pred}", f"--ground_truth={gt}", f"--out={out}", *flags
+    )
+
+
 def fabricated_cohort(tmp_path: Path) -> tuple[Path, Path]:
     """Five slides (T1 ASAP XML with its slide file, T2 a mask TIFF, T3 GeoJSON whose slide
     is gone, N1 and N2 normal), a failed slide, and a ground truth without predictions."""
@@ -622,12 +643,7 @@ def fabricated_cohort(tmp_path: Path) -> tuple[Path, Path]:
     write_prediction(pred, "N1", [(0.85, 1000, 1000), (0.2, 50, 60)], "/gone/N1.tif")
     write_prediction(pred, "N2", [], "/gone/N2.tif")
     scores = {"T1": 0.9, "T2": 0.8, "T3": 0.5, "N1": 0.85, "N2": 0.2}
-    (pred / "slide_scores.csv").write_text("".join(f"{k},{v}\n" for k, v in scores.items()))
-    with open(pred / "slides.csv", "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["slide", "status", "score_max", "error"])
-        w.writerows([[f"/data/{s}.tif", "done", v, ""] for s, v in scores.items()])
-        w.writerow(["/data/Broken.tif", "failed", "", "no tissue"])
+    write_scores(pred, scores, failed={"Broken": "no tissue"})
     return pred, gt
 
 
@@ -636,14 +652,8 @@ def test_the_binary_on_a_fabricated_cohort(tmp_path):
     the evaluation gave before the challenge's rules became the default)."""
     pred, gt = fabricated_cohort(tmp_path)
     out = tmp_path / "eval"
-    r = run_in_process(
-        "camelyon_eval",
-        f"--predictions={pred}",
-        f"--ground_truth={gt}",
-        f"--out={out}",
-        "--bootstrap=200",
-        "--resolution=slide",
-        "--mask_values=nonzero",
+    r = camelyon_eval(
+        pred, gt, out, "--bootstrap=200", "--resolution=slide", "--mask_values=nonzero"
     )
     assert r.returncode == 0, r.stderr
     assert "Broken" in r.stderr and "Orphan" in r.stderr  # the failed slide, the orphan
@@ -697,11 +707,10 @@ def test_a_mask_with_levels_padded_to_whole_tiles_is_read_where_the_lesion_is(tm
     write_prediction(pred, "N1", [(0.2, 500, 500)], "/gone/N1.tif", side=1800)
     write_scores(pred, {"T1": 0.9, "N1": 0.1})
     out = tmp_path / "eval"
-    r = run_in_process(
-        "camelyon_eval",
-        f"--predictions={pred}",
-        f"--ground_truth={gt}",
-        f"--out={out}",
+    r = camelyon_eval(
+        pred,
+        gt,
+        out,
         "--resolution=slide",  # at 0.972 um/px: the lesion is no ITC
     )
     assert r.returncode == 0, r.stderr
@@ -709,16 +718,6 @@ def test_a_mask_with_levels_padded_to_whole_tiles_is_read_where_the_lesion_is(tm
     rows = {s["slide"]: s for s in result["slides"]}
     assert (rows["T1"]["lesions"], rows["T1"]["lesions_detected"], rows["T1"]["fp"]) == (1, 1, 0)
     assert result["froc"] == 1.0  # the lesion found above the one false positive (0.2, N1)
-
-
-def write_scores(pred: Path, scores: dict[str, float]) -> None:
-    """slide_scores.csv and slides.csv of a fabricated cohort, every slide done."""
-    (pred / "slide_scores.csv").write_text("".join(f"{k},{v}\n" for k, v in scores.items()))
-    with open(pred / "slides.csv", "w", newline="") as f:
-        csv.writer(f).writerows(
-            [["slide", "status", "score_max", "error"]]
-            + [[f"/data/{k}.tif", "done", v, ""] for k, v in scores.items()]
-        )
 
 
 def script_froc(slides: list[tuple[Path | None, list]], resolution: float, tumour) -> float:
@@ -774,14 +773,7 @@ def test_the_default_is_the_challenges_script_and_the_options_the_earlier_rules(
     got = {}
     for name, (flags, resolution, tumour) in cases.items():
         out = tmp_path / f"eval_{name}"
-        r = run_in_process(
-            "camelyon_eval",
-            f"--predictions={pred}",
-            f"--ground_truth={gt}",
-            f"--out={out}",
-            "--bootstrap=0",
-            *flags,
-        )
+        r = camelyon_eval(pred, gt, out, "--bootstrap=0", *flags)
         assert r.returncode == 0, r.stderr
         result = json.loads((out / "froc.json").read_text())
         got[name] = result["froc"]
@@ -810,20 +802,12 @@ def test_a_tumour_slide_without_tumour_in_its_ground_truth_is_refused(tmp_path):
         write_prediction(pred, "N1", [(0.2, 20, 20)], "/gone/N1.tif", side=512, mpp=0.243)
         write_scores(pred, {"T1": 0.9, "N1": 0.2})
         out = tmp_path / name / "eval"
-        r = run_in_process(
-            "camelyon_eval", f"--predictions={pred}", f"--ground_truth={gt}", f"--out={out}"
-        )
+        r = camelyon_eval(pred, gt, out)
         assert r.returncode == 1 and not out.exists(), r.stderr
         line = r.stderr.strip().splitlines()[-1]
         assert "T1" in line and "T1_Mask.tif" in line and hint in line, line
     # the 0/1 mask with the option: evaluated
-    r = run_in_process(
-        "camelyon_eval",
-        f"--predictions={pred}",
-        f"--ground_truth={gt}",
-        f"--out={tmp_path / 'ok'}",
-        "--mask_values=nonzero",
-    )
+    r = camelyon_eval(pred, gt, tmp_path / "ok", "--mask_values=nonzero")
     assert r.returncode == 0, r.stderr
 
 
@@ -859,9 +843,7 @@ def test_impossible_inputs_are_refused_in_one_line_naming_the_file(tmp_path, cas
     write_prediction(pred, "N1", [(0.2, 100, 100)], "/gone/N1.tif", side=2048, mpp=0.243)
     write_scores(pred, {"T1": 0.9, "N1": 0.2})
     out = tmp_path / "eval"
-    r = run_in_process(
-        "camelyon_eval", f"--predictions={pred}", f"--ground_truth={gt}", f"--out={out}"
-    )
+    r = camelyon_eval(pred, gt, out)
     assert r.returncode == 1 and not out.exists(), r.stderr
     line = r.stderr.strip().splitlines()[-1]
     assert line.startswith(f"{PROG}: error: ") and needle in line and named in line, line
@@ -870,9 +852,7 @@ def test_impossible_inputs_are_refused_in_one_line_naming_the_file(tmp_path, cas
 def test_results_inside_an_input_folder_are_refused(tmp_path):
     pred, gt = fabricated_cohort(tmp_path)
     for out, flag in ((gt, "--ground_truth"), (pred / "eval", "--predictions")):
-        r = run_in_process(
-            "camelyon_eval", f"--predictions={pred}", f"--ground_truth={gt}", f"--out={out}"
-        )
+        r = camelyon_eval(pred, gt, out)
         assert r.returncode == 1 and f"inside {flag}=" in r.stderr, r.stderr
     assert not (pred / "eval").exists()
 
@@ -880,20 +860,13 @@ def test_results_inside_an_input_folder_are_refused(tmp_path):
 def test_the_binary_refuses_bad_inputs_and_leaves_no_output(tmp_path):
     out = tmp_path / "eval"
     (tmp_path / "gt0").mkdir()
-    r = run_in_process(
-        "camelyon_eval",
-        f"--predictions={tmp_path / 'none'}",
-        f"--ground_truth={tmp_path / 'gt0'}",
-        f"--out={out}",
-    )
+    r = camelyon_eval(tmp_path / "none", tmp_path / "gt0", out)
     assert r.returncode != 0 and "Traceback" not in r.stderr
     assert f"{PROG}: error: --predictions={tmp_path / 'none'}: no such folder" in r.stderr
     assert not out.exists()
     pred, gt = fabricated_cohort(tmp_path)
     (gt / "T3.geojson").write_text('{"type": "FeatureCollection", "features": []}')
-    r = run_in_process(
-        "camelyon_eval", f"--predictions={pred}", f"--ground_truth={gt}", f"--out={out}"
-    )
+    r = camelyon_eval(pred, gt, out)
     assert r.returncode != 0 and "Traceback" not in r.stderr
     assert "T3.geojson: no tumour polygons" in r.stderr
     assert not out.exists() and not [p for p in tmp_path.iterdir() if p.name.startswith(".eval")]

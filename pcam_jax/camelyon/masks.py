@@ -35,7 +35,7 @@ import numpy as np
 
 from pcam_jax.camelyon.annotations import check_downsample, mask_shape
 from pcam_jax.errors import AnnotationError
-from pcam_jax.wsi.pyramid import level_extent, openslide_tiles, true_downsamples
+from pcam_jax.wsi.pyramid import level_extent, slide_downsamples, true_downsamples
 
 # the most mask pixels read at once (one OpenSlide strip, 4 bytes each)
 READ_PIXELS = 1 << 24
@@ -186,7 +186,7 @@ def _read_openslide(slide: Any, path: Path, ds: int, tumour_value: int | None) -
     import openslide
 
     sizes = [(int(w), int(h)) for w, h in slide.level_dimensions]
-    factors = true_downsamples(sizes, openslide_tiles(slide), list(slide.level_downsamples))
+    factors = slide_downsamples(slide)
     k, level_ds = _choose_level(factors, ds)
     w, h = level_extent(sizes[0], sizes[k], level_ds)  # a padded level without its padding
     os_ds = float(slide.level_downsamples[k])
