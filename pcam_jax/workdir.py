@@ -20,21 +20,17 @@ module is the one place that knows where each thing lives and in which format::
 The checkpoint manager keeps the last ``keep`` checkpoints and the best by validation AUC.
 Training (pcam_jax.train.checkpointing) writes them; everything that reads a model restores
 only ``model`` or ``ema`` and ``record`` (``restore_model``), so a checkpoint loads without the
-optimizer and on any number of devices. One run per workdir: ``workdir_lock`` takes
-``fcntl.flock(LOCK_EX | LOCK_NB)`` on the process's lock file and writes the holder's pid, host
-and start time into it; a second pcam-train gets TrainingError naming them. The lock belongs to
-the open file, so a run killed even by SIGKILL leaves the file but not the lock. flock is
+optimizer and on any number of devices. One run per workdir: ``workdir_lock`` takes the
+process's lock file (``runtime.locks``: flock, which a run killed even by SIGKILL releases) and
+a second pcam-train gets TrainingError naming the holder's pid, host and start time. flock is
 advisory: pcam-eval, which only reads finished checkpoints (Orbax commits a step by renaming its
 folder), does not take it. Imports: config, runtime and errors.
 """
 
 from __future__ import annotations
 
-import datetime
-import fcntl
 import json
 import os
-import socket
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -56,6 +52,7 @@ from pcam_jax.config import (
 from pcam_jax.errors import InputError, ModelError, TrainingError
 from pcam_jax.runtime.distributed import is_primary, make_mesh
 from pcam_jax.runtime.files import write_json
+from pcam_jax.runtime.locks import lock_holder, try_lock
 
 CONFIG_JSON = "config.json"
 TRAIN_PLAN = "train_plan.json"
@@ -292,21 +289,13 @@ def workdir_lock(workdir: str | Path) -> Iterator[Path]:
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     path = lock_path(workdir, jax.process_index())
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.pread(fd, 4096, 0).decode(errors="replace").strip() or "unknown"
-            raise TrainingError(
-                f"{workdir} is in use by another pcam-train ({holder}); wait for it to finish "
-                "or stop it, or choose another --workdir"
-            ) from None
-        now = datetime.datetime.now().isoformat(timespec="seconds")
-        os.ftruncate(fd, 0)
-        os.pwrite(
-            fd, f"pid {os.getpid()} on host {socket.gethostname()}, since {now}\n".encode(), 0
+    fd = try_lock(path)
+    if fd is None:
+        raise TrainingError(
+            f"{workdir} is in use by another pcam-train ({lock_holder(path)}); wait for it to "
+            "finish or stop it, or choose another --workdir"
         )
+    try:
         yield path
     finally:
         os.close(fd)  # releases the lock

@@ -566,6 +566,13 @@ def test_reference_list_decides_tumour_and_normal(tmp_path):
     files["test_002_mask.tif"] = tmp_path / "Test_002_Mask.tif"
     with pytest.raises(AnnotationError, match="Test_002: listed as Normal"):
         decide(cohort, files, read_reference(ref), warnings.append)
+    # a header line naming its columns is skipped; a first line with a wrong label is refused,
+    # not taken for a header
+    ref.write_text("image,label\nTest_001,Tumor\n")
+    assert read_reference(ref) == {"Test_001": True}
+    ref.write_text("Test_001,Tumour-ish\nTest_002,Normal\n")
+    with pytest.raises(AnnotationError, match=r"reference.csv:1: label 'Tumour-ish'"):
+        read_reference(ref)
 
 
 # --- the binary end to end -------------------------------------------------------------------

@@ -6,9 +6,11 @@ tumour and normal slides, one broken file and one slide without a resolution
 from __future__ import annotations
 
 import csv
+import fcntl
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -28,7 +30,7 @@ from pcam_jax.wsi.detections import (
     write_detections_csv,
 )
 from pcam_jax.wsi.slide import open_slide
-from tests.helpers import cli_cmd, run_cli
+from tests.helpers import cli_cmd, run_cli, run_in_process
 
 OUTPUTS = ("tiles.csv", "probabilities.npy", "tumour.geojson", "detections.csv", "summary.json")
 TIMING = ("seconds", "cells_per_second")
@@ -46,6 +48,21 @@ def read_rows(path: Path) -> list[dict[str, str]]:
 def without_timing(rows: list[dict[str, str]]) -> list[dict[str, str]]:
     """The rows without their seconds, by slide."""
     return sorted(({k: v for k, v in r.items() if k != "seconds"} for r in rows), key=str)
+
+
+def temporaries(out: Path) -> list[Path]:
+    """The temporary files and folders left in cohort folder `out` (its bookkeeping folder
+    .cohort holds locks, failure records and the session's name only)."""
+    left = [p for p in out.iterdir() if p.name.startswith(".") and p.name != ".cohort"]
+    return left + [
+        p
+        for p in (out / ".cohort").iterdir()
+        if not p.name.endswith((".lock", ".failed.json")) and p.name != "session.json"
+    ]
+
+
+def _slide_file_times(out: Path) -> dict[Path, int]:
+    return {p: p.stat().st_mtime_ns for p in out.glob("*/*") if p.parent.name != ".cohort"}
 
 
 def slide_files(folder: Path) -> dict[str, object]:
@@ -116,32 +133,83 @@ def test_cohort_records_failures_and_a_rerun_keeps_finished_slides(cohort, first
     assert len((out / "slide_scores.csv").read_text().splitlines()) == 7
 
 
-def test_killed_cohort_run_resumes_to_the_same_outputs(cohort, first_run, tmp_path):
+def _session_members(out: Path) -> int:
+    """How many processes hold cohort folder `out`'s session lock now (from /proc/locks)."""
+    try:
+        inode = (out / ".cohort" / "session.lock").stat().st_ino
+    except OSError:
+        return 0
+    return sum(f":{inode} " in line for line in Path("/proc/locks").read_text().splitlines())
+
+
+def _held_claim(out: Path, stems: list[str]) -> tuple[int, str] | None:
+    """(pid, stem) of a claim on one of the slides `stems` that a process holds in cohort
+    folder `out` now."""
+    for lock in sorted((out / ".cohort").glob("*.lock")):
+        if lock.name.removesuffix(".lock") not in stems:
+            continue
+        with open(lock, "a+") as f:
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = re.match(r"pid (\d+)", lock.read_text())
+                if holder:
+                    return int(holder[1]), lock.name.removesuffix(".lock")
+            else:
+                fcntl.flock(f, fcntl.LOCK_UN)
+    return None
+
+
+def test_three_processes_share_a_cohort_and_finish_the_slide_of_one_killed(
+    cohort, first_run, tmp_path
+):
+    """Three pcam-slide processes on one cohort folder; one is SIGKILLed while it computes a
+    slide. The other two finish every slide (that one included), none is computed twice, and
+    the folder holds what one uninterrupted process wrote (timings aside), with no temporary
+    left. (A killed single run resumed by a rerun: the rerun keeps what the killed one
+    finished, test_cohort_records_failures_and_a_rerun_keeps_finished_slides.)"""
     reference, _ = first_run
-    out = tmp_path / "killed"
-    slides = sorted(cohort["tumour"] + cohort["normal"])
-    cmd = cli_cmd("slide", *slides, f"--out={out}")
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    first = out / slides[0].stem / "summary.json"
-    deadline = time.monotonic() + 300
-    while not first.is_file() and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.05)
-    os.kill(proc.pid, signal.SIGKILL)  # while the second slide is being predicted
-    proc.wait()
-    assert first.is_file()
-    finished = [s for s in slides if (out / s.stem / "summary.json").is_file()]
-    assert len(finished) < len(slides), "the run ended before it was killed"
-    r = pcam_slide(*slides, f"--out={out}")
-    assert r.returncode == 0, r.stderr
-    assert r.stderr.count("done earlier, kept") == len(finished)
-    assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no temporary left
-    for s in slides:
-        assert slide_files(out / s.stem) == slide_files(reference / s.stem), s.stem
-    ref_rows = [r for r in read_rows(reference / "slides.csv") if Path(r["slide"]) in slides]
-    assert without_timing(read_rows(out / "slides.csv")) == without_timing(ref_rows)
-    ref_scores = {line for line in (reference / "slide_scores.csv").read_text().splitlines()}
+    out = tmp_path / "shared"
+    cmd = cli_cmd("slide", cohort["tumour"][0].parent, f"--out={out}", "--noprogress")
+    logs = [tmp_path / f"process{i}.log" for i in range(3)]
+    done = [s.stem for s in cohort["tumour"] + cohort["normal"]]  # the others fail
+    procs = []
+    try:
+        for log in logs:
+            with open(log, "w") as f:
+                procs.append(subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT))
+        deadline = time.monotonic() + 300
+        while _session_members(out) < 3 and time.monotonic() < deadline:
+            time.sleep(0.02)  # all three in one session: else a late one starts a new one
+        while (held := _held_claim(out, done)) is None and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert held is not None, "no process claimed a slide"
+        pid, stem = held
+        victim = next(p for p in procs if p.pid == pid)
+        victim.kill()
+        victim.wait()
+        for p in procs:
+            assert p.wait(timeout=600) in (1, -signal.SIGKILL)  # 1: two slides fail
+    finally:
+        for p in procs:
+            p.kill()
+    text = [log.read_text() for log in logs]
+    computed = re.findall(r"^(\S+): \d+ cells, ", "\n".join(text), re.M)
+    assert sorted(computed) == sorted(done), text  # each slide once
+    assert "\n".join(text).count(": FAILED: ") == 2, text  # each failing slide tried once
+    assert (out / stem / "summary.json").is_file()
+    # the tables one process writes (the reference's own may have changed since: another test
+    # reruns that folder), in the folder's order, the two failed slides included
+    rows = {Path(r["slide"]).stem: r for r in read_rows(out / "slides.csv")}
+    assert list(rows) == sorted(p.stem for p in cohort["tumour"][0].parent.glob("*.tif"))
+    ref_rows = {Path(r["slide"]).stem: r for r in read_rows(reference / "slides.csv")}
+    assert without_timing([rows[s] for s in done]) == without_timing([ref_rows[s] for s in done])
+    assert [rows[s]["status"] for s in ("broken_001", "nompp_001")] == ["failed", "failed"]
     scores = (out / "slide_scores.csv").read_text().splitlines()
-    assert len(scores) == len(slides) and set(scores) <= ref_scores
+    assert scores == [f"{s},{rows[s]['score_max']}" for s in rows if s in done]
+    for s in done:
+        assert slide_files(out / s) == slide_files(reference / s), s
+    assert not temporaries(out)
 
 
 def test_ctrl_c_and_sigterm_stop_a_cohort_in_one_line_and_leave_nothing_unfinished(
@@ -159,24 +227,80 @@ def test_ctrl_c_and_sigterm_stop_a_cohort_in_one_line_and_leave_nothing_unfinish
         deadline = time.monotonic() + 300
         while not summary.is_file() and proc.poll() is None and time.monotonic() < deadline:
             time.sleep(0.05)
+        masks = [ln for ln in Path(f"/proc/{proc.pid}/status").read_text().splitlines()
+                 if ln.startswith(("SigBlk", "SigIgn", "SigCgt"))]  # fmt: skip
         proc.send_signal(sig)
         _, err = proc.communicate(timeout=300)
-        assert proc.returncode == 128 + sig, err
+        assert proc.returncode == 128 + sig, (masks, err)
         assert "Traceback" not in err and err.strip().splitlines()[-1].startswith(
             f"pcam-slide: stopped by {signal.Signals(sig).name}"
         ), err
-        assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no temporary left
+        assert not temporaries(out)
         finished = [s for s in slides if (out / s.stem / "summary.json").is_file()]
         assert k + 1 <= len(finished) < len(slides), "the run ended before it was stopped"
-        folders = [p for p in out.iterdir() if p.is_dir()]
+        folders = [p for p in out.iterdir() if p.is_dir() and p.name != ".cohort"]
         assert all((p / "summary.json").is_file() for p in folders)  # only finished slides
+
+
+def test_a_rerun_refuses_a_slide_that_is_not_the_one_its_folder_was_computed_from(
+    cohort, first_run, tmp_path
+):
+    """Another slide under a finished slide's name (another folder), or a finished slide given
+    another resolution by a list, is refused before any work in one line that names the folder
+    to remove; the same bytes at another path (moved, copied) are the same slide, kept."""
+    reference, _ = first_run
+    out = Path(shutil.copytree(reference, tmp_path / "out"))
+    folders = _slide_file_times(out)
+    tables = {n: (out / n).read_bytes() for n in ("slides.csv", "slide_scores.csv")}
+    original = cohort["tumour"][0]
+    other = tmp_path / "other" / original.name
+    other.parent.mkdir()
+    shutil.copy(cohort["normal"][0], other)  # another slide, the same name
+    listing = tmp_path / "list.csv"
+    listing.write_text(f"slide,mpp\n{original},0.5\n{cohort['normal'][0]},\n")
+    for spec, reason in (
+        (other.parent, f"bytes, computed from {original.stat().st_size}"),
+        (listing, "mpp 0.5, computed with the slide's own"),
+    ):
+        r = run_in_process("slide", spec, f"--out={out}", "--noprogress")
+        line = r.stderr.strip().splitlines()[-1]
+        assert r.returncode == 1 and line.startswith("pcam-slide: "), r.stderr
+        assert reason in line and f"since {out / original.stem} was computed" in line, line
+        assert "remove that folder to compute the slide again" in line
+        assert _slide_file_times(out) == folders
+        assert {n: (out / n).read_bytes() for n in tables} == tables
+    moved = tmp_path / "moved" / original.name
+    moved.parent.mkdir()
+    shutil.copy(original, moved)
+    r = run_in_process("slide", moved.parent, f"--out={out}", "--noprogress")
+    assert r.returncode == 0 and f"{original.stem}: done earlier, kept" in r.stderr, r.stderr
+    assert _slide_file_times(out) == folders
+
+
+def test_a_full_disk_is_a_failed_row_that_names_the_slide_and_its_folder(
+    cohort, tmp_path, monkeypatch
+):
+    from pcam_jax.wsi import cohort as cohort_module
+
+    def no_space(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(cohort_module, "predict_and_write", no_space)
+    slide = cohort["normal"][0]
+    out = tmp_path / "out"
+    (tmp_path / "one.txt").write_text(f"{slide}\n")
+    r = run_in_process("slide", tmp_path / "one.txt", f"--out={out}", "--noprogress")
+    assert r.returncode == 1, r.stderr
+    rows = {Path(row["slide"]).stem: row for row in read_rows(out / "slides.csv")}
+    assert rows[slide.stem]["error"] == (f"No space left on device ({slide} -> {out / slide.stem})")
 
 
 def test_links_keep_their_names_a_link_loop_fails_as_its_slide_and_lists_are_read_safely(
     cohort, tmp_path
 ):
     """A slide linked as t1.tif (to a store's file named otherwise) is named t1, as the
-    evaluation reads names; a link to itself fails as that slide, in one row; the same file
+    evaluation reads names; a link to itself, or to nothing, fails as that slide, in one row
+    under the link's name; the same file
     listed under two names with two resolutions, a header-only list and a header without a
     slide column are refused before any work; a list row shorter than its header reads."""
     store = cohort["normal"][0]
@@ -184,11 +308,12 @@ def test_links_keep_their_names_a_link_loop_fails_as_its_slide_and_lists_are_rea
     links.mkdir()
     (links / "t1.tif").symlink_to(store)
     (links / "loop.tif").symlink_to(links / "loop.tif")
+    (links / "gone.tif").symlink_to(tmp_path / "store_a81f.tif")  # dangling
     out = tmp_path / "out"
     r = pcam_slide(links, f"--out={out}", "--model=bundled:p4resnet")
     assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr
     status = {Path(row["slide"]).name: row["status"] for row in read_rows(out / "slides.csv")}
-    assert status == {"loop.tif": "failed", "t1.tif": "done"}
+    assert status == {"gone.tif": "failed", "loop.tif": "failed", "t1.tif": "done"}
     assert (out / "t1" / "summary.json").is_file() and not (out / store.stem).exists()
     assert json.loads((out / "t1" / "summary.json").read_text())["slide"].endswith("t1.tif")
     listed = tmp_path / "list.csv"

@@ -114,3 +114,25 @@ def test_tpu_vm_dry_run_runs_on_every_worker():
     ]
     usage = _dry_run("tpu_vm.sh", "--dry-run", "my-tpu")
     assert usage.returncode == 2 and "usage:" in usage.stderr
+
+
+def test_slide_array_dry_run_runs_one_cohort_command_per_task():
+    proc = _dry_run(
+        "slide_array.sbatch",
+        "--dry-run",
+        "images/*.tif",
+        "/shared/c16 out",
+        "--model=bundled:p4resnet",
+        SLURM_ARRAY_TASK_ID="3",
+        SLURM_ARRAY_JOB_ID="77",
+        VENV="/v",
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines() == [
+        "# task 3 of array job 77: every task runs this command and claims its slides",
+        # quoted as a shell reads it: the glob reaches pcam-slide, which expands it
+        "+ /v/bin/pcam-slide images/\\*.tif --out=/shared/c16\\ out --noprogress "
+        "--model=bundled:p4resnet",
+    ]
+    usage = _dry_run("slide_array.sbatch", "--dry-run", "images")
+    assert usage.returncode == 2 and "usage:" in usage.stderr

@@ -85,15 +85,14 @@ from pcam_jax.camelyon.predictions import (
 from pcam_jax.errors import AnnotationError, SlideError
 from pcam_jax.wsi.layout import DETECTIONS_CSV
 
-GROUND_TRUTH_SUFFIXES = (
-    ".xml", ".geojson", ".json", "_mask.tif", "_mask.tiff", ".tif", ".tiff"
-)  # fmt: skip
 MASK_SUFFIXES = ("_mask.tif", "_mask.tiff", ".tif", ".tiff")
+GROUND_TRUTH_SUFFIXES = (".xml", ".geojson", ".json", *MASK_SUFFIXES)
 TUMOUR_LABELS = ("tumor", "tumour", "positive")
 OFFICIAL_MPP = 0.243  # the level-0 um/px Evaluation_FROC.py uses for every slide
 RESOLUTIONS = ("official", "slide")
 MASK_VALUES = ("official", "nonzero")
 NORMAL_LABELS = ("normal", "negative")
+HEADER_WORDS = {"image", "image_name", "slide", "name", "file", "id", "label", "class", "type"}
 
 
 @dataclass(frozen=True)
@@ -201,7 +200,8 @@ class SlideEvaluation:
 
 def read_reference(path: str | Path) -> dict[str, bool]:
     """{stem: is tumour} of a list of normal slides (one stem per line or first CSV column) or
-    a CAMELYON16 reference.csv (stem,Tumor|Normal,...); a header line is skipped."""
+    a CAMELYON16 reference.csv (stem,Tumor|Normal,...); a header line (naming its columns with
+    HEADER_WORDS) is skipped, any other line with another label refused."""
     path = Path(path)
     if not path.is_file():
         raise AnnotationError(f"--normal={path}: no such file (a list of normal slides)")
@@ -214,7 +214,7 @@ def read_reference(path: str | Path) -> dict[str, bool]:
         label = fields[1].lower() if len(fields) > 1 else ""
         if label in TUMOUR_LABELS or label in NORMAL_LABELS or not label:
             table[fields[0]] = label in TUMOUR_LABELS
-        elif not first:
+        elif not (first and {fields[0].lower(), label} & HEADER_WORDS):  # a header line
             raise AnnotationError(
                 f"{path}:{n}: label {fields[1]!r}; expected Tumor or Normal in the second column"
             )

@@ -27,9 +27,12 @@ neighbours, which changes its value; BENCHMARKS.md measures both).
 For a cohort (several slides, a folder, a glob or a list), DIR gets one such folder per slide
 (named by the file's stem), slides.csv (status, scores, area, cells, seconds and error per
 slide), slide_scores.csv (CAMELYON16 format) and cohort.json. The model is loaded and compiled
-once. Rerunning the same command resumes: finished slides are kept, failed and unfinished ones
-are redone. A slide that fails is recorded in slides.csv and the run goes on; the exit status
-is 1 when any slide failed. Evaluate against CAMELYON16 ground truth with pcam-camelyon-eval.
+once. Rerunning the same command resumes: finished slides are kept (a slide file changed since,
+or given another --mpp, stops the run before any work, naming the folder to remove), failed and
+unfinished ones are redone. A slide that fails is recorded in slides.csv and the run goes on;
+the exit status is 1 when any slide failed. Several processes (or SLURM array tasks:
+launch/slide_array.sbatch) may run the same cohort into one DIR at once: each claims a slide
+before computing it. Evaluate against CAMELYON16 ground truth with pcam-camelyon-eval.
 """
 
 from __future__ import annotations
@@ -41,7 +44,14 @@ from absl import flags
 
 from pcam_jax.cli import common
 from pcam_jax.infer.load import load_model
-from pcam_jax.wsi.cohort import check_cohort_dir, is_cohort, resolve_slides, run_cohort
+from pcam_jax.wsi.cohort import (
+    check_cohort_dir,
+    check_kept_slides,
+    given_mpp,
+    is_cohort,
+    resolve_slides,
+    run_cohort,
+)
 from pcam_jax.wsi.detections import NMS_FLOOR, NMS_RADIUS_UM
 from pcam_jax.wsi.outputs import prepare_out_dir
 from pcam_jax.wsi.predictors import MODES
@@ -119,6 +129,7 @@ def run_many(specs: Sequence[str], out: str) -> None:
     """pcam-slide on a cohort; exits 1 when a slide failed."""
     slides = resolve_slides(specs)
     check_cohort_dir(out)  # before the model loads
+    check_kept_slides(out, given_mpp(slides, settings()))
     model = load_model(common.MODEL.value, common.CHECKPOINT.value)
     rows = run_cohort(slides, out, model, settings(), progress=common.PROGRESS.value)
     failed = [r for r in rows if r["status"] != "done"]

@@ -1,4 +1,5 @@
-"""pcam-slide on a cohort: many slides into one folder, in one resumable run.
+"""pcam-slide on a cohort: many slides into one folder, in resumable runs of one or many
+processes.
 
 Slides (``resolve_slides``): each argument is a slide file, a folder (the slide files in it, sorted,
 not recursive, not hidden, not folders; SLIDE_SUFFIXES), a glob pattern (``'data/*.tif'``), or a
@@ -17,25 +18,33 @@ DIR (``--out``) holds:
 
     cohort.json        the settings and model of the run; a rerun with other ones is refused
     slides.csv         slide, status (done | failed), score_max, score_topk, tumour_area_mm2,
-                       cells, detections, seconds, error: one row per slide of the run, in the
-                       order given, then the slides earlier runs finished in DIR; rewritten
-                       atomically after every slide
+                       cells, detections, seconds, error: one row per settled slide of the run,
+                       in the order given, then the slides earlier runs finished in DIR; rebuilt
+                       from the folders (atomically) after every slide
     slide_scores.csv   the done slides' scores in the CAMELYON16 format (image_name,probability
                        = score_max; no header)
     STEM/              each slide's pcam-slide outputs (a slide folder: ``wsi.layout``)
+    .cohort/           the locks and failure records of the processes (``wsi.cohort_folder``)
 
 Resume rule: STEM/ appears only when complete (it is renamed into place), so a STEM/ with
-summary.json is done, and a rerun keeps it without reading the slide; a slide killed midway left
-only a temporary folder, which the rerun removes before redoing that slide. The rows of kept
-slides are rebuilt from their summary.json, so a resumed run's files equal an uninterrupted
-run's. Failed slides (unreadable, no resolution, no tissue, a damaged tile: any PcamError or
-OSError) are recorded with their error and retried on a rerun; the run goes on.
+summary.json is done, and a rerun keeps it, once it has checked that the slide is still the
+file, and has the resolution, it was computed from (``wsi.provenance``: path, size and mtime,
+else size and a sampled fingerprint; a changed slide is refused before any work, naming the
+folder to remove). A slide killed midway left only a temporary folder, which the rerun removes
+before redoing that slide. The tables are rebuilt from the folders, so a resumed run's files
+equal an uninterrupted run's. Failed slides (unreadable, no resolution, no tissue, a damaged
+tile: any PcamError or OSError) are recorded with their error and retried on a rerun; the run
+goes on.
 
-Overlap: while slide k is predicted, slide k + 1 is opened and its thumbnail and tissue map are
-computed on a second thread (``prepare_slide``), so the model does not wait for them.
+Many processes: any number of pcam-slide processes may run the same cohort into one DIR at
+once (a SLURM array, ``launch/slide_array.sbatch``); each claims a slide before computing it,
+so none is computed twice, and each ends with complete tables (``wsi.cohort_folder``).
 
-The folder's names are ``wsi.layout``'s. Imports: wsi.run, wsi.slide, wsi.layout, wsi.detections,
-infer.predict, runtime, errors.
+Overlap: while slide k is predicted, the next slide is claimed, opened and its thumbnail and
+tissue map computed on a second thread (``prepare_slide``), so the model does not wait for them.
+
+The folder's names are ``wsi.layout``'s. Imports: wsi.run, wsi.slide, wsi.layout,
+wsi.cohort_folder, wsi.provenance, infer.predict, runtime, errors.
 """
 
 from __future__ import annotations
@@ -46,6 +55,7 @@ import glob
 import json
 import os
 import sys
+import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
@@ -53,8 +63,18 @@ from typing import Any
 
 from pcam_jax.errors import PcamError, SlideError
 from pcam_jax.infer.predict import LoadedModel
-from pcam_jax.runtime.files import check_new_dir, writable_folder, write_dict_csv, write_json
-from pcam_jax.wsi.detections import write_slide_scores_csv
+from pcam_jax.runtime.files import check_new_dir, writable_folder, write_json
+from pcam_jax.runtime.locks import held
+from pcam_jax.wsi.cohort_folder import (
+    BOOKKEEPING,
+    bookkeeping,
+    claimed_slides,
+    clear_failure,
+    join_session,
+    rebuild_tables,
+    record_failure,
+    setup_lock,
+)
 from pcam_jax.wsi.layout import (
     COHORT_JSON,
     SLIDE_SCORES_CSV,
@@ -62,6 +82,7 @@ from pcam_jax.wsi.layout import (
     finished_summary,
     slide_folder,
 )
+from pcam_jax.wsi.provenance import changes
 from pcam_jax.wsi.run import PreparedSlide, SlideSettings, predict_and_write
 from pcam_jax.wsi.slide import check_mpp
 
@@ -69,10 +90,6 @@ SLIDE_SUFFIXES = (
     ".svs", ".tif", ".tiff", ".ndpi", ".mrxs", ".scn", ".vms", ".vmu", ".bif", ".svslide"
 )  # fmt: skip
 LIST_SUFFIXES = (".txt", ".csv")
-COLUMNS = (
-    "slide", "status", "score_max", "score_topk", "tumour_area_mm2", "cells", "detections",
-    "seconds", "error",
-)  # fmt: skip
 # the longest slide stem, in UTF-8 bytes: its folder's temporary name adds about 40 to it, and
 # file systems take 255
 NAME_BYTES = 200
@@ -231,38 +248,54 @@ def check_cohort_dir(out: str | Path, record: dict[str, Any] | None = None) -> P
                 " rerun with the same ones to resume, or choose a new --out"
             )
         return out
-    if out.is_dir() and any(out.iterdir()):
+    if out.is_dir() and any(p.name != BOOKKEEPING for p in out.iterdir()):
         raise SlideError(
             f"--out={out}: exists and is neither empty nor a pcam-slide cohort folder (no "
             f"{COHORT_JSON}); choose a new one"
         )
+    if out.is_dir() and any(out.iterdir()):  # a cohort another process is setting up
+        if not writable_folder(out):
+            raise SlideError(f"--out={out}: a cohort folder this user cannot write; choose another")
+        return out
     return check_new_dir(out, SlideError)
 
 
-def _row(path: Path, summary: dict[str, Any]) -> dict[str, Any]:
-    k = summary["top_k"]
-    return {
-        "slide": str(path),
-        "status": "done",
-        "score_max": summary["score_max"],
-        "score_topk": summary[f"score_top{k}_mean"],
-        "tumour_area_mm2": summary["tumour_area_mm2"],
-        "cells": summary["tissue_cells"],
-        "detections": summary["detections"],
-        "seconds": round(summary["seconds"], 3),
-        "error": "",
-    }
+def given_mpp(
+    slides: dict[Path, float | None], settings: SlideSettings
+) -> dict[Path, float | None]:
+    """The level-0 resolution each slide is given (--mpp, else its list's column; None: the
+    slide's own)."""
+    return {p: settings.mpp if settings.mpp is not None else mpp for p, mpp in slides.items()}
 
 
-def _failed(path: Path, error: BaseException) -> dict[str, Any]:
-    row: dict[str, Any] = dict.fromkeys(COLUMNS, "")
-    return {**row, "slide": str(path), "status": "failed", "error": str(error)}
+def check_kept_slides(out: str | Path, given: dict[Path, float | None]) -> None:
+    """SlideError, before any work, when a slide already finished in DIR `out` was computed
+    from another file or with another resolution than it is given now (``wsi.provenance``)."""
+    changed = []
+    for path, mpp in given.items():
+        summary = finished_summary(slide_folder(Path(out), path))
+        if summary is not None and (why := changes(summary, path, mpp)):
+            changed.append((path, why))
+    if changed:
+        path, why = changed[0]
+        more = f" ({len(changed) - 1} more slides changed too)" if len(changed) > 1 else ""
+        folder = slide_folder(Path(out), path)
+        raise SlideError(
+            f"{path}: {'; '.join(why)}, since {folder} was computed{more}; remove that folder to "
+            "compute the slide again, or choose a new --out"
+        )
 
 
-def _write_tables(out: Path, rows: list[dict[str, Any]]) -> None:
-    write_dict_csv(out / SLIDES_CSV, rows)
-    scores = [(Path(r["slide"]).stem, r["score_max"]) for r in rows if r["status"] == "done"]
-    write_slide_scores_csv(out / SLIDE_SCORES_CSV, scores)
+def _open_cohort_folder(out: Path, record: dict[str, Any]) -> tuple[str, int]:
+    """Creates DIR and its bookkeeping folder if need be and writes cohort.json, checking
+    DIR again under the setup lock (another process may have made it meanwhile); returns
+    ``join_session``'s (session, file descriptor)."""
+    out.mkdir(exist_ok=True)
+    bookkeeping(out).mkdir(exist_ok=True)
+    with held(setup_lock(out)):
+        check_cohort_dir(out, record)
+        write_json(out / COHORT_JSON, record)
+        return join_session(out)
 
 
 def run_cohort(
@@ -275,65 +308,120 @@ def run_cohort(
     log: Callable[[str], None] = lambda line: print(line, file=sys.stderr, flush=True),
 ) -> list[dict[str, Any]]:
     """Runs pcam-slide on every slide (path -> its resolution from a list, or None) into DIR
-    `out` (see the module docstring); returns slides.csv's rows. Failed slides are recorded,
-    not raised."""
-    from tqdm import tqdm
+    `out`, beside any other processes running the same cohort there (see the module
+    docstring); returns slides.csv's rows. Failed slides are recorded, not raised."""
 
     settings.check()
     record = {"settings": dataclasses.asdict(settings), "model": model.info.get("source", {})}
     out = check_cohort_dir(out, record)
-    out.mkdir(exist_ok=True)
-    write_json(out / COHORT_JSON, record)
-    rows: dict[Path, dict[str, Any]] = {}
+    given = given_mpp(slides, settings)
+    check_kept_slides(out, given)
+    session, member = _open_cohort_folder(out, record)
+    try:
+        return _run_claimed(out, list(slides), session, given, model, settings, progress, log)
+    finally:
+        os.close(member)  # this process leaves the session
+
+
+def _run_claimed(
+    out: Path,
+    listed: list[Path],
+    session: str,
+    given: dict[Path, float | None],
+    model: LoadedModel,
+    settings: SlideSettings,
+    progress: bool,
+    log: Callable[[str], None],
+) -> list[dict[str, Any]]:
+    """``run_cohort``'s work once DIR is set up and this process in `session`."""
+    from tqdm import tqdm
+
     todo = []
-    for path in slides:
-        summary = finished_summary(slide_folder(out, path))
-        if summary is not None:
-            rows[path] = _row(path, summary)
+    for path in listed:
+        if finished_summary(slide_folder(out, path)) is not None:
             log(f"{path.stem}: done earlier, kept ({slide_folder(out, path)})")
         else:
             todo.append(path)
+    rebuild_tables(out, listed)
 
-    # slides finished in DIR by earlier runs over other slides stay in the tables
-    stems = {p.stem for p in slides}
-    earlier = [
-        _row(Path(summary.get("slide", sub.name)), summary)
-        for sub in sorted(p for p in out.iterdir() if p.is_dir() and p.name not in stems)
-        if (summary := finished_summary(sub)) is not None
-        and Path(summary.get("slide", "")).stem == sub.name
-    ]
+    stop = threading.Event()
+    claims = claimed_slides(out, todo, session, stop, log)
 
-    def table() -> list[dict[str, Any]]:
-        return [rows[p] for p in slides if p in rows] + earlier
+    def claim_and_prepare() -> tuple[Path, int, PreparedSlide | None, Exception | None] | None:
+        claimed = next(claims, None)
+        if claimed is None:
+            return None
+        path, fd = claimed
+        try:
+            own = dataclasses.replace(settings, mpp=given[path])
+            return path, fd, own.prepare(path, model), None
+        except (PcamError, OSError) as e:
+            return path, fd, None, e
+        except BaseException:
+            os.close(fd)
+            raise
 
-    def prepare(path: Path) -> PreparedSlide:
-        own = slides[path] if settings.mpp is None else None
-        return (dataclasses.replace(settings, mpp=own) if own else settings).prepare(path, model)
-
-    _write_tables(out, table())
     bar = tqdm(total=len(todo), unit="slide", disable=not progress, file=sys.stderr)
     with ThreadPoolExecutor(max_workers=1) as pool, bar:
-        upcoming: Future[PreparedSlide] | None = None
-        if todo:
-            upcoming = pool.submit(prepare, todo[0])
-        for k, path in enumerate(todo):
-            assert upcoming is not None
-            current, upcoming = upcoming, None
-            if k + 1 < len(todo):
-                upcoming = pool.submit(prepare, todo[k + 1])
-            try:
-                summary = predict_and_write(
-                    current.result(), slide_folder(out, path), model, settings
-                )
-                rows[path] = _row(path, summary)
-                bar.set_postfix_str(f"{summary['cells_per_second']:.0f} cells/s")
-                log(
-                    f"{path.stem}: {summary['tissue_cells']} cells, "
-                    f"{summary['cells_per_second']:.0f} cells/s, score {summary['score_max']:.3f}"
-                )
-            except (PcamError, OSError) as e:
-                rows[path] = _failed(path, e)
-                log(f"{path.stem}: FAILED: {e}")
-            _write_tables(out, table())
-            bar.update(1)
-    return table()
+        upcoming: Future | None = pool.submit(claim_and_prepare)
+        try:
+            while upcoming is not None and (current := upcoming.result()) is not None:
+                path, fd, prepared, error = current
+                upcoming = pool.submit(claim_and_prepare)  # the next slide, while this one runs
+                try:
+                    _compute(out, path, prepared, error, model, settings, session, bar, log)
+                    rebuild_tables(out, listed)
+                finally:
+                    os.close(fd)  # the claim ends once the slide is settled
+                bar.update(1)
+        finally:
+            stop.set()  # a wait for another process's slide ends now
+            if upcoming is not None:
+                _release(upcoming)
+    return rebuild_tables(out, listed)
+
+
+def _compute(
+    out: Path,
+    path: Path,
+    prepared: PreparedSlide | None,
+    error: Exception | None,
+    model: LoadedModel,
+    settings: SlideSettings,
+    session: str,
+    bar: Any,
+    log: Callable[[str], None],
+) -> None:
+    """Predicts and writes a claimed slide (prepared, or failed with `error`), recording its
+    failure, if any."""
+    if prepared is not None:
+        try:
+            summary = predict_and_write(prepared, slide_folder(out, path), model, settings)
+        except PcamError as e:
+            error = e
+        except OSError as e:  # a full disk names no file: say where it was reading and writing
+            where = "" if e.filename else f" ({path} -> {slide_folder(out, path)})"
+            error = OSError(f"{e.strerror or e}{where}")
+    if error is not None:
+        record_failure(out, path, error, session)
+        log(f"{path.stem}: FAILED: {error}")
+        return
+    clear_failure(out, path)
+    bar.set_postfix_str(f"{summary['cells_per_second']:.0f} cells/s")
+    log(
+        f"{path.stem}: {summary['tissue_cells']} cells, "
+        f"{summary['cells_per_second']:.0f} cells/s, score {summary['score_max']:.3f}"
+    )
+
+
+def _release(upcoming: Future) -> None:
+    """Closes the slide and ends the claim that a prefetch left when the run stopped."""
+    try:
+        item = upcoming.result()
+    except BaseException:
+        return
+    if item is not None:
+        _, fd, prepared, _ = item
+        if prepared is not None:
+            prepared.close()
+        os.close(fd)

@@ -7,7 +7,8 @@ A slide folder (``pcam-slide SLIDE --out DIR``, or ``DIR/STEM/`` of a cohort) ho
     heatmap.png        p(tumour) over the slide's thumbnail
     tumour.geojson     the cells at or above the threshold as QuPath annotations (level-0 px)
     detections.csv     lesion detections, CAMELYON16's format: probability,X,Y, no header
-    summary.json       slide, model, mode, geometry, tissue, timings, scores, detection settings
+    summary.json       slide, model, mode, geometry, tissue, timings, scores, detection settings,
+                       and the input it was computed from (``wsi.provenance``)
 
 It is written to a temporary folder beside it and renamed into place when complete, so a slide
 folder with summary.json is finished (``finished_summary``). A cohort folder holds

@@ -6,7 +6,8 @@ folder beside it and renames it into place only when all are done
 (the cells at or above the threshold as polygons in level-0 pixels, a FeatureCollection QuPath
 imports, holes kept, collinear points dropped), detections.csv (``wsi.detections``) and
 summary.json (slide, model, mode, geometry, tissue, timings, the slide scores (max, top-k mean,
-tumour area in mm^2) and the detection settings).
+tumour area in mm^2), the detection settings and what it was computed from (``input`` and
+``mpp_given``: ``wsi.provenance``)).
 Imports: wsi.layout, wsi.detections, wsi.slide, infer.predict, runtime, errors.
 """
 
@@ -262,10 +263,12 @@ def write_outputs(
     top_k: int,
     nms_floor: float,
     nms_radius_um: float,
+    provenance: dict[str, Any],
 ) -> dict[str, Any]:
     """Writes the slide folder's six files to a temporary folder beside `out` and renames it
-    to `out`; returns summary.json's content."""
-    summary = slide_summary(result, path, model, threshold, top_k)
+    to `out`; returns summary.json's content (with `provenance`: what it was computed from,
+    ``wsi.provenance``)."""
+    summary = {**slide_summary(result, path, model, threshold, top_k), **provenance}
     g = result.geometry
     maxima = non_maximum_suppression(
         result.probabilities, g.cell_model * g.model_mpp, floor=nms_floor, radius_um=nms_radius_um

@@ -11,7 +11,7 @@ whatever the slide's size.
 summary.json's ``seconds`` is preparation plus prediction (not the outputs), and
 ``cells_per_second`` divides the tissue cells by it; ``bench/slide_speed.py`` splits the time
 into reading, model and outputs.
-Imports: wsi.slide, wsi.predictors, wsi.outputs, infer.predict, runtime, errors.
+Imports: wsi.slide, wsi.predictors, wsi.outputs, wsi.provenance, infer.predict, runtime, errors.
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ from pcam_jax.wsi import outputs
 from pcam_jax.wsi.detections import NMS_FLOOR, NMS_RADIUS_UM
 from pcam_jax.wsi.outputs import SlideResult
 from pcam_jax.wsi.predictors import MODES, block_stream, choose_predictor
+from pcam_jax.wsi.provenance import slide_identity
 from pcam_jax.wsi.slide import (
     SlideGeometry,
     open_slide,
@@ -56,6 +57,8 @@ class PreparedSlide:
     thumbnail: np.ndarray
     thumbnail_per_px: float
     seconds: float
+    identity: dict[str, Any]  # the file read (``provenance.slide_identity``)
+    mpp_given: float | None  # the resolution given for it (None: the slide's own)
 
     def close(self) -> None:
         self.slide.close()
@@ -77,6 +80,10 @@ def prepare_slide(
         raise SlideError(f"--tissue_threshold={tissue_threshold}: expected a fraction in (0, 1]")
     slide = open_slide(path)
     try:
+        try:
+            identity = slide_identity(path)
+        except OSError as e:
+            raise SlideError(f"{path}: cannot read the slide file ({e})") from None
         mpp0 = slide_mpp(slide, path, mpp)
         geom = slide_geometry(slide, mpp0, model.mpp, stride, model.patch_size)
         if geom.rows == 0 or geom.cols == 0:
@@ -102,6 +109,8 @@ def prepare_slide(
         thumb,
         per_px,
         time.perf_counter() - t0,
+        identity,
+        mpp,
     )
 
 
@@ -235,6 +244,7 @@ def predict_and_write(
         top_k=settings.top_k,
         nms_floor=settings.nms_floor,
         nms_radius_um=settings.nms_radius_um,
+        provenance={"input": prepared.identity, "mpp_given": prepared.mpp_given},
     )
 
 
