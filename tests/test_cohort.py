@@ -51,14 +51,10 @@ def without_timing(rows: list[dict[str, str]]) -> list[dict[str, str]]:
 
 
 def temporaries(out: Path) -> list[Path]:
-    """The temporary files and folders left in cohort folder `out` (its bookkeeping folder
-    .cohort holds locks, failure records and the session's name only)."""
+    """The temporary files and folders left in cohort folder `out`, its bookkeeping folder
+    .cohort included."""
     left = [p for p in out.iterdir() if p.name.startswith(".") and p.name != ".cohort"]
-    return left + [
-        p
-        for p in (out / ".cohort").iterdir()
-        if not p.name.endswith((".lock", ".failed.json")) and p.name != "session.json"
-    ]
+    return left + [p for p in (out / ".cohort").rglob(".*")]
 
 
 def _slide_file_times(out: Path) -> dict[Path, int]:
@@ -145,7 +141,7 @@ def _session_members(out: Path) -> int:
 def _held_claim(out: Path, stems: list[str]) -> tuple[int, str] | None:
     """(pid, stem) of a claim on one of the slides `stems` that a process holds in cohort
     folder `out` now."""
-    for lock in sorted((out / ".cohort").glob("*.lock")):
+    for lock in sorted((out / ".cohort" / "claims").glob("*.lock")):
         if lock.name.removesuffix(".lock") not in stems:
             continue
         with open(lock, "a+") as f:
@@ -212,6 +208,14 @@ def test_three_processes_share_a_cohort_and_finish_the_slide_of_one_killed(
     assert not temporaries(out)
 
 
+def _as_from_a_terminal() -> None:
+    """SIGINT and SIGTERM at their defaults in a child, as a terminal starts a command: a
+    pytest-xdist worker may have come to ignore SIGINT (seen: SigIgn 0x1001006 in the child),
+    and an ignored disposition is inherited, so Ctrl-C would never reach the child."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
 def test_ctrl_c_and_sigterm_stop_a_cohort_in_one_line_and_leave_nothing_unfinished(
     cohort, tmp_path
 ):
@@ -222,7 +226,13 @@ def test_ctrl_c_and_sigterm_stop_a_cohort_in_one_line_and_leave_nothing_unfinish
     slides = sorted(cohort["tumour"] + cohort["normal"])
     for k, sig in enumerate((signal.SIGINT, signal.SIGTERM)):
         cmd = cli_cmd("slide", *slides, f"--out={out}", "--noprogress")
-        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        proc = subprocess.Popen(
+            cmd,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+            preexec_fn=_as_from_a_terminal,
+        )
         summary = out / slides[k].stem / "summary.json"
         deadline = time.monotonic() + 300
         while not summary.is_file() and proc.poll() is None and time.monotonic() < deadline:

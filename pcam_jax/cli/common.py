@@ -215,8 +215,6 @@ def reporting_errors(prog: str, body: Callable[[], T]) -> T:
     (130, 143); pcam-train replaces both while it trains (a checkpoint, then status 75)."""
     main_thread = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, _raise_stopped) if main_thread else None
-    if main_thread:  # a mask inherited from the launcher would hold them back until exit
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})
     try:
         return body()
     except KeyboardInterrupt as e:

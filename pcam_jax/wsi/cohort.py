@@ -291,7 +291,8 @@ def _open_cohort_folder(out: Path, record: dict[str, Any]) -> tuple[str, int]:
     DIR again under the setup lock (another process may have made it meanwhile); returns
     ``join_session``'s (session, file descriptor)."""
     out.mkdir(exist_ok=True)
-    bookkeeping(out).mkdir(exist_ok=True)
+    for sub in ("claims", "failed"):
+        (bookkeeping(out) / sub).mkdir(parents=True, exist_ok=True)
     with held(setup_lock(out)):
         check_cohort_dir(out, record)
         write_json(out / COHORT_JSON, record)

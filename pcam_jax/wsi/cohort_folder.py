@@ -10,8 +10,8 @@ through DIR/.cohort/ (hidden: a slide's name never starts with a dot), with the 
     session.lock       shared by every process running on DIR (``runtime.locks.join_or_start``)
     session.json       the current session: the processes that overlapped in time
     tables.lock        held while a process rebuilds slides.csv and slide_scores.csv
-    STEM.lock          held by the process computing slide STEM (its claim)
-    STEM.failed.json   the error of STEM's last failed attempt, and its session
+    claims/STEM.lock   held by the process computing slide STEM (its claim)
+    failed/STEM.json   the error of STEM's last failed attempt, and its session
 
 A session begins when a process finds no other running on DIR and ends when the last one
 exits: processes started together (an array job), or one joining while others run, share it;
@@ -28,7 +28,7 @@ complete. A failure recorded in an earlier session is retried.
 The tables (``rebuild_tables``) are read from the folders, never remembered: a row per slide of
 the run in the order given (done: from its summary.json; failed: from its failure record; not
 yet settled: no row), then a row per slide that earlier runs over other slides finished in DIR.
-Imports: wsi.layout, wsi.detections, runtime, errors.
+Imports: wsi.layout, wsi.detections, runtime.
 """
 
 from __future__ import annotations
@@ -61,11 +61,11 @@ def bookkeeping(out: Path) -> Path:
 
 
 def _lock(out: Path, path: Path) -> Path:
-    return bookkeeping(out) / f"{path.stem}.lock"
+    return bookkeeping(out) / "claims" / f"{path.stem}.lock"
 
 
 def _failure_file(out: Path, path: Path) -> Path:
-    return bookkeeping(out) / f"{path.stem}.failed.json"
+    return bookkeeping(out) / "failed" / f"{path.stem}.json"
 
 
 def join_session(out: Path) -> tuple[str, int]:
