@@ -102,6 +102,17 @@ def child_env(devices: int = 1) -> dict[str, str]:
     return env
 
 
+def signals_as_from_a_terminal() -> None:
+    """A child's ``preexec_fn``: SIGINT and SIGTERM at their defaults, as a terminal starts a
+    command. A pytest-xdist worker may come to ignore SIGINT (seen: SigIgn 0x1001006 in a
+    child), and an ignored signal stays ignored across exec, so a test's Ctrl-C would never
+    reach its child."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
 def cli_cmd(binary: str, *args: object) -> list[str]:
     """The command line of a binary by its module (``"train"`` is ``pcam_jax.cli.train``)."""
     return [sys.executable, "-m", f"pcam_jax.cli.{binary}", *map(str, args)]

@@ -17,7 +17,6 @@ import copy
 import math
 import signal
 import sys
-import threading
 import traceback
 from collections.abc import Callable, Sequence
 from functools import partial
@@ -27,6 +26,7 @@ from absl import app, flags
 
 from pcam_jax.config import OVERRIDE_PREFIX
 from pcam_jax.errors import PcamError
+from pcam_jax.runtime.stopping import stop_on_signals
 
 T = TypeVar("T")
 HELP_FLAGS = ("-h", "--help", "-help", "--helpshort", "-?")
@@ -192,19 +192,6 @@ def _run_main(main: Callable[[list[str]], Any], prog: str, argv: list[str]) -> A
     return reporting_errors(prog, partial(main, argv))
 
 
-class Stopped(KeyboardInterrupt):
-    """SIGTERM raised in the main thread as Ctrl-C raises KeyboardInterrupt, so that both
-    unwind the same way (temporary outputs removed by their ``finally``/``except`` blocks)."""
-
-    def __init__(self, signum: int) -> None:
-        super().__init__(signum)
-        self.signum = signum
-
-
-def _raise_stopped(signum: int, frame: Any) -> None:
-    raise Stopped(signum)
-
-
 def reporting_errors(prog: str, body: Callable[[], T]) -> T:
     """``body()``, its errors turned into what the user of binary `prog` reads (every binary's
     one path, pcam-data's subcommands included): a PcamError (every error a user can cause) or
@@ -213,10 +200,9 @@ def reporting_errors(prog: str, body: Callable[[], T]) -> T:
     line asking to report it. Ctrl-C (SIGINT) and SIGTERM unwind the same way (what was not
     finished is removed on the way) and end with one line and status 128 + the signal's number
     (130, 143); pcam-train replaces both while it trains (a checkpoint, then status 75)."""
-    main_thread = threading.current_thread() is threading.main_thread()
-    previous = signal.signal(signal.SIGTERM, _raise_stopped) if main_thread else None
     try:
-        return body()
+        with stop_on_signals():
+            return body()
     except KeyboardInterrupt as e:
         signum = getattr(e, "signum", signal.SIGINT)
         name = signal.Signals(signum).name + (" (Ctrl-C)" if signum == signal.SIGINT else "")
@@ -240,10 +226,6 @@ def reporting_errors(prog: str, body: Callable[[], T]) -> T:
             f"{prog}: internal error (a bug in pcam_jax, not in your input): please report it "
             "with the traceback above"
         )
-    finally:
-        # unless body() put its own handler in place (pcam-train ignores signals on its way out)
-        if main_thread and signal.getsignal(signal.SIGTERM) is _raise_stopped:
-            signal.signal(signal.SIGTERM, previous)
 
 
 def check_finite(name: str) -> None:

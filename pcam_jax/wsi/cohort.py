@@ -65,6 +65,7 @@ from pcam_jax.errors import PcamError, SlideError
 from pcam_jax.infer.predict import LoadedModel
 from pcam_jax.runtime.files import check_new_dir, writable_folder, write_json
 from pcam_jax.runtime.locks import held
+from pcam_jax.runtime.stopping import raise_if_stopped
 from pcam_jax.wsi.cohort_folder import (
     BOOKKEEPING,
     bookkeeping,
@@ -375,6 +376,7 @@ def _run_claimed(
                 finally:
                     os.close(fd)  # the claim ends once the slide is settled
                 bar.update(1)
+                raise_if_stopped()  # a Ctrl-C whose first raise was dropped (runtime.stopping)
         finally:
             stop.set()  # a wait for another process's slide ends now
             if upcoming is not None:

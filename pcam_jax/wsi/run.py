@@ -27,6 +27,7 @@ import numpy as np
 
 from pcam_jax.errors import SlideError
 from pcam_jax.infer.predict import LoadedModel
+from pcam_jax.runtime.stopping import raise_if_stopped
 from pcam_jax.wsi import outputs
 from pcam_jax.wsi.detections import NMS_FLOOR, NMS_RADIUS_UM
 from pcam_jax.wsi.outputs import SlideResult
@@ -140,6 +141,7 @@ def predict_prepared(
             block_stream(prepared.slide, geom, blocks, predictor.block)
         ) as stream:
             for cells, p in predictor.predict(stream, geom):
+                raise_if_stopped()  # a Ctrl-C whose first raise was dropped (runtime.stopping)
                 probs[cells[:, 0], cells[:, 1]] = p
                 bar.update(len(p))
     return SlideResult(
