@@ -14,6 +14,8 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -102,15 +104,23 @@ def child_env(devices: int = 1) -> dict[str, str]:
     return env
 
 
-def signals_as_from_a_terminal() -> None:
-    """A child's ``preexec_fn``: SIGINT and SIGTERM at their defaults, as a terminal starts a
-    command. A pytest-xdist worker may come to ignore SIGINT (seen: SigIgn 0x1001006 in a
-    child), and an ignored signal stays ignored across exec, so a test's Ctrl-C would never
-    reach its child."""
+@contextmanager
+def signals_as_from_a_terminal() -> Iterator[None]:
+    """Children started in the block get SIGINT and SIGTERM at their defaults, as a terminal
+    starts a command. A pytest-xdist worker may come to ignore SIGINT (seen: SigIgn 0x1001006
+    in a child), and an ignored signal stays ignored across exec, so a test's Ctrl-C would never
+    reach its child; a handled one is reset to the default by exec. (A ``preexec_fn`` would do it
+    in the child, but makes subprocess fork a multithreaded process.)"""
     import signal
 
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
 
 
 def cli_cmd(binary: str, *args: object) -> list[str]:

@@ -218,13 +218,10 @@ def test_ctrl_c_and_sigterm_stop_a_cohort_in_one_line_and_leave_nothing_unfinish
     slides = sorted(cohort["tumour"] + cohort["normal"])
     for k, sig in enumerate((signal.SIGINT, signal.SIGTERM)):
         cmd = cli_cmd("slide", *slides, f"--out={out}", "--noprogress")
-        proc = subprocess.Popen(
-            cmd,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            text=True,
-            preexec_fn=signals_as_from_a_terminal,
-        )
+        with signals_as_from_a_terminal():
+            proc = subprocess.Popen(
+                cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+            )
         summary = out / slides[k].stem / "summary.json"
         deadline = time.monotonic() + 300
         while not summary.is_file() and proc.poll() is None and time.monotonic() < deadline:

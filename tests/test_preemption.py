@@ -31,13 +31,10 @@ def _start_past_a_new_checkpoint(cmd: list[str], workdir: Path) -> subprocess.Po
     """pcam-train started (or resumed) with `cmd`, returned once it has committed a checkpoint
     of its own (every 2 steps in resume_config)."""
     steps = checkpoint_steps(workdir) if (workdir / "checkpoints").is_dir() else []
-    proc = subprocess.Popen(
-        cmd,
-        env=child_env(),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        preexec_fn=signals_as_from_a_terminal,
-    )
+    with signals_as_from_a_terminal():
+        proc = subprocess.Popen(
+            cmd, env=child_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE
+        )
     wait_for_checkpoint(workdir, max(steps, default=0), [proc])
     return proc
 
