@@ -81,7 +81,7 @@ def time_split(path: Path, model, settings, out: Path) -> dict[str, float]:
         top_k=settings.top_k,
         nms_floor=settings.nms_floor,
         nms_radius_um=settings.nms_radius_um,
-        provenance={"input": prepared.identity, "mpp_given": prepared.mpp_given},
+        provenance=prepared.provenance(),
     )
     return {
         "prepare": prepared.seconds,

@@ -6,7 +6,6 @@ tumour and normal slides, one broken file and one slide without a resolution
 from __future__ import annotations
 
 import csv
-import fcntl
 import json
 import os
 import re
@@ -22,6 +21,7 @@ import pytest
 
 from pcam_jax.camelyon.synthetic import write_cohort
 from pcam_jax.errors import SlideError
+from pcam_jax.runtime.locks import lock_holder, try_lock
 from pcam_jax.wsi.cohort import check_cohort_dir, is_cohort, resolve_slides
 from pcam_jax.wsi.detections import (
     detections_level0,
@@ -144,15 +144,11 @@ def _held_claim(out: Path, stems: list[str]) -> tuple[int, str] | None:
     for lock in sorted((out / ".cohort" / "claims").glob("*.lock")):
         if lock.name.removesuffix(".lock") not in stems:
             continue
-        with open(lock, "a+") as f:
-            try:
-                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                holder = re.match(r"pid (\d+)", lock.read_text())
-                if holder:
-                    return int(holder[1]), lock.name.removesuffix(".lock")
-            else:
-                fcntl.flock(f, fcntl.LOCK_UN)
+        fd = try_lock(lock)
+        if fd is not None:  # free: nobody computes that slide now
+            os.close(fd)
+        elif holder := re.match(r"pid (\d+)", lock_holder(lock)):
+            return int(holder[1]), lock.name.removesuffix(".lock")
     return None
 
 

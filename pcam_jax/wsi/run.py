@@ -64,6 +64,10 @@ class PreparedSlide:
     def close(self) -> None:
         self.slide.close()
 
+    def provenance(self) -> dict[str, Any]:
+        """What its slide folder records it was computed from (``wsi.provenance``)."""
+        return {"input": self.identity, "mpp_given": self.mpp_given}
+
 
 def prepare_slide(
     path: str | Path,
@@ -246,7 +250,7 @@ def predict_and_write(
         top_k=settings.top_k,
         nms_floor=settings.nms_floor,
         nms_radius_um=settings.nms_radius_um,
-        provenance={"input": prepared.identity, "mpp_given": prepared.mpp_given},
+        provenance=prepared.provenance(),
     )
 
 
