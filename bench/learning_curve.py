@@ -75,6 +75,8 @@ CANDIDATES.update(
     {f"{k}-c64": (c, o + CROP) for k, (c, o) in list(CANDIDATES.items())}
     | {f"{k}-lr4e-3": (c, o + LR4) for k, (c, o) in list(CANDIDATES.items())}
 )
+# the p4 ResNet without padding, exact under dense slide inference (pcam_jax.models.valid_resnet)
+CANDIDATES["p4resnet-valid"] = (f"{CPU_SUBSET}:p4resnet_valid", [])
 # the study's systems under the same recipe, CPU-sized (configs/cpu_subset.py's
 # STUDY_WIDTH_MULTIPLIER); the validation runs once, at the end, within the budget
 STUDY = ("cnn", "p4cnn", "p4mcnn", "allcnn", "p4allcnn", "p4mallcnn")

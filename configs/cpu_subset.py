@@ -8,22 +8,24 @@ a compute-efficient residual network trained for a 28-minute wall-clock budget.
 
 The argument picks the model (resnet | p4resnet | p4mresnet); the widths give the three the same
 total channels (16 ... 128), so about the same FLOPs per image (the group models have fewer
-parameters). The study's systems train under the same recipe, CPU-sized
-(STUDY_WIDTH_MULTIPLIER): ``:cnn``, ``:p4cnn``, ``:p4mcnn`` (the 6-layer CNN at a quarter of its
-widths) and ``:allcnn``, ``:p4allcnn``, ``:p4mallcnn`` (All-CNN-C at an eighth), so the plain
-member of each family costs about what the plain ResNet costs; the group members keep the
-study's equal-parameter widths (divided by sqrt(|G|)), so they cost about 4x (p4) and 8x (p4m)
-their plain sibling (BENCHMARKS.md, "The study's systems under one recipe"). How the models
-compare under this recipe is measured in BENCHMARKS.md ("Accuracy per minute", "Data
-efficiency"): the plain ResNet leads on valid with all the training patches, the two tie on
-patches from other slides, and the p4 model leads only with the fewest labels. The default is
+parameters). ``:p4resnet_valid`` (and ``:resnet_valid``, ``:p4mresnet_valid``) is the ResNet
+without padding, whose dense slide inference equals its window-by-window inference
+(pcam_jax.models.valid_resnet; ``pcam-slide`` runs it densely). The study's systems train under the
+same recipe, CPU-sized (STUDY_WIDTH_MULTIPLIER): ``:cnn``, ``:p4cnn``, ``:p4mcnn`` (the 6-layer
+CNN at a quarter of its widths) and ``:allcnn``, ``:p4allcnn``, ``:p4mallcnn`` (All-CNN-C at an
+eighth), so the plain member of each family costs about what the plain ResNet costs; the group
+members keep the study's equal-parameter widths (divided by sqrt(|G|)), so they cost about 4x
+(p4) and 8x (p4m) their plain sibling (BENCHMARKS.md, "The study's systems under one recipe").
+How the models compare under this recipe is measured in BENCHMARKS.md ("Accuracy per minute",
+"Data efficiency"): the plain ResNet leads on valid with all the training patches, the two tie
+on patches from other slides, and the p4 model leads only with the fewest labels. The default is
 the p4 model for its tie on other slides, its exact invariance to quarter turns and its quarter
-of the parameters; the bundled model is one. The recipe: AdamW (decoupled
-weight decay on kernels), warm-up + cosine sized by train_minutes to the machine's measured
-speed, label smoothing, an EMA of the weights (what validation and pcam-eval use), and
-augmentation chosen to generalise across slides: D4 (exact for the group models' invariance; for
-the plain model the augmentation that teaches it), HED stain jitter (Tellez et al. 2018) and
-colour jitter. The subset has train and valid splits only (folder layout, JPEG).
+of the parameters; the bundled model is one. The recipe: AdamW (decoupled weight decay on
+kernels), warm-up + cosine sized by train_minutes to the machine's measured speed, label
+smoothing, an EMA of the weights (what validation and pcam-eval use), and augmentation chosen to
+generalise across slides: D4 (exact for the group models' invariance; for the plain model the
+augmentation that teaches it), HED stain jitter (Tellez et al. 2018) and colour jitter. The
+subset has train and valid splits only (folder layout, JPEG).
 """
 
 import ml_collections
@@ -36,6 +38,11 @@ WIDTHS: dict[str, tuple[int, ...]] = {
     "resnet": (16, 32, 64, 128),
     "p4resnet": (4, 8, 16, 32),
     "p4mresnet": (4, 8, 16, 32),
+    # valid convolutions, exact under dense slide inference (pcam_jax.models.valid_resnet): the
+    # same first three stages; the last, 1x1 convs on a 2x2 map, four times as wide
+    "resnet_valid": (16, 32, 64, 512),
+    "p4resnet_valid": (4, 8, 16, 128),
+    "p4mresnet_valid": (4, 8, 16, 128),
 }
 
 
@@ -53,7 +60,11 @@ def get_config(model: str = "p4resnet") -> ml_collections.ConfigDict:
             f"{sorted(WIDTHS) + sorted(STUDY_WIDTH_MULTIPLIER)}"
         )
     c = base_config()
-    if model in WIDTHS:
+    if model.endswith("_valid"):
+        c.model = ml_collections.ConfigDict(
+            {"name": model, "widths": WIDTHS[model], "dropout_rate": 0.0}
+        )
+    elif model in WIDTHS:
         c.model = ml_collections.ConfigDict(
             {
                 "name": model,

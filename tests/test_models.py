@@ -29,6 +29,7 @@ SMALL = {
     "allcnn": {"width_multiplier": 0.1},
     "densenet": {"growth_rate": 4, "depth": 1, "stem_features": 8},
     "resnet": {"widths": (3, 4, 4, 6), "blocks": (1, 2, 1, 1), "dropout_rate": 0.3},
+    "resnet_valid": {"widths": (3, 4, 4, 6), "dropout_rate": 0.3},
 }
 
 
@@ -135,6 +136,9 @@ def test_names_and_create():
         "resnet",
         "p4resnet",
         "p4mresnet",
+        "resnet_valid",
+        "p4resnet_valid",
+        "p4mresnet_valid",
         "inception_v3",
         "efficientnet_lite0",
         "efficientnet_lite1",

@@ -153,7 +153,8 @@ def test_jpeg_slide_at_twice_the_resolution_finds_the_tumour(patches, bundled, t
 
 @pytest.mark.parametrize("mode", ["dense", "windows"])
 @pytest.mark.parametrize(
-    "name, equivariant", [("p4resnet", True), ("p4mresnet", True), ("resnet", False)]
+    "name, equivariant",
+    [("p4resnet", True), ("p4mresnet", True), ("p4resnet_valid", True), ("resnet", False)],
 )
 def test_rotated_slide_gives_the_rotated_map(patches, tmp_path, name, equivariant, mode):
     model = random_model(name)
@@ -193,9 +194,12 @@ def without_padding_effects(model: infer.LoadedModel) -> infer.LoadedModel:
 
 
 def test_dense_equals_windows_where_padding_plays_no_part(patches, tmp_path):
+    # a model that never pads (models.valid_resnet) and a padded one whose kernels cannot reach
+    # the padding agree; the padded one with its whole kernels is the control
     path = write_slide(tmp_path / "s.tif", mosaic(patches[0]), mpp=0.972)
     full = random_model("p4resnet")
-    for model, agree in ((without_padding_effects(full), True), (full, False)):
+    cases = ((random_model("p4resnet_valid"), True), (without_padding_effects(full), True))
+    for model, agree in (*cases, (full, False)):
         dense, windows = (
             predict_slide(path, model, SlideSettings(mode=m)).probabilities
             for m in ("dense", "windows")
@@ -228,7 +232,9 @@ def test_dense_tta_turns_each_view_back(patches, tmp_path):
 
 def test_dense_mode_is_asked_for_and_refused_where_the_model_has_no_dense_form(patches, tmp_path):
     path = write_slide(tmp_path / "s.tif", mosaic(patches[0]), mpp=0.972)
-    assert predict_slide(path, random_model("resnet")).mode == "windows"  # the default
+    # the default, auto: dense only where it equals windows (a model that never pads)
+    assert predict_slide(path, random_model("resnet")).mode == "windows"
+    assert predict_slide(path, random_model("p4resnet_valid")).mode == "dense"
     summary = run_slide(path, tmp_path / "d", random_model("resnet"), SlideSettings(mode="dense"))
     assert summary["mode"] == "dense"
     assert json.loads((tmp_path / "d" / "summary.json").read_text())["mode"] == "dense"

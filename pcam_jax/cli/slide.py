@@ -3,7 +3,7 @@
 
     pcam-slide SLIDE --out=DIR [--model=MODEL_DIR|WORKDIR] [--mpp=F] [--stride=32]
                [--tissue_threshold=0.5] [--threshold=0.5] [--batch_size=256] [--tta]
-               [--nms_floor=0.5] [--nms_radius_um=187] [--mode=windows|dense]
+               [--nms_floor=0.5] [--nms_radius_um=187] [--mode=auto|windows|dense]
     pcam-slide SLIDE... | FOLDER | 'GLOB' | LIST.txt | LIST.csv --out=DIR [same flags]
 
 SLIDE is anything OpenSlide reads (SVS, NDPI, MRXS, SCN, generic tiled TIFF, ...). For one
@@ -19,10 +19,12 @@ SLIDE, DIR (new, or an empty folder) receives, all at once at the end:
   summary.json       slide score (max and top-k mean), tumour area in mm2, cells, seconds,
                      cells/s, the level and resolutions used, the mode that ran
 
---mode=windows (the default) runs every cell's 96-pixel window on its own, as pcam-predict runs
-a patch; --mode=dense runs blocks of 16x16 cells through the network once and reads the head out
-at every cell (each pixel convolved once: several times faster, but a cell then sees its
-neighbours, which changes its value; BENCHMARKS.md measures both).
+--mode=windows runs every cell's 96-pixel window on its own, as pcam-predict runs a patch;
+--mode=dense runs blocks of 16x16 cells through the network once and reads the head out at every
+cell (each pixel convolved once: several times faster; for a padded network a cell then sees its
+neighbours, which changes its value; BENCHMARKS.md measures both). --mode=auto (the default) is
+dense for a model whose dense pass equals its windows (the valid ResNets, such as
+bundled:p4resnet-valid) and windows for any other.
 
 For a cohort (several slides, a folder, a glob or a list), DIR gets one such folder per slide
 (named by the file's stem), slides.csv (status, scores, area, cells, seconds and error per
@@ -100,10 +102,12 @@ _NMS_RADIUS = flags.DEFINE_float(
 )
 _MODE = flags.DEFINE_enum(
     "mode",
-    "windows",
+    "auto",
     list(MODES),
-    "windows: each cell's 96-pixel window on its own, as pcam-predict runs a patch; dense: one "
-    "fully convolutional pass per block of cells, the head read out at every cell (the ResNets).",
+    "auto: dense where a model's dense pass equals its windows (the valid ResNets), windows "
+    "otherwise; windows: each cell's 96-pixel window on its own, as pcam-predict runs a patch; "
+    "dense: one fully convolutional pass per block of cells, the head read out at every cell "
+    "(the ResNets).",
 )
 common.check_finite("mpp")
 common.check_finite("nms_radius_um")

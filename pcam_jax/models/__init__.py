@@ -28,6 +28,7 @@ from pcam_jax.models.densenet import GroupDenseNet
 from pcam_jax.models.efficientnet import EfficientNetLite
 from pcam_jax.models.inception import InceptionV3
 from pcam_jax.models.resnet import GroupResNet
+from pcam_jax.models.valid_resnet import ValidGroupResNet
 
 _REGISTRY: dict[str, tuple[Callable[..., nn.Module], dict[str, Any]]] = {
     "cnn": (GroupCNN, {"group": "z2"}),
@@ -42,6 +43,9 @@ _REGISTRY: dict[str, tuple[Callable[..., nn.Module], dict[str, Any]]] = {
     "resnet": (GroupResNet, {"group": "z2"}),
     "p4resnet": (GroupResNet, {"group": "p4"}),
     "p4mresnet": (GroupResNet, {"group": "p4m"}),
+    "resnet_valid": (ValidGroupResNet, {"group": "z2"}),
+    "p4resnet_valid": (ValidGroupResNet, {"group": "p4"}),
+    "p4mresnet_valid": (ValidGroupResNet, {"group": "p4m"}),
     "inception_v3": (InceptionV3, {}),
     "efficientnet_lite0": (EfficientNetLite, {"variant": "lite0"}),
     "efficientnet_lite1": (EfficientNetLite, {"variant": "lite1"}),

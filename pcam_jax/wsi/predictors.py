@@ -16,7 +16,9 @@ becomes a mean over each window's part of it, ``P / d`` positions wide at a step
 window the network sees zero padding at the window's edge, the dense pass sees the real
 neighbours (up to the block's edge, where it too pads). BENCHMARKS.md measures what that
 changes: on mosaics of real PCam patches, whose neighbours are other patches, dense costs cell
-AUC, so ``windows`` is the default and ``dense`` is asked for (pcam-slide --mode=dense). Dense
+AUC. A model that never pads (``models.valid_resnet``) has no such difference: its dense pass
+equals its windows. So ``auto``, the default, runs such a model densely and any other window by
+window, and ``dense`` is asked for where speed matters more (pcam-slide --mode=dense). Dense
 needs a model with a ``dense_stride`` (the ResNets with the ``mean`` head), run at its own input
 size, and S and P multiples of d (``dense_support`` says why not, and --mode=dense refuses).
 
@@ -50,7 +52,7 @@ from pcam_jax.runtime.distributed import AXIS, make_mesh, to_global
 from pcam_jax.runtime.xla_options import compiler_options
 from pcam_jax.wsi.slide import BLOCK, SlideGeometry, read_block
 
-MODES = ("windows", "dense")
+MODES = ("auto", "windows", "dense")
 DENSE_BLOCK = 16  # a dense pass's block: 16 x 16 cells and the margin, 576 pixels a side
 Block = tuple[int, int, np.ndarray]  # (row0, col0, tissue cells (K, 2))
 
@@ -147,7 +149,10 @@ def dense_support(model: LoadedModel, stride: int) -> str | None:
     name = model.info.get("model", {}).get("name") or type(module).__name__
     d = module.dense_stride() if hasattr(module, "dense_stride") else None
     if d is None:
-        return f"{name} has no dense form (only the ResNets with the mean head have one)"
+        return (
+            f"{name} has no dense form (only the ResNets with the mean head and the valid "
+            "ResNets have one)"
+        )
     if models.input_size(model.config.model.name) != model.patch_size:
         return f"{name} resizes its input; a dense pass needs the model's own input size"
     if stride % d or model.patch_size % d:
@@ -251,13 +256,23 @@ class DensePredictor:
             yield fetch(pending)
 
 
+def dense_is_exact(model: LoadedModel, stride: int) -> bool:
+    """True when `model`'s dense pass equals its windows at cell stride `stride`: a model that
+    never pads (``models.valid_resnet``), so that no window reads beyond its own pixels."""
+    exact = getattr(model.model, "dense_is_exact", None)
+    return dense_support(model, stride) is None and exact is not None and exact()
+
+
 def choose_predictor(
     model: LoadedModel, mode: str, stride: int, batch_size: int = 256, tta: bool = False
 ) -> WindowPredictor | DensePredictor:
-    """The predictor of `mode` ("windows" or "dense"); ModelError when the model cannot run
+    """The predictor of `mode`: "auto" is dense where that equals windows (``dense_is_exact``)
+    and windows otherwise; ModelError when "dense" is asked of a model that cannot run
     densely."""
     if mode not in MODES:
         raise ModelError(f"--mode={mode}: expected one of {', '.join(MODES)}")
+    if mode == "auto":
+        mode = "dense" if dense_is_exact(model, stride) else "windows"
     if mode == "windows":
         return WindowPredictor(model, batch_size, tta)
     return DensePredictor(model, stride, batch_size, tta)

@@ -4,9 +4,9 @@
 (``wsi.cohort``) calls its two halves, ``SlideSettings.prepare`` (open the slide, fix its
 geometry, find its tissue: ``wsi.slide``) on a second thread while the previous slide is
 predicted, then ``predict_and_write``. Prediction goes block by block through the predictor of
-``settings.mode`` (``wsi.predictors``: ``windows``, the default, or ``dense``) into a cell map,
-which ``wsi.outputs`` writes. Memory is bounded by the blocks in flight and the cell map,
-whatever the slide's size.
+``settings.mode`` (``wsi.predictors``: ``auto``, the default, ``windows`` or ``dense``) into a
+cell map, which ``wsi.outputs`` writes. Memory is bounded by the blocks in flight and the cell
+map, whatever the slide's size.
 
 summary.json's ``seconds`` is preparation plus prediction (not the outputs), and
 ``cells_per_second`` divides the tissue cells by it; ``bench/slide_speed.py`` splits the time
@@ -123,7 +123,7 @@ def predict_prepared(
     prepared: PreparedSlide,
     model: LoadedModel,
     *,
-    mode: str = "windows",
+    mode: str = "auto",
     batch_size: int = 256,
     tta: bool = False,
     progress: bool = False,
@@ -189,7 +189,7 @@ class SlideSettings:
     tta: bool = False
     nms_floor: float = NMS_FLOOR
     nms_radius_um: float = NMS_RADIUS_UM
-    mode: str = "windows"
+    mode: str = "auto"
 
     def check(self) -> None:
         """Raises SlideError naming the first setting out of range (what the flags check)."""
