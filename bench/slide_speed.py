@@ -51,7 +51,7 @@ def time_split(path: Path, model, settings, out: Path) -> dict[str, float]:
     try:
         geom = prepared.geometry
         t0 = time.perf_counter()
-        predictor, _ = choose_predictor(model, settings.mode, geom.cell_model, settings.batch_size)
+        predictor = choose_predictor(model, settings.mode, geom.cell_model, settings.batch_size)
         n = predictor.block
         blocks = list(block_stream(prepared.slide, geom, tissue_blocks(prepared.tissue, n), n))
         t1 = time.perf_counter()
