@@ -2,7 +2,7 @@
 
     python bench/cohort_accuracy.py [--tumour 10] [--normal 10] [--out DIR]
                                     [--runs bundled:p4resnet/windows bundled:effnet-lite0/windows
-                                            bundled:p4resnet/dense]
+                                            bundled:p4resnet/dense bundled:p4resnet-valid/auto]
 
 Writes a CAMELYON16-like cohort of REAL PCam valid patches (``pcam_jax.camelyon.synthetic
 .write_cohort``: --tumour slides with tumour patches in a central square and their ASAP
@@ -28,7 +28,12 @@ from pathlib import Path
 from pcam_jax.camelyon.synthetic import write_cohort
 from pcam_jax.data.subset import subset_root
 
-RUNS = ("bundled:p4resnet/windows", "bundled:effnet-lite0/windows", "bundled:p4resnet/dense")
+RUNS = (
+    "bundled:p4resnet/windows",
+    "bundled:effnet-lite0/windows",
+    "bundled:p4resnet/dense",
+    "bundled:p4resnet-valid/auto",
+)
 
 
 def main() -> None:

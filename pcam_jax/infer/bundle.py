@@ -53,11 +53,13 @@ BUNDLE_CARD = "MODEL.md"
 STORAGE_DTYPES = ("float32", "float16")
 _BUNDLED_ROOT = Path(__file__).resolve().parents[1] / "bundled"
 #: The models shipped inside the package, by name (``--model=bundled:NAME``): the fine-tuned
-#: ImageNet EfficientNet-Lite0 (the best single model on valid) and the p4 ResNet (exactly
-#: invariant to quarter turns, and the one that runs ``pcam-slide --mode=dense``).
+#: ImageNet EfficientNet-Lite0 (the best single model on valid), the p4 ResNet (exactly
+#: invariant to quarter turns) and the p4 ResNet without padding (invariant too, and its dense
+#: slide map equals its windows: what ``pcam-slide`` runs densely by default).
 BUNDLED_MODELS = {
     "effnet-lite0": _BUNDLED_ROOT / "effnet_lite0",
     "p4resnet": _BUNDLED_ROOT / "p4resnet",
+    "p4resnet-valid": _BUNDLED_ROOT / "p4resnet_valid",
 }
 #: The bundle ``load_model(None)`` and ``--model=bundled`` load.
 DEFAULT_BUNDLED = "effnet-lite0"
