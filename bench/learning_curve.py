@@ -77,6 +77,11 @@ CANDIDATES.update(
 )
 # the p4 ResNet without padding, exact under dense slide inference (pcam_jax.models.valid_resnet)
 CANDIDATES["p4resnet-valid"] = (f"{CPU_SUBSET}:p4resnet_valid", [])
+# and with 1.5x the first three stages' widths: about the padded p4 ResNet's FLOPs per window
+CANDIDATES["p4resnet-valid-w6"] = (
+    f"{CPU_SUBSET}:p4resnet_valid",
+    ["model.widths=(6,12,24,128)"],
+)
 # the study's systems under the same recipe, CPU-sized (configs/cpu_subset.py's
 # STUDY_WIDTH_MULTIPLIER); the validation runs once, at the end, within the budget
 STUDY = ("cnn", "p4cnn", "p4mcnn", "allcnn", "p4allcnn", "p4mallcnn")
