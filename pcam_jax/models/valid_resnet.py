@@ -43,9 +43,8 @@ from pcam_jax.equivariant import groups
 from pcam_jax.equivariant.layers import GroupBatchNorm, conv_layer, spatial_pool
 
 # Features per group copy of each stage: the first three as resnet.GroupResNet's cost-matched
-# widths (configs/cpu_subset.py); the last stage runs 1x1 convs on a 2x2 map, so four times the
-# width costs little (about a quarter of a dense pass) and gives back the parameters its 3x3
-# counterpart had.
+# widths (configs/cpu_subset.py); the last stage runs 1x1 convs on a 2x2 map, where four times
+# the width costs little and gives back some of the parameters its 3x3 counterpart had.
 DEFAULT_WIDTHS: dict[str, tuple[int, int, int, int]] = {
     "z2": (16, 32, 64, 512),
     "p4": (4, 8, 16, 128),
