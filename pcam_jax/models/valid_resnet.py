@@ -21,10 +21,10 @@ Layout on a 96x96 window (sizes per side; R is the receptive field of one final 
     stage 3  residual block of two 1x1 convs                             2 -> 2    R 80
     head     mean over the 2x2 grid and the group, dropout, dense -> logits
 
-Total stride 16; a 96-pixel window ends on a 2x2 grid whose four receptive
-fields of 80 pixels at a step of 16 cover the window exactly. A residual block is
-conv-BN-ReLU-conv-BN (the second BN's scale starts at zero) plus the shortcut, centre-cropped by
-one pixel per 3x3 conv (and a 1x1 conv and BN where the width changes), then ReLU.
+Total stride 16; a 96-pixel window ends on a 2x2 grid whose four receptive fields of 80 pixels
+at a step of 16 cover the window exactly. A residual block is conv-BN-ReLU-conv-BN (the second
+BN's scale starts at zero) plus the shortcut, centre-cropped by one pixel per 3x3 conv (and a
+1x1 conv and BN where the width changes), then ReLU.
 
 Equivariance: every window op is symmetric about the map's centre (``groups.check_window``) on
 inputs of 96 + 32 m pixels, which the pool kernels are chosen for (3x3 pools on the odd maps,

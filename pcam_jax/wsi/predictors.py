@@ -9,18 +9,20 @@ yield, block by block, the block's tissue cells (K, 2) (row, column) and their p
 on its own (``LoadedModel.predict_batches``), exactly as pcam-predict runs a patch. Overlapping
 windows share no work: with S = 32 and P = 96 every pixel is convolved 9 times.
 
-``dense``: the whole block goes through the network once, fully convolutionally, and the head
-is applied at every cell (the model's ``cells`` mode: its global mean over the last feature map
-becomes a mean over each window's part of it, ``P / d`` positions wide at a step of ``S / d``,
-``d`` the network's total stride). A cell's value then differs from its window's: inside one
-window the network sees zero padding at the window's edge, the dense pass sees the real
-neighbours (up to the block's edge, where it too pads). BENCHMARKS.md measures what that
-changes: on mosaics of real PCam patches, whose neighbours are other patches, dense costs cell
-AUC. A model that never pads (``models.valid_resnet``) has no such difference: its dense pass
-equals its windows. So ``auto``, the default, runs such a model densely and any other window by
-window, and ``dense`` is asked for where speed matters more (pcam-slide --mode=dense). Dense
-needs a model with a ``dense_stride`` (the ResNets with the ``mean`` head), run at its own input
-size, and S and P multiples of d (``dense_support`` says why not, and --mode=dense refuses).
+``dense``: the whole block goes through the network once, fully convolutionally, and the head is
+applied at every cell (the model's ``cells`` mode: its global mean over the last feature map
+becomes a mean over each window's part of it; ``cells=(P / d, S / d)`` in units of the model's
+``dense_stride`` d: the total stride of a padded ResNet, 32 for a valid one). For a padded
+network a cell's value then differs from its window's: inside one window it sees zero padding at
+the window's edge, the dense pass sees the real neighbours (up to the block's edge, where it too
+pads). BENCHMARKS.md measures what that changes: on mosaics of real PCam patches, whose
+neighbours are other patches, dense costs cell AUC. A model that never pads
+(``models.valid_resnet``) has no such difference: its dense pass equals its windows. So
+``auto``, the default, runs such a model densely and any other window by window, and ``dense``
+is asked for where speed matters more (pcam-slide --mode=dense). Dense needs a model with a
+``dense_stride`` (the ResNets with the ``mean`` head and the valid ResNets), run at its own
+input size, and S and P multiples of d (``dense_support`` says why not, and --mode=dense
+refuses).
 
 Rotations: for p4 and p4m models both modes are exact under 90-degree rotations of the slide
 (``tests/test_slide.py``): a window's prediction is invariant, and a dense pass over a rotated
