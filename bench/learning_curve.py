@@ -34,6 +34,7 @@ import argparse
 import csv
 import ctypes
 import json
+import shutil
 import signal
 import subprocess
 import sys
@@ -81,6 +82,12 @@ CANDIDATES["p4resnet-valid"] = (f"{CPU_SUBSET}:p4resnet_valid", [])
 CANDIDATES["p4resnet-valid-w6"] = (
     f"{CPU_SUBSET}:p4resnet_valid",
     ["model.widths=(6,12,24,128)"],
+)
+# distilled from the bundled fine-tuned EfficientNet-Lite0 (pcam_jax.train.distill): the loss is
+# 0.3 x the labels' + 0.7 x the cross-entropy against its 8-view p(tumour) on each training patch
+CANDIDATES["p4resnet-valid-kd"] = (
+    f"{CPU_SUBSET}:p4resnet_valid",
+    ["distill.teacher=bundled:effnet-lite0", "distill.weight=0.7"],
 )
 # the study's systems under the same recipe, CPU-sized (configs/cpu_subset.py's
 # STUDY_WIDTH_MULTIPLIER); the validation runs once, at the end, within the budget
@@ -198,6 +205,11 @@ def run_candidate(
     ]
     print("+", " ".join(cmd), flush=True)
     workdir.mkdir(parents=True, exist_ok=True)
+    # a distilled candidate's teacher targets are the same for every seed: a sibling's cache
+    # saves the teacher's pass (pcam-train recomputes it if its key differs)
+    for sibling in sorted((out / "runs").glob(f"{label}-s*/distill_targets.npz")):
+        shutil.copy2(sibling, workdir / sibling.name)
+        break
     t0 = time.time()
     with open(workdir / "train.log", "w") as log:
         subprocess.run(

@@ -53,6 +53,9 @@ LEGACY_DEFAULTS: dict[str, Any] = {
     "max_train_steps": 0,
     "augment.where": "host",
     "optimizer.backbone_lr_scale": 1.0,
+    "distill.teacher": "",
+    "distill.weight": 0.0,
+    "distill.tta": True,
 }
 OVERRIDE_PREFIX = "--config."
 #: Patches in the full PCam training split (epochs are counted in it).
@@ -121,6 +124,11 @@ def base_config() -> ml_collections.ConfigDict:
     # evaluated during training and used by pcam-eval unless --weights=raw
     c.ema_decay = 0.0
     c.label_smoothing = 0.0  # targets (1 - s) one-hot + s / 2
+    # knowledge distillation (pcam_jax.train.distill): with weight w > 0 the loss is (1 - w) x the
+    # labels' + w x the cross-entropy against the teacher's p(tumour) for each training patch;
+    # the teacher is a bundle, bundled:NAME or a pcam-train workdir, run once before training
+    # (over the 8 D4 views with tta) and cached in WORKDIR/distill_targets.npz
+    c.distill = ml_collections.ConfigDict({"teacher": "", "weight": 0.0, "tta": True})
 
     c.optimizer = ml_collections.ConfigDict()
     c.optimizer.name = "adam"  # adam | adamw | sgd | rmsprop
@@ -312,6 +320,7 @@ VALUE_RULES: tuple[Rule, ...] = (
     ("profile_steps", _AT_LEAST_0, "an integer >= 0"),
     ("ema_decay", _DECAY, "0 (off) or a number in (0, 1)"),
     ("label_smoothing", _DECAY, "a number in [0, 1)"),
+    ("distill.weight", _FRACTION, "a number in [0, 1] (0: no distillation)"),
     ("data.normalization", _one_of("dataset", "imagenet"), "dataset or imagenet"),
     ("data.worker_count", _AT_LEAST_0, "an integer >= 0 (0: read in the main process)"),
     ("data.worker_buffer_size", _AT_LEAST_1, "an integer >= 1"),

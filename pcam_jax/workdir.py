@@ -6,6 +6,7 @@ module is the one place that knows where each thing lives and in which format::
     WORKDIR/
       config.json              the run's config, flattened {"a.b": value}   (store/read_config)
       train_plan.json          the step count a train_minutes run chose     (read/write_train_plan)
+      distill_targets.npz      a teacher's p(tumour) per training patch     (*_distill_targets)
       checkpoints/STEP/        Orbax composite checkpoints                  (checkpoint_manager)
         model                  {"params", "batch_stats"}: the raw weights
         ema                    the same tree averaged over the updates (ema_decay > 0)
@@ -39,6 +40,7 @@ from typing import Any
 import grain
 import jax
 import ml_collections
+import numpy as np
 import orbax.checkpoint as ocp
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
@@ -51,11 +53,12 @@ from pcam_jax.config import (
 )
 from pcam_jax.errors import InputError, ModelError, TrainingError
 from pcam_jax.runtime.distributed import is_primary, make_mesh
-from pcam_jax.runtime.files import write_json
+from pcam_jax.runtime.files import atomic_path, write_json
 from pcam_jax.runtime.locks import lock_holder, try_lock
 
 CONFIG_JSON = "config.json"
 TRAIN_PLAN = "train_plan.json"
+DISTILL_TARGETS = "distill_targets.npz"
 CHECKPOINTS = "checkpoints"
 EVAL = "eval"
 PREDICTIONS_SUFFIX = "_predictions.csv"
@@ -113,6 +116,29 @@ def check_config(config: ml_collections.ConfigDict, workdir: Path) -> None:
             + "\n".join(changed)
             + "\nResume with the stored values, or start a new --workdir."
         )
+
+
+# --- distill_targets.npz ---------------------------------------------------------------------
+
+
+def read_distill_targets(workdir: Path, key: dict[str, Any]) -> np.ndarray | None:
+    """The teacher's p(tumour), float32 (N,), cached in WORKDIR/distill_targets.npz for `key`
+    (teacher, views, split, patches), or None when there is none for that key."""
+    path = workdir / DISTILL_TARGETS
+    if not path.is_file():
+        return None
+    with np.load(path) as f:
+        if json.loads(str(f["key"])) != key:
+            return None
+        return np.asarray(f["p_tumour"], np.float32)
+
+
+def write_distill_targets(workdir: Path, p_tumour: np.ndarray, key: dict[str, Any]) -> None:
+    """Writes WORKDIR/distill_targets.npz atomically (process 0 only)."""
+    if not is_primary():
+        return
+    with atomic_path(workdir / DISTILL_TARGETS) as tmp, open(tmp, "wb") as f:
+        np.savez(f, p_tumour=np.asarray(p_tumour, np.float32), key=json.dumps(key, sort_keys=True))
 
 
 # --- train_plan.json -------------------------------------------------------------------------

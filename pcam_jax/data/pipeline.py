@@ -327,6 +327,16 @@ class _RangeSampler:
         return grain.RecordMetadata(index=index, record_key=self._start + index)
 
 
+class TeacherTarget(grain.transforms.Map):
+    """Adds ``teacher``: the distillation target of the element's record index."""
+
+    def __init__(self, targets: np.ndarray) -> None:
+        self.targets = np.asarray(targets, np.float32)
+
+    def map(self, element: dict[str, Any]) -> dict[str, Any]:
+        return {**element, "teacher": self.targets[element["index"]]}
+
+
 def make_loader(
     source: PatchSource,
     *,
@@ -340,6 +350,7 @@ def make_loader(
     read_buffer: int = 64,
     shard_options: grain.sharding.ShardOptions | None = None,
     num_epochs: int | None = None,
+    targets: np.ndarray | None = None,
 ) -> grain.DataLoader:
     """A grain DataLoader over `source`, yielding batches of stored (or augmented) uint8 pixels.
 
@@ -352,7 +363,9 @@ def make_loader(
     none dropped. Each process (the main
     one, or each of `worker_count` workers) reads with `read_threads` threads
     `read_buffer` records ahead; grain's default (16 threads, 500 records)
-    spends more time polling its buffer than reading on a 2-core host.
+    spends more time polling its buffer than reading on a 2-core host. With `targets` (float32,
+    one per record) each element also carries ``teacher``: targets[its index]
+    (``train.distill``).
     """
     if batch_size <= 0:
         raise ValueError(f"batch_size={batch_size}: must be positive")
@@ -379,7 +392,7 @@ def make_loader(
         sampler, loader_shard = _RangeSampler(start, stop), grain.sharding.NoSharding()
     else:
         sampler = grain.samplers.IndexSampler(num_records=len(source), num_epochs=1)
-    ops: list[Any] = []
+    ops: list[Any] = [] if targets is None else [TeacherTarget(targets)]
     if train and augment is not None and (augment.d4 or augment.photometric):
         ops.append(RandomAugment(augment))
     ops.append(grain.transforms.Batch(batch_size, drop_remainder=train))

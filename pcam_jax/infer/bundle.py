@@ -276,6 +276,14 @@ def model_card(loaded: LoadedModel, metrics: dict[str, dict[str, Any]]) -> str:
     ]
     if c.get("init_from"):
         recipe.insert(0, _init_line(c))
+    distill = c.get("distill", {})
+    if distill.get("weight", 0) > 0:
+        views = "the mean of its 8 D4 views" if distill.get("tta", True) else "one view"
+        recipe.append(
+            f"- distilled from `{distill.teacher}`: loss {1 - distill.weight:g} x the labels' + "
+            f"{distill.weight:g} x the cross-entropy against that model's p(tumour) ({views}) "
+            "on each training patch"
+        )
     lines = [
         f"# Model card: {c.model.name} for PCam tumour detection",
         "",

@@ -2,8 +2,9 @@
 
 Owns: the loop (``loop``), the pure train step and its state (``step``), the set-up of a run
 (``setup``), checkpoint contents, saving and resuming (``checkpointing``), the periodic
-validation (``evaluator``), the ``train_minutes`` planner and the loop's clock (``budget``), and
-the optimizers and learning-rate schedules (``optim``). It may import everything below it
+validation (``evaluator``), the ``train_minutes`` planner and the loop's clock (``budget``), the
+optimizers and learning-rate schedules (``optim``), and a teacher's targets for knowledge
+distillation (``distill``). It may import everything below it
 (models, data, config, workdir, infer, runtime); nothing but pcam-train (``cli/train.py``), the
 quickstart and tests imports it.
 """

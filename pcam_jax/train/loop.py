@@ -1,8 +1,9 @@
 """The training loop: ``train_and_evaluate(config, workdir)``.
 
-Set-up (``train.setup``), then one loop over jit-compiled data-parallel steps
-(``train.step``): metrics logged every ``log_every_steps`` through CLU metric writers
-(TensorBoard event files and the console), validation every ``eval_every_steps``
+Set-up (``train.setup``; first a teacher's targets when distilling, ``train.distill``), then
+one loop over jit-compiled data-parallel steps (``train.step``): metrics logged every
+``log_every_steps`` through CLU metric writers (TensorBoard event files and the console),
+validation every ``eval_every_steps``
 (``train.evaluator``, the EMA weights when kept), a checkpoint every ``checkpoint_every_steps``
 (``train.checkpointing``; the run resumes from the latest one in WORKDIR), and, for a
 ``train_minutes`` run, the budget's measurements and decisions (``train.budget``), all timed by
@@ -36,6 +37,7 @@ from pcam_jax.infer.model import create_model, make_preprocess
 from pcam_jax.infer.predict import make_predict_fn
 from pcam_jax.runtime.distributed import is_primary, make_mesh
 from pcam_jax.runtime.preemption import preemption_watcher
+from pcam_jax.train import distill
 from pcam_jax.train.budget import Chrono, TrainBudget
 from pcam_jax.train.checkpointing import restore_for_training, save_checkpoint
 from pcam_jax.train.evaluator import Evaluator
@@ -59,11 +61,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
 
     Holds the workdir's lock throughout. Returns the last validation metrics.
     """
-    chrono = Chrono()  # a train_minutes budget counts from here
+    start = Chrono()  # a train_minutes budget counts from here ...
     check_recipe(config)  # before the lock creates the workdir
     config = resolve_augment_where(config)  # config.json records where augmentation ran
     with workdir_lock(workdir):
-        run = _Run.set_up(config, Path(workdir), chrono)
+        check_config(config, Path(workdir))
+        targets = distill.training_targets(config, Path(workdir))
+        # ... or, when a teacher ran, from its end: the budget is the student's training alone
+        chrono = start if targets is None else Chrono()
+        run = _Run.set_up(config, Path(workdir), chrono, targets)
         return _loop(run)
 
 
@@ -92,8 +98,13 @@ class _Run:
     predict_fn: Any = None
 
     @classmethod
-    def set_up(cls, config: ml_collections.ConfigDict, workdir: Path, chrono: Chrono) -> _Run:
-        check_config(config, workdir)
+    def set_up(
+        cls,
+        config: ml_collections.ConfigDict,
+        workdir: Path,
+        chrono: Chrono,
+        targets: np.ndarray | None = None,
+    ) -> _Run:
         writer = metric_writers.create_default_writer(
             workdir, just_logging=not is_primary(), asynchronous=False
         )
@@ -101,7 +112,7 @@ class _Run:
         train_src = sources.from_config(config, config.data.train_split)
         eval_src = sources.from_config(config, config.data.eval_split)
         norm = norm_stats(config, train_src)
-        loader = make_train_loader(config, train_src)
+        loader = make_train_loader(config, train_src, targets)
         train_iter = iter(loader)
         model = create_model(config)
         budget = TrainBudget(config, workdir, chrono)

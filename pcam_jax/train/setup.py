@@ -33,6 +33,7 @@ from pcam_jax.config import check_values
 from pcam_jax.data import device_augment, pipeline, sources
 from pcam_jax.errors import TrainingError
 from pcam_jax.runtime.distributed import is_primary, to_global
+from pcam_jax.train.distill import check_distill
 from pcam_jax.train.optim import make_optimizer
 from pcam_jax.train.step import TrainState
 
@@ -42,6 +43,7 @@ def check_recipe(config: ml_collections.ConfigDict) -> None:
     (``config.check_values``) or, for this machine, a batch that does not split over its
     devices, or a continuous rotation asked of the device augmentation."""
     check_values(config)
+    check_distill(config)
     if config.batch_size % jax.device_count():
         raise TrainingError(
             f"config.batch_size={config.batch_size} must be a multiple of the "
@@ -70,10 +72,13 @@ def resolve_augment_where(config: ml_collections.ConfigDict) -> ml_collections.C
 
 
 def make_train_loader(
-    config: ml_collections.ConfigDict, source: sources.PatchSource
+    config: ml_collections.ConfigDict,
+    source: sources.PatchSource,
+    targets: np.ndarray | None = None,
 ) -> grain.DataLoader:
     """This process's training loader: its share of every global batch, augmented on the host
-    unless ``augment.where`` resolves to ``device`` (the train step's then)."""
+    unless ``augment.where`` resolves to ``device`` (the train step's then), and with the
+    distillation `targets` (``train.distill``) as each element's ``teacher``."""
     host_augment, _ = device_augment.split_augment(config.augment.to_dict(), jax.default_backend())
     return pipeline.make_loader(
         source,
@@ -86,6 +91,7 @@ def make_train_loader(
         read_threads=config.data.read_threads,
         read_buffer=config.data.read_buffer,
         shard_options=pipeline.process_shard_options(),
+        targets=targets,
     )
 
 
@@ -159,8 +165,10 @@ def norm_stats(config: ml_collections.ConfigDict, train_source: Any) -> pipeline
 
 
 def global_batch(mesh: jax.sharding.Mesh, batch: dict[str, np.ndarray]) -> dict[str, jax.Array]:
-    """A training batch (this process's share) as the step's global image and label arrays."""
-    return {"image": to_global(mesh, batch["image"]), "label": to_global(mesh, batch["label"])}
+    """A training batch (this process's share) as the step's global image and label arrays (and
+    ``teacher``, the distillation targets, when the loader adds them)."""
+    keys = ("image", "label", "teacher") if "teacher" in batch else ("image", "label")
+    return {k: to_global(mesh, batch[k]) for k in keys}
 
 
 def replicate(tree: Any, mesh: jax.sharding.Mesh) -> Any:

@@ -14,7 +14,9 @@ reads and batches.
 ``TrainState`` is flax's TrainState plus the BatchNorm statistics and, with ``ema_decay > 0``,
 the exponential moving average of both (``update_ema`` at ``ema_decay_at``), which validation
 and pcam-eval use. The loss is softmax cross-entropy (label smoothing optional) in float32,
-plus ``aux_loss_weight`` x the auxiliary head's for Inception. Imports: infer.model (the input
+plus ``aux_loss_weight`` x the auxiliary head's for Inception; with ``distill_weight`` w > 0 the
+batch carries the teacher's p(tumour) (``train.distill``) and the loss is (1 - w) x that plus
+w x the cross-entropy against the teacher's two-class distribution. Imports: infer.model (the input
 transform and output conventions inference shares), data.device_augment, runtime.
 """
 
@@ -88,6 +90,16 @@ def cross_entropy(logits: jax.Array, labels: jax.Array, smoothing: float = 0.0) 
     return optax.softmax_cross_entropy(logits, targets).mean()
 
 
+def distill_loss(
+    label_loss: jax.Array, logits: jax.Array, teacher: jax.Array, weight: float
+) -> jax.Array:
+    """(1 - weight) x label_loss + weight x the mean cross-entropy of logits (B, 2) against the
+    teacher's distribution (1 - t, t), t = teacher (B,) its p(tumour)."""
+    t = teacher.astype(jnp.float32)
+    soft = optax.softmax_cross_entropy(logits.astype(jnp.float32), jnp.stack([1 - t, t], -1))
+    return (1.0 - weight) * label_loss + weight * soft.mean()
+
+
 def train_step(
     state: TrainState,
     batch: dict[str, jax.Array],
@@ -99,6 +111,7 @@ def train_step(
     label_smoothing: float = 0.0,
     ema_decay: float = 0.0,
     augment: AugmentConfig | None = None,
+    distill_weight: float = 0.0,
 ) -> tuple[TrainState, dict[str, jax.Array]]:
     """One SGD step on this device's share of the batch; call inside shard_map over 'data'.
 
@@ -107,7 +120,8 @@ def train_step(
     `augment` (static) the uint8 images are first augmented on the device, each
     example from the key, the step and its global position
     (``device_augment.augment_shard``). With ema_decay > 0 the EMA of the
-    updated parameters and BatchNorm statistics is advanced too (``ema_decay_at``).
+    updated parameters and BatchNorm statistics is advanced too (``ema_decay_at``). With
+    distill_weight > 0, batch["teacher"] (B,) holds the teacher's p(tumour) (``distill_loss``).
     """
     images = batch["image"]
     if augment is not None:
@@ -127,6 +141,8 @@ def train_step(
         )
         logits, aux = split_outputs(out)
         loss = cross_entropy(logits, labels, label_smoothing)
+        if distill_weight > 0:
+            loss = distill_loss(loss, logits, batch["teacher"], distill_weight)
         if aux is not None:
             loss = loss + aux_loss_weight * cross_entropy(aux, labels, label_smoothing)
         return loss, (logits, mutated.get("batch_stats", state.batch_stats))
@@ -177,6 +193,7 @@ def compile_train_step(
                 label_smoothing=config.label_smoothing,
                 ema_decay=config.ema_decay,
                 augment=augment,
+                distill_weight=config.get("distill", {}).get("weight", 0.0),
             ),
             mesh=mesh,
             in_specs=(P(), P(AXIS), P()),
