@@ -195,7 +195,8 @@ class DensePredictor:
         reason = dense_support(model, stride)
         if reason is not None:
             raise ModelError(
-                f"--mode=dense: {reason}; use --mode=windows, or --model=bundled:p4resnet"
+                f"--mode=dense: {reason}; use --mode=windows, or --model=bundled:p4resnet-valid "
+                "(dense equals its windows)"
             )
         d = model.model.dense_stride()
         self.model = model
