@@ -332,6 +332,9 @@ def test_pcam_slide_cli(patches, tmp_path):
     r = run_cli("slide", path, f"--out={out}", "--noprogress")
     assert r.returncode == 0, r.stderr
     assert "tissue cells" in r.stdout and (out / "summary.json").is_file()
+    # without --model: the bundle whose dense map equals its windows, which auto runs densely
+    summary = json.loads((out / "summary.json").read_text())
+    assert (summary["model"], summary["mode"]) == ("p4resnet_valid", "dense")
     r = run_cli("slide", path, f"--out={out}", "--noprogress")  # out is not empty now
     assert r.returncode != 0 and "not an empty folder" in r.stderr
 

@@ -38,8 +38,9 @@ MODEL = flags.DEFINE_string(
     "model",
     None,
     "A model bundle, a pcam-train workdir, or bundled:NAME, a model shipped with pcam_jax "
-    "(bundled:effnet-lite0, the default; bundled:p4resnet, exact under quarter turns and the "
-    "one --mode=dense runs).",
+    "(bundled:effnet-lite0, the default; bundled:p4resnet, exact under quarter turns; "
+    "bundled:p4resnet-valid, exact too and its dense slide map equals its windows: "
+    "pcam-slide's default).",
 )
 CHECKPOINT = flags.DEFINE_string("checkpoint", "best", "For a workdir: best, last or a saved step.")
 WEIGHTS = flags.DEFINE_enum(

@@ -1,7 +1,7 @@
 """`pcam-slide`: tumour probability maps and lesion detections of whole-slide images
 (see pcam_jax.wsi.run and pcam_jax.wsi.cohort).
 
-    pcam-slide SLIDE --out=DIR [--model=MODEL_DIR|WORKDIR] [--mpp=F] [--stride=32]
+    pcam-slide SLIDE --out=DIR [--model=MODEL_DIR|WORKDIR|bundled:NAME] [--mpp=F] [--stride=32]
                [--tissue_threshold=0.5] [--threshold=0.5] [--batch_size=256] [--tta]
                [--nms_floor=0.5] [--nms_radius_um=187] [--mode=auto|windows|dense]
     pcam-slide SLIDE... | FOLDER | 'GLOB' | LIST.txt | LIST.csv --out=DIR [same flags]
@@ -24,7 +24,10 @@ SLIDE, DIR (new, or an empty folder) receives, all at once at the end:
 cell (each pixel convolved once: several times faster; for a padded network a cell then sees its
 neighbours, which changes its value; BENCHMARKS.md measures both). --mode=auto (the default) is
 dense for a model whose dense pass equals its windows (the valid ResNets, such as
-bundled:p4resnet-valid) and windows for any other.
+bundled:p4resnet-valid) and windows for any other. Without --model, pcam-slide runs
+bundled:p4resnet-valid (densely); --model=bundled:effnet-lite0 (the default of pcam-predict, the
+best patch model on valid) or bundled:p4resnet run window by window, several times slower
+(BENCHMARKS.md, "Bundled models").
 
 For a cohort (several slides, a folder, a glob or a list), DIR gets one such folder per slide
 (named by the file's stem), slides.csv (status, scores, area, cells, seconds and error per
@@ -45,6 +48,7 @@ from collections.abc import Sequence
 from absl import flags
 
 from pcam_jax.cli import common
+from pcam_jax.infer.bundle import DEFAULT_SLIDE_BUNDLED
 from pcam_jax.infer.load import load_model
 from pcam_jax.wsi.cohort import (
     check_cohort_dir,
@@ -129,12 +133,17 @@ def settings() -> SlideSettings:
     )
 
 
+def slide_model() -> str:
+    """--model, or the bundle whose dense map equals its windows (DEFAULT_SLIDE_BUNDLED)."""
+    return common.MODEL.value or f"bundled:{DEFAULT_SLIDE_BUNDLED}"
+
+
 def run_many(specs: Sequence[str], out: str) -> None:
     """pcam-slide on a cohort; exits 1 when a slide failed."""
     slides = resolve_slides(specs)
     check_cohort_dir(out)  # before the model loads
     check_kept_slides(out, given_mpp(slides, settings()))
-    model = load_model(common.MODEL.value, common.CHECKPOINT.value)
+    model = load_model(slide_model(), common.CHECKPOINT.value)
     rows = run_cohort(slides, out, model, settings(), progress=common.PROGRESS.value)
     failed = [r for r in rows if r["status"] != "done"]
     print(
@@ -154,7 +163,7 @@ def main(argv: Sequence[str]) -> None:
         run_many(argv[1:], common.OUT.value)
         return
     prepare_out_dir(common.OUT.value)  # before the model loads
-    model = load_model(common.MODEL.value, common.CHECKPOINT.value)
+    model = load_model(slide_model(), common.CHECKPOINT.value)
     summary = run_slide(
         argv[1], common.OUT.value, model, settings(), progress=common.PROGRESS.value
     )

@@ -11,7 +11,8 @@ Weights may be stored as float16 (``storage_dtype``; pcam-export checks what tha
 and are cast back to the model's dtype when loaded.
 
 The package ships more than one bundle (BUNDLED_MODELS, by name): ``--model=bundled`` (or no
-``--model``) is DEFAULT_BUNDLED, ``--model=bundled:NAME`` another one.
+``--model``) is DEFAULT_BUNDLED (pcam-slide's: DEFAULT_SLIDE_BUNDLED), ``--model=bundled:NAME``
+another one.
 ``save_bundle`` writes one all or nothing (``runtime.files.atomic_dir``); ``load_bundle`` checks
 the format, the checksum and that the weights fit the model. Imports: infer.model/predict,
 config, data, runtime, errors.
@@ -63,6 +64,10 @@ BUNDLED_MODELS = {
 }
 #: The bundle ``load_model(None)`` and ``--model=bundled`` load.
 DEFAULT_BUNDLED = "effnet-lite0"
+#: The bundle pcam-slide loads when ``--model`` is left out: the one whose dense slide map
+#: equals its windows, so that ``--mode=auto`` runs it densely (BENCHMARKS.md, "Whole-slide
+#: inference" and "Bundled models" measure why).
+DEFAULT_SLIDE_BUNDLED = "p4resnet-valid"
 BUNDLED_MODEL = BUNDLED_MODELS[DEFAULT_BUNDLED]
 
 
