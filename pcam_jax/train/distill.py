@@ -11,11 +11,11 @@ pcam-train workdir, as pcam-predict's ``--model``) runs once over the training s
 student's inputs receive (a p4 or p4m student is invariant to those views itself and could not
 fit targets that are not). ``training_targets`` caches t in WORKDIR/distill_targets.npz
 (``workdir.read/write_distill_targets``), keyed by teacher, views, split and its size: a resumed
-run reads it back and trains bitwise as if never stopped. Layout: t is float32 (N,), indexed by
-the training source's record index, which every batch carries; the loader adds it to each
-element as ``teacher`` (``pipeline.make_loader(targets=...)``), so the shuffle, the sharding
-and the device augmentation are unchanged. The teacher runs before the train_minutes clock
-starts: a budget is the student's training alone.
+run reads the same targets back instead of running the teacher again. Layout: t is float32
+(N,), indexed by the training source's record index, which every batch carries; the loader adds
+it to each element as ``teacher`` (``pipeline.make_loader(targets=...)``), so the shuffle, the
+sharding and the device augmentation are unchanged. The teacher runs before the train_minutes
+clock starts: a budget is the student's training alone.
 Imports: infer (the teacher), data.sources, workdir, runtime, errors.
 """
 
