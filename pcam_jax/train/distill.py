@@ -8,14 +8,15 @@ where t(x) is the teacher's p(tumour) for the stored, unaugmented x (Hinton et a
 temperature 1). The teacher (``distill.teacher``: a bundle directory, ``bundled:NAME`` or a
 pcam-train workdir, as pcam-predict's ``--model``) runs once over the training split, with
 ``distill.tta`` averaged over the 8 D4 views, so that t is invariant to the D4 augmentation the
-student's inputs receive (a p4 or p4m student is invariant to those views itself and could not
-fit targets that are not). ``training_targets`` caches t in WORKDIR/distill_targets.npz
-(``workdir.read/write_distill_targets``), keyed by teacher, views, split and its size: a resumed
-run reads the same targets back instead of running the teacher again. Layout: t is float32
-(N,), indexed by the training source's record index, which every batch carries; the loader adds
-it to each element as ``teacher`` (``pipeline.make_loader(targets=...)``), so the shuffle, the
-sharding and the device augmentation are unchanged. The teacher runs before the train_minutes
-clock starts: a budget is the student's training alone.
+student's inputs receive (a p4m student is invariant to all 8 views, a p4 one to the 4
+rotations, and neither could fit targets that are not). ``training_targets`` caches t in
+WORKDIR/distill_targets.npz (``workdir.read/write_distill_targets``), keyed by teacher, views,
+split and its size: a resumed run reads the same targets back instead of running the teacher
+again. Layout: t is float32 (N,), indexed by the training source's record index, which every
+batch carries; the loader adds it to each element as ``teacher``
+(``pipeline.make_loader(targets=...)``), so the shuffle, the sharding and the device
+augmentation are unchanged. The teacher runs before the train_minutes clock starts: a budget is
+the student's training alone.
 Imports: infer (the teacher), data.sources, workdir, runtime, errors.
 """
 
