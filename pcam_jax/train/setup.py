@@ -40,7 +40,8 @@ from pcam_jax.train.step import TrainState
 
 def check_recipe(config: ml_collections.ConfigDict) -> None:
     """Raises TrainingError naming the first field no run can use: out of its range
-    (``config.check_values``) or, for this machine, a batch that does not split over its
+    (``config.check_values``), a distillation weight without a teacher that exists
+    (``distill.check_distill``) or, for this machine, a batch that does not split over its
     devices, or a continuous rotation asked of the device augmentation."""
     check_values(config)
     check_distill(config)
