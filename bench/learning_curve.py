@@ -207,9 +207,9 @@ def run_candidate(
     workdir.mkdir(parents=True, exist_ok=True)
     # a distilled candidate's teacher targets are the same for every seed: a sibling's cache
     # saves the teacher's pass (pcam-train recomputes it if its key differs)
-    for sibling in sorted((out / "runs").glob(f"{label}-s*/distill_targets.npz")):
-        shutil.copy2(sibling, workdir / sibling.name)
-        break
+    siblings = sorted((out / "runs").glob(f"{label}-s*/distill_targets.npz"))
+    if siblings:
+        shutil.copy2(siblings[0], workdir / siblings[0].name)
     t0 = time.time()
     with open(workdir / "train.log", "w") as log:
         subprocess.run(

@@ -80,8 +80,7 @@ def test_a_student_run_caches_the_teachers_predictions_and_a_resume_reads_them(
     source = sources.from_config(config, "train")
     images = np.stack([source[i]["image"] for i in range(len(source))])
     want = infer.load_model(teacher).predict_images(images, tta=True)
-    with np.load(workdir / DISTILL_TARGETS) as f:
-        np.testing.assert_allclose(f["p_tumour"], want, atol=1e-5)
+    np.testing.assert_allclose(cached_targets(workdir), want, atol=1e-5)
     # a resume reads the cache: the teacher is not loaded again
     monkeypatch.setattr(distill, "load_model", lambda spec: pytest.fail("teacher reloaded"))
     np.testing.assert_array_equal(

@@ -37,9 +37,14 @@ from pcam_jax.runtime.distributed import make_mesh
 from pcam_jax.workdir import read_distill_targets, write_distill_targets
 
 
+def distill_weight(config: ml_collections.ConfigDict) -> float:
+    """``distill.weight``: the teacher's share of the loss (0 for a config without the field)."""
+    return float(config.get("distill", {}).get("weight", 0.0))
+
+
 def distilling(config: ml_collections.ConfigDict) -> bool:
     """Whether `config` trains against a teacher (``distill.weight`` > 0)."""
-    return config.get("distill", {}).get("weight", 0.0) > 0
+    return distill_weight(config) > 0
 
 
 def check_distill(config: ml_collections.ConfigDict) -> None:

@@ -17,7 +17,8 @@ and pcam-eval use. The loss is softmax cross-entropy (label smoothing optional) 
 plus ``aux_loss_weight`` x the auxiliary head's for Inception; with ``distill_weight`` w > 0 the
 batch carries the teacher's p(tumour) (``train.distill``) and the loss is (1 - w) x that plus
 w x the cross-entropy against the teacher's two-class distribution. Imports: infer.model (the input
-transform and output conventions inference shares), data.device_augment, runtime.
+transform and output conventions inference shares), data.device_augment, runtime,
+train.distill (the weight).
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ from pcam_jax.data.pipeline import AugmentConfig
 from pcam_jax.infer.model import Preprocess, cast_floats, split_outputs
 from pcam_jax.runtime.distributed import AXIS
 from pcam_jax.runtime.xla_options import compiler_options
+from pcam_jax.train.distill import distill_weight
 
 
 class TrainState(train_state.TrainState):
@@ -193,7 +195,7 @@ def compile_train_step(
                 label_smoothing=config.label_smoothing,
                 ema_decay=config.ema_decay,
                 augment=augment,
-                distill_weight=config.get("distill", {}).get("weight", 0.0),
+                distill_weight=distill_weight(config),
             ),
             mesh=mesh,
             in_specs=(P(), P(AXIS), P()),
