@@ -357,3 +357,72 @@ def test_otsu_and_polygons():
     assert len(square) == 2  # exterior and one hole
     assert sorted(square[0][:-1]) == [(1, 1), (1, 5), (5, 1), (5, 5)]
     assert sorted(square[1][:-1]) == [(2, 2), (2, 3), (3, 2), (3, 3)]
+
+
+def test_a_signal_inside_a_deferred_block_is_raised_at_its_end():
+    """stops_deferred: SIGTERM in the block lets the block finish, then raises Stopped; the
+    control: the same signal outside the block stops at the very next statement."""
+    import os
+    import signal
+    import threading
+
+    from pcam_jax.runtime.stopping import Stopped, stop_on_signals, stops_deferred
+
+    if threading.current_thread() is not threading.main_thread():
+        pytest.fail("signal handlers need the main thread; run pytest without a threaded runner")
+    reached = []
+    with stop_on_signals(), pytest.raises(Stopped) as stopped:
+        with stops_deferred():
+            os.kill(os.getpid(), signal.SIGTERM)
+            reached.append("after the signal")
+    assert reached == ["after the signal"] and stopped.value.signum == signal.SIGTERM
+    reached.clear()
+    with stop_on_signals(), pytest.raises(Stopped):
+        os.kill(os.getpid(), signal.SIGTERM)
+        reached.append("after the signal")
+    assert reached == []
+
+
+def test_a_ctrl_c_inside_a_readers_start_leaves_no_read_running(monkeypatch):
+    """A ThreadPoolExecutor starts a thread, then records it; a SIGINT between the two (sent
+    here right after the first reader starts) must still leave no read running once Stopped
+    leaves block_stream: the caller closes the slide next, and OpenSlide aborts the process
+    when a read is still in progress (seen once in CI)."""
+    import os
+    import signal
+    import threading
+    import time
+
+    from pcam_jax.runtime.stopping import Stopped, stop_on_signals
+    from pcam_jax.wsi import predictors
+
+    in_progress, sent = [0], []
+    lock = threading.Lock()
+
+    def slow_read(slide, geom, row0, col0, n):
+        with lock:
+            in_progress[0] += 1
+        time.sleep(0.3)
+        with lock:
+            in_progress[0] -= 1
+        return np.zeros((4, 4, 3), np.uint8)
+
+    start = threading.Thread.start
+
+    def start_then_ctrl_c(thread):
+        start(thread)
+        if not sent:  # between the pool's start() and its record of the thread
+            sent.append(thread.name)
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.05)  # the handler runs here, in the main thread
+
+    monkeypatch.setattr(predictors, "read_block", slow_read)
+    blocks = [(0, 16 * k, np.zeros((1, 2), int)) for k in range(6)]
+    with stop_on_signals(), pytest.raises(Stopped):
+        monkeypatch.setattr(threading.Thread, "start", start_then_ctrl_c)
+        try:
+            for _ in predictors.block_stream(None, None, blocks):
+                pass
+        finally:
+            monkeypatch.setattr(threading.Thread, "start", start)
+    assert sent and in_progress[0] == 0, (sent, in_progress)

@@ -65,7 +65,7 @@ from pcam_jax.errors import PcamError, SlideError
 from pcam_jax.infer.predict import LoadedModel
 from pcam_jax.runtime.files import check_new_dir, writable_folder, write_json
 from pcam_jax.runtime.locks import held
-from pcam_jax.runtime.stopping import raise_if_stopped
+from pcam_jax.runtime.stopping import raise_if_stopped, stops_deferred
 from pcam_jax.wsi.cohort_folder import (
     BOOKKEEPING,
     bookkeeping,
@@ -364,16 +364,24 @@ def _run_claimed(
             raise
 
     bar = tqdm(total=len(todo), unit="slide", disable=not progress, file=sys.stderr)
+    # each submit under stops_deferred: a Ctrl-C inside one would leave a started preparation
+    # the pool never joins, claiming and opening a slide that nobody releases
     with ThreadPoolExecutor(max_workers=1) as pool, bar:
-        upcoming: Future | None = pool.submit(claim_and_prepare)
+        upcoming: Future | None = None
         try:
+            with stops_deferred():
+                upcoming = pool.submit(claim_and_prepare)
             while upcoming is not None and (current := upcoming.result()) is not None:
                 path, fd, prepared, error = current
-                upcoming = pool.submit(claim_and_prepare)  # the next slide, while this one runs
+                upcoming = None  # `current` is released below, whatever happens
                 try:
+                    with stops_deferred():
+                        upcoming = pool.submit(claim_and_prepare)  # the next slide, meanwhile
                     _compute(out, path, prepared, error, model, settings, session, bar, log)
                     rebuild_tables(out, listed)
                 finally:
+                    if prepared is not None:
+                        prepared.close()  # done already unless stopped before its prediction
                     os.close(fd)  # the claim ends once the slide is settled
                 bar.update(1)
                 raise_if_stopped()  # a Ctrl-C whose first raise was dropped (runtime.stopping)

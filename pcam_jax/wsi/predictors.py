@@ -34,6 +34,7 @@ Imports: infer.predict, infer.model, equivariant.groups, models, runtime, errors
 from __future__ import annotations
 
 import dataclasses
+import itertools
 from collections import deque
 from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -51,6 +52,7 @@ from pcam_jax.errors import ModelError
 from pcam_jax.infer.model import Preprocess, cast_floats
 from pcam_jax.infer.predict import LoadedModel, pad_rows
 from pcam_jax.runtime.distributed import AXIS, make_mesh, to_global
+from pcam_jax.runtime.stopping import stops_deferred
 from pcam_jax.runtime.xla_options import compiler_options
 from pcam_jax.wsi.slide import BLOCK, SlideGeometry, read_block
 
@@ -68,23 +70,27 @@ def block_stream(
     def load(block: Block) -> tuple[np.ndarray, Block]:
         return read_block(slide, geom, block[0], block[1], n), block
 
-    with ThreadPoolExecutor(max_workers=threads) as pool:
-        queue: deque[Future[tuple[np.ndarray, Block]]] = deque()
-        items = iter(blocks)
-        for item in items:
-            queue.append(pool.submit(load, item))
-            if len(queue) >= 2 * threads:
-                break
-        try:
-            while queue:
-                result = queue.popleft().result()
-                nxt = next(items, None)
-                if nxt is not None:
+    # submitting and shutting down under stops_deferred: a Ctrl-C inside ``submit`` would leave
+    # a started reader the pool never joins, still reading when the caller closes the slide
+    pool = ThreadPoolExecutor(max_workers=threads)
+    queue: deque[Future[tuple[np.ndarray, Block]]] = deque()
+    items = iter(blocks)
+    try:
+        for item in itertools.islice(items, 2 * threads):
+            with stops_deferred():
+                queue.append(pool.submit(load, item))
+        while queue:
+            result = queue.popleft().result()
+            nxt = next(items, None)
+            if nxt is not None:
+                with stops_deferred():
                     queue.append(pool.submit(load, nxt))
-                yield result
-        finally:  # closed early: drop the reads not started; the pool waits for the others
+            yield result
+    finally:  # closed early: drop the reads not started and wait for the others
+        with stops_deferred():
             for future in queue:
                 future.cancel()
+            pool.shutdown(wait=True)
 
 
 def block_windows(

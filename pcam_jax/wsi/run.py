@@ -47,7 +47,8 @@ from pcam_jax.wsi.slide import (
 @dataclass
 class PreparedSlide:
     """An open slide with its geometry and tissue map: all that precedes reading its cells.
-    ``seconds`` is the time the preparation took; ``close()`` closes the slide."""
+    ``seconds`` is the time the preparation took; ``close()`` closes the slide (once, however
+    often it is called)."""
 
     slide: Any
     path: str | Path
@@ -60,9 +61,13 @@ class PreparedSlide:
     seconds: float
     identity: dict[str, Any]  # the file read (``provenance.slide_identity``)
     mpp_given: float | None  # the resolution given for it (None: the slide's own)
+    closed: bool = False
 
     def close(self) -> None:
-        self.slide.close()
+        """Closes the slide (again: nothing)."""
+        if not self.closed:
+            self.closed = True
+            self.slide.close()
 
     def provenance(self) -> dict[str, Any]:
         """What its slide folder records it was computed from (``wsi.provenance``)."""
