@@ -409,7 +409,7 @@ def test_a_stop_signal_inside_a_readers_start_leaves_no_read_running(monkeypatch
 
     start = threading.Thread.start
 
-    def start_then_ctrl_c(thread):
+    def start_then_stop(thread):
         start(thread)
         if not sent:  # between the pool's start() and its record of the thread
             sent.append(thread.name)
@@ -420,7 +420,7 @@ def test_a_stop_signal_inside_a_readers_start_leaves_no_read_running(monkeypatch
     monkeypatch.setattr(predictors, "read_block", slow_read)
     blocks = [(0, 16 * k, np.zeros((1, 2), int)) for k in range(6)]
     with stop_on_signals(), pytest.raises(Stopped):
-        monkeypatch.setattr(threading.Thread, "start", start_then_ctrl_c)
+        monkeypatch.setattr(threading.Thread, "start", start_then_stop)
         try:
             for _ in predictors.block_stream(None, None, blocks):
                 pass

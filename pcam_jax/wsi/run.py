@@ -19,7 +19,7 @@ from __future__ import annotations
 import contextlib
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -61,7 +61,7 @@ class PreparedSlide:
     seconds: float
     identity: dict[str, Any]  # the file read (``provenance.slide_identity``)
     mpp_given: float | None  # the resolution given for it (None: the slide's own)
-    closed: bool = False
+    closed: bool = field(default=False, init=False)  # set by close()
 
     def close(self) -> None:
         """Closes the slide (again: nothing)."""
